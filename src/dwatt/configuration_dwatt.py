@@ -1,0 +1,210 @@
+# Copyright 2026 the dwatt authors. Licensed under the Apache License, Version 2.0.
+"""Configuration of DWAtt models: a pretrained encoder plus a layer-fusion head.
+
+This file is copied next to every saved checkpoint (Hugging Face remote code), so it imports only torch-free,
+public `transformers` names and must stay importable on its own.
+"""
+
+from typing import Any, Optional, Union
+
+from transformers import AutoConfig, PretrainedConfig
+
+# Stamped into every config so that a checkpoint says which dwatt code wrote it (a locally installed dwatt wins
+# over the Hub copy of the code in transformers 5, so the stamp is how a mismatch can be spotted).
+DWATT_CODE_VERSION = "0.1.0"
+
+FUSION_CHOICES = ("dwatt", "concat", "scalar_mix", "deeper", "last")
+POOLING_CHOICES = ("first", "mean", "last")
+
+# Encoder families that read left to right: sequence classification pools their last real token, like the stock
+# `…ForSequenceClassification` classes of these models do.
+DECODER_ONLY_MODEL_TYPES = frozenset(
+    {
+        "bloom", "falcon", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox", "gptj",
+        "llama", "mistral", "mixtral", "olmo", "olmo2", "opt", "phi", "phi3", "qwen2", "qwen3", "smollm3",
+    }
+)
+
+
+def _num_encoder_layers(encoder_config: PretrainedConfig) -> int:
+    num_layers = getattr(encoder_config, "num_hidden_layers", None)
+    if not isinstance(num_layers, int):
+        raise ValueError(
+            f"The encoder config ({type(encoder_config).__name__}) has no integer `num_hidden_layers`, so dwatt "
+            "cannot tell how many hidden states it returns. Use an encoder whose config defines it "
+            "(BERT, RoBERTa, DeBERTa, MPNet, ModernBERT, GPT-2, Llama, …)."
+        )
+    return num_layers
+
+
+def normalize_fusion_layers(fusion_layers: Union[str, list[int], tuple[int, ...]], num_layers: int) -> list[int]:
+    """Turns `"all"` or a list of indices into `hidden_states` into sorted, non-negative, unique indices.
+
+    `hidden_states` has `num_layers + 1` entries: 0 is the embedding output, `num_layers` the last layer.
+    """
+    num_states = num_layers + 1
+    if isinstance(fusion_layers, str):
+        if fusion_layers != "all":
+            raise ValueError(
+                f"fusion_layers={fusion_layers!r} is not understood: use 'all' or a list of indices into "
+                f"hidden_states (0 = embedding output … {num_layers} = last layer; negatives count from the end)."
+            )
+        return list(range(num_states))
+    indices = list(fusion_layers)
+    if not indices:
+        raise ValueError("fusion_layers is empty: give at least one index into hidden_states, or 'all'.")
+    normalized = []
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"fusion_layers must hold integers, got {index!r} ({type(index).__name__}).")
+        if not -num_states <= index < num_states:
+            raise ValueError(
+                f"fusion_layers index {index} is out of range for an encoder with {num_layers} layers: hidden_states "
+                f"has {num_states} entries (0 = embedding output … {num_layers} = last layer), so use indices in "
+                f"[{-num_states}, {num_layers}]."
+            )
+        normalized.append(index % num_states)
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"fusion_layers {indices} names the same hidden state twice (after resolving negatives).")
+    return sorted(normalized)
+
+
+class DWAttConfig(PretrainedConfig):
+    r"""Configuration of a DWAtt model: a pretrained encoder whose hidden states are combined by a fusion head.
+
+    Args:
+        encoder_config (`PretrainedConfig` or `dict`):
+            Configuration of the wrapped encoder (any `AutoModel` that can return `hidden_states`). A dict must hold
+            its `model_type`.
+        fusion (`str`, defaults to `"dwatt"`):
+            The head that fuses the encoder's hidden states: `"dwatt"` (depth-wise attention), `"concat"`
+            (concatenation + bottleneck MLP), `"scalar_mix"` (ELMo/BERMo softmax-weighted sum), `"deeper"` (extra
+            randomly initialised transformer layers of the encoder's shape: the parameter-matched control) or
+            `"last"` (the plain last layer: the baseline).
+        fusion_layers (`"all"` or `list[int]`, defaults to `"all"`):
+            The sources of the fusion, as indices into `hidden_states`: 0 = embedding output, L = last layer,
+            negatives count from the end. `"all"` means all L + 1 states, the embedding output included. Index L is
+            the encoder's final output (after any final norm). Ignored by `"last"` and `"deeper"`.
+        dwatt_bottleneck_ratio (`float`, defaults to 0.5):
+            γ in the DWAtt MLPs `f(x) = W · LN(gelu(U · x))`, U: d → γd, W: γd → d.
+        dwatt_position_dim (`int`, defaults to 24):
+            Size of the learned depth embeddings p_n from which the keys are projected.
+        dwatt_num_heads (`int`, defaults to 1):
+            Attention heads over depth; each head attends with its own slice of the query, keys and values.
+        dwatt_scale_scores (`bool`, defaults to `False`):
+            Divide the depth-attention scores by √(d / heads) (the paper's choice is unconfirmed; off by default).
+        dwatt_weight_dropout (`float`, defaults to 0.0):
+            Dropout on the depth-attention weights during training.
+        dwatt_shared_value_mlp (`bool`, defaults to `False`):
+            One value MLP shared by all sources instead of one per source (the per-source LayerNorms stay).
+        concat_hidden_size (`int`, *optional*):
+            Hidden width of the Concat head's bottleneck MLP. Defaults to the encoder's hidden size d, which puts
+            Concat within a few percent of DWAtt's parameter count.
+        scalar_mix_layer_norm (`bool`, defaults to `False`):
+            Normalise each source before mixing (AllenNLP semantics: one mean and variance over the unmasked
+            elements, no affine). Statistics are taken per sequence, so a prediction never depends on its batchmates.
+        deeper_num_layers (`int`, defaults to 1):
+            Extra transformer layers of the `"deeper"` head.
+        pooling (`str`, *optional*):
+            How sequence classification pools tokens: `"first"` (first real token, [CLS]-style), `"mean"` (mean over
+            real tokens) or `"last"` (last real token). Defaults to `"last"` for decoder-only encoder families and
+            `"first"` otherwise.
+        classifier_dropout (`float`, *optional*):
+            Dropout before the classifier. Defaults to the encoder's hidden dropout (or 0.1).
+        classifier_activation (`str`, defaults to `"tanh"`):
+            Activation between the dense layer and the output projection of the sequence-classification head.
+        classifier_dense (`bool`, defaults to `True`):
+            Whether the sequence-classification head has a dense + activation layer before the output projection
+            (as BERT's pooler and RoBERTa's head do); `False` gives a single linear layer (GPT-2 style).
+        encoder_name_or_path (`str`, *optional*):
+            Where the encoder's pretrained weights came from (set by `from_encoder_pretrained`; used by model cards).
+        kwargs:
+            The usual `PretrainedConfig` arguments, e.g. `num_labels`, `id2label`, `label2id`, `problem_type`.
+    """
+
+    model_type = "dwatt"
+    sub_configs = {"encoder_config": AutoConfig}
+
+    def __init__(
+        self,
+        encoder_config: Optional[Union[PretrainedConfig, dict[str, Any]]] = None,
+        fusion: str = "dwatt",
+        fusion_layers: Union[str, list[int]] = "all",
+        dwatt_bottleneck_ratio: float = 0.5,
+        dwatt_position_dim: int = 24,
+        dwatt_num_heads: int = 1,
+        dwatt_scale_scores: bool = False,
+        dwatt_weight_dropout: float = 0.0,
+        dwatt_shared_value_mlp: bool = False,
+        concat_hidden_size: Optional[int] = None,
+        scalar_mix_layer_norm: bool = False,
+        deeper_num_layers: int = 1,
+        pooling: Optional[str] = None,
+        classifier_dropout: Optional[float] = None,
+        classifier_activation: str = "tanh",
+        classifier_dense: bool = True,
+        encoder_name_or_path: Optional[str] = None,
+        dwatt_version: str = DWATT_CODE_VERSION,
+        **kwargs,
+    ):
+        if isinstance(encoder_config, dict):
+            encoder_config = dict(encoder_config)
+            if "model_type" not in encoder_config:
+                raise ValueError("encoder_config as a dict must contain its 'model_type' (e.g. 'bert').")
+            encoder_config = AutoConfig.for_model(**encoder_config)
+        if fusion not in FUSION_CHOICES:
+            raise ValueError(f"Unknown fusion {fusion!r}: choose one of {', '.join(FUSION_CHOICES)}.")
+        if pooling is not None and pooling not in POOLING_CHOICES:
+            raise ValueError(f"Unknown pooling {pooling!r}: choose one of {', '.join(POOLING_CHOICES)}.")
+        if not 0 < dwatt_bottleneck_ratio:
+            raise ValueError(f"dwatt_bottleneck_ratio must be positive, got {dwatt_bottleneck_ratio}.")
+        if deeper_num_layers < 1:
+            raise ValueError(f"deeper_num_layers must be at least 1, got {deeper_num_layers}.")
+        if isinstance(fusion_layers, tuple):
+            fusion_layers = list(fusion_layers)
+
+        self.encoder_config = encoder_config
+        self.fusion = fusion
+        self.fusion_layers = fusion_layers
+        self.dwatt_bottleneck_ratio = dwatt_bottleneck_ratio
+        self.dwatt_position_dim = dwatt_position_dim
+        self.dwatt_num_heads = dwatt_num_heads
+        self.dwatt_scale_scores = dwatt_scale_scores
+        self.dwatt_weight_dropout = dwatt_weight_dropout
+        self.dwatt_shared_value_mlp = dwatt_shared_value_mlp
+        self.concat_hidden_size = concat_hidden_size
+        self.scalar_mix_layer_norm = scalar_mix_layer_norm
+        self.deeper_num_layers = deeper_num_layers
+        self.classifier_dropout = classifier_dropout
+        self.classifier_activation = classifier_activation
+        self.classifier_dense = classifier_dense
+        self.encoder_name_or_path = encoder_name_or_path
+        self.dwatt_version = dwatt_version
+
+        if encoder_config is not None:
+            num_layers = _num_encoder_layers(encoder_config)
+            # Validate now so a bad index fails when the config is made, not deep inside a forward pass.
+            normalize_fusion_layers(fusion_layers, num_layers)
+            hidden_size = encoder_config.hidden_size
+            num_heads = dwatt_num_heads
+            if hidden_size % num_heads != 0:
+                raise ValueError(
+                    f"dwatt_num_heads={num_heads} does not divide the encoder's hidden size {hidden_size}."
+                )
+            if pooling is None:
+                pooling = "last" if encoder_config.model_type in DECODER_ONLY_MODEL_TYPES else "first"
+        self.pooling = pooling
+        super().__init__(**kwargs)
+
+    @property
+    def num_encoder_layers(self) -> int:
+        """L, the number of layers of the wrapped encoder (`hidden_states` has L + 1 entries)."""
+        return _num_encoder_layers(self.encoder_config)
+
+    @property
+    def fusion_source_indices(self) -> list[int]:
+        """The fusion sources as sorted non-negative indices into `hidden_states`."""
+        return normalize_fusion_layers(self.fusion_layers, self.num_encoder_layers)
+
+
+__all__ = ["DWAttConfig"]

@@ -1,0 +1,799 @@
+# Copyright 2026 the dwatt authors. Licensed under the Apache License, Version 2.0.
+"""DWAtt models: a pretrained encoder whose hidden states are fused by a head before the task classifier.
+
+Notation used in the shape comments: B batch, T tokens (T' = 1 when a sequence classifier fuses only at its pooled
+position), d hidden size, n fusion sources, H depth-attention heads, h = d / H.
+
+This file is copied next to every saved checkpoint (Hugging Face remote code): it imports only torch, public
+`transformers` names and `.configuration_dwatt`, and must keep working on transformers 4.57 and 5.x.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
+
+from .configuration_dwatt import DWAttConfig
+
+try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x loads first and initialises only the missing modules
+    from torch.nn import init
+
+
+# The class names that `save_pretrained` writes into `config.json`, so that one checkpoint opens with every Auto
+# class (transformers itself would list only the class that was saved).
+AUTO_MAP = {
+    "AutoConfig": "configuration_dwatt.DWAttConfig",
+    "AutoModel": "modeling_dwatt.DWAttModel",
+    "AutoModelForSequenceClassification": "modeling_dwatt.DWAttForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_dwatt.DWAttForTokenClassification",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DWAttModelOutput(BaseModelOutput):
+    """`BaseModelOutput` whose `last_hidden_state` is the fused state, plus the optional weights over depth.
+
+    fusion_weights (`torch.FloatTensor` of shape `(B, T', H, n)`, *optional*):
+        Per-token weights over the fusion sources (dwatt, scalar_mix), returned with `output_fusion_weights=True`.
+    """
+
+    fusion_weights: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class DWAttSequenceClassifierOutput(SequenceClassifierOutput):
+    """`SequenceClassifierOutput` plus `fusion_weights` (see `DWAttModelOutput`)."""
+
+    fusion_weights: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class DWAttTokenClassifierOutput(TokenClassifierOutput):
+    """`TokenClassifierOutput` plus `fusion_weights` (see `DWAttModelOutput`)."""
+
+    fusion_weights: Optional[torch.FloatTensor] = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _first_attr(config, names: tuple, default):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def encoder_hidden_dropout(encoder_config) -> float:
+    """The encoder's hidden dropout probability, under whichever name its family uses."""
+    return float(_first_attr(encoder_config, ("hidden_dropout_prob", "dropout", "resid_pdrop", "hidden_dropout"), 0.1))
+
+
+def build_encoder(encoder_config) -> PreTrainedModel:
+    """Instantiates the encoder without a pooler where the family has one (an unused pooler breaks DDP)."""
+    try:
+        return AutoModel.from_config(encoder_config, add_pooling_layer=False)
+    except TypeError:  # families without a pooler do not take the argument
+        return AutoModel.from_config(encoder_config)
+
+
+def _gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    # (B, T, d), (B,) -> (B, 1, d)
+    return states[torch.arange(states.shape[0], device=states.device), positions].unsqueeze(1)
+
+
+def pooling_positions(attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Index of the first (`"first"`) or last (`"last"`) real token of each sequence; works with left padding too."""
+    mask = attention_mask.to(torch.int64)  # (B, T)
+    if pooling == "first":
+        return mask.argmax(dim=-1)  # argmax returns the first maximum
+    if pooling == "last":
+        return mask.shape[-1] - 1 - mask.flip(-1).argmax(dim=-1)
+    raise ValueError(f"pooling {pooling!r} has no single position; use 'first' or 'last'.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fusion heads. Each takes the last layer z_L (B, T, d), the sources [z_n] (each (B, T, d)) and the attention mask
+# (B, T); with `positions` (B,) it computes the fused state only there (B, 1, d). It returns (fused, weights or None)
+# and knows its parameter count and forward FLOPs per token (2 per multiply-accumulate of matrix products and
+# weighted sums over sources; norms, activations and softmax are not counted, as in nanoGPT).
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class FusionHead(nn.Module):
+    """Interface of the fusion heads."""
+
+    def forward(
+        self,
+        last_hidden_state: torch.Tensor,
+        sources: list[torch.Tensor],
+        attention_mask: torch.Tensor,
+        positions: Optional[torch.Tensor] = None,
+        output_weights: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+    def num_added_parameters(self) -> int:
+        """Parameters the head adds on top of the encoder and the classifier."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per fused position for sequences of `seq_len` tokens."""
+        raise NotImplementedError
+
+
+class LastLayerFusion(FusionHead):
+    """The baseline: the encoder's final hidden state, unchanged."""
+
+    def __init__(self, config: DWAttConfig, num_sources: int):
+        super().__init__()
+
+    def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
+        if positions is not None:
+            return _gather_positions(last_hidden_state, positions), None
+        return last_hidden_state, None
+
+    def flops_per_token(self, seq_len: int) -> int:
+        return 0
+
+
+class BottleneckMLP(nn.Module):
+    """f(x) = W · LN(gelu(U · x)), U: d_in → d_hidden, W: d_hidden → d_out (the DWAtt paper's MLP)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, eps: float):
+        super().__init__()
+        self.proj_in = nn.Linear(in_features, hidden_features)
+        self.norm = nn.LayerNorm(hidden_features, eps=eps)
+        self.proj_out = nn.Linear(hidden_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.norm(F.gelu(self.proj_in(x))))
+
+    def flops_per_token(self) -> int:
+        return 2 * (self.proj_in.in_features * self.proj_in.out_features + self.proj_out.in_features * self.proj_out.out_features)
+
+
+class DepthWiseAttentionFusion(FusionHead):
+    """DWAtt: per token, attention over depth (ElNokrashy et al., arXiv 2209.15168).
+
+    q = 1 + elu(z_L + f_Q(z_L)); k_n = W_K p_n with learned depth embeddings p_n; v_n = LN_n(f_V,n(z_n));
+    a = softmax_n(q · k_n); h = z_L + Σ_n a_n v_n.
+    """
+
+    def __init__(self, config: DWAttConfig, num_sources: int):
+        super().__init__()
+        encoder_config = config.encoder_config
+        hidden_size = encoder_config.hidden_size
+        bottleneck = max(1, int(round(config.dwatt_bottleneck_ratio * hidden_size)))
+        eps = _layer_norm_eps(encoder_config)
+        self.num_sources = num_sources
+        self.num_heads = config.dwatt_num_heads
+        self.head_dim = hidden_size // self.num_heads
+        self.scale_scores = config.dwatt_scale_scores
+
+        self.query_mlp = BottleneckMLP(hidden_size, bottleneck, hidden_size, eps)
+        # Keys do not depend on the input: one learned embedding per source, projected to the hidden size.
+        self.depth_embeddings = nn.Parameter(torch.empty(num_sources, config.dwatt_position_dim))
+        self.key_proj = nn.Linear(config.dwatt_position_dim, hidden_size, bias=False)
+        num_value_mlps = 1 if config.dwatt_shared_value_mlp else num_sources
+        self.value_mlps = nn.ModuleList(
+            [BottleneckMLP(hidden_size, bottleneck, hidden_size, eps) for _ in range(num_value_mlps)]
+        )
+        self.value_norms = nn.ModuleList([nn.LayerNorm(hidden_size, eps=eps) for _ in range(num_sources)])
+        self.weight_dropout = nn.Dropout(config.dwatt_weight_dropout)
+
+    def depth_weights(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """Softmax weights over the sources for each token and head: (B, T, d) -> (B, T, H, n)."""
+        batch, length, hidden = last_hidden_state.shape
+        query = 1.0 + F.elu(last_hidden_state + self.query_mlp(last_hidden_state))  # (B, T, d), > 0
+        keys = self.key_proj(self.depth_embeddings)  # (n, d)
+        query = query.view(batch, length, self.num_heads, self.head_dim)  # (B, T, H, h)
+        keys = keys.view(self.num_sources, self.num_heads, self.head_dim)  # (n, H, h)
+        scores = torch.einsum("bthe,nhe->bthn", query, keys)  # (B, T, H, n)
+        if self.scale_scores:
+            scores = scores / math.sqrt(self.head_dim)
+        return scores.softmax(dim=-1)
+
+    def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
+        if positions is not None:
+            last_hidden_state = _gather_positions(last_hidden_state, positions)
+            sources = [_gather_positions(source, positions) for source in sources]
+        batch, length, hidden = last_hidden_state.shape
+        weights = self.depth_weights(last_hidden_state)  # (B, T, H, n)
+        dropped = self.weight_dropout(weights)
+
+        # A running sum over the sources: no stacked (n, B, T, d) copy of the hidden states.
+        fused = last_hidden_state.view(batch, length, self.num_heads, self.head_dim)  # (B, T, H, h)
+        for index, source in enumerate(sources):
+            mlp = self.value_mlps[0 if len(self.value_mlps) == 1 else index]
+            value = self.value_norms[index](mlp(source))  # (B, T, d)
+            fused = fused + dropped[..., index : index + 1] * value.view(batch, length, self.num_heads, self.head_dim)
+        fused = fused.reshape(batch, length, hidden)  # (B, T, d)
+        return fused, (weights if output_weights else None)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        hidden = self.head_dim * self.num_heads
+        mlps = self.query_mlp.flops_per_token() + sum(
+            self.value_mlps[0 if len(self.value_mlps) == 1 else i].flops_per_token() for i in range(self.num_sources)
+        )
+        scores = 2 * self.num_sources * hidden
+        weighted_sum = 2 * self.num_sources * hidden
+        return mlps + scores + weighted_sum
+
+
+class ConcatFusion(FusionHead):
+    """Concat: h = z_L + g([z_1; …; z_n]) with g a bottleneck MLP from n·d to d.
+
+    g's first projection is applied source by source (U · [z_1; …; z_n] = Σ_n U_n · z_n) so the (B, T, n·d)
+    concatenation is never materialised; the weights are those of one `nn.Linear(n·d, width)`.
+    """
+
+    def __init__(self, config: DWAttConfig, num_sources: int):
+        super().__init__()
+        encoder_config = config.encoder_config
+        hidden_size = encoder_config.hidden_size
+        width = config.concat_hidden_size or hidden_size
+        self.num_sources = num_sources
+        self.hidden_size = hidden_size
+        self.mlp = BottleneckMLP(num_sources * hidden_size, width, hidden_size, _layer_norm_eps(encoder_config))
+
+    def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
+        if positions is not None:
+            last_hidden_state = _gather_positions(last_hidden_state, positions)
+            sources = [_gather_positions(source, positions) for source in sources]
+        proj_in = self.mlp.proj_in
+        hidden = proj_in.bias
+        for index, source in enumerate(sources):
+            block = proj_in.weight[:, index * self.hidden_size : (index + 1) * self.hidden_size]  # (width, d)
+            hidden = hidden + F.linear(source, block)  # (B, T, width)
+        fused = last_hidden_state + self.mlp.proj_out(self.mlp.norm(F.gelu(hidden)))  # (B, T, d)
+        return fused, None
+
+    def flops_per_token(self, seq_len: int) -> int:
+        return self.mlp.flops_per_token()
+
+
+class ScalarMixFusion(FusionHead):
+    """ScalarMix (ELMo, BERMo): h = γ · Σ_n softmax(w)_n · z_n, optionally normalising each source first."""
+
+    def __init__(self, config: DWAttConfig, num_sources: int):
+        super().__init__()
+        self.num_sources = num_sources
+        self.hidden_size = config.encoder_config.hidden_size
+        self.layer_norm = config.scalar_mix_layer_norm
+        self.mix_logits = nn.Parameter(torch.zeros(num_sources))  # w, 0 = uniform
+        self.gamma = nn.Parameter(torch.ones(1))
+
+    @staticmethod
+    def _masked_moments(source: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One mean and variance over the real tokens' elements of each sequence: (B, T, d), (B, T) -> (B, 1, 1) x2
+        mask = mask.to(source.dtype).unsqueeze(-1)  # (B, T, 1)
+        count = mask.sum(dim=(1, 2), keepdim=True).clamp(min=1.0) * source.shape[-1]
+        mean = (source * mask).sum(dim=(1, 2), keepdim=True) / count
+        variance = (((source - mean) * mask) ** 2).sum(dim=(1, 2), keepdim=True) / count
+        return mean, variance
+
+    def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
+        weights = self.mix_logits.softmax(dim=0)  # (n,)
+        fused = None
+        for index, source in enumerate(sources):
+            if self.layer_norm:
+                mean, variance = self._masked_moments(source, attention_mask)  # statistics over the whole sequence
+            if positions is not None:
+                source = _gather_positions(source, positions)
+            if self.layer_norm:
+                source = (source - mean) / torch.sqrt(variance + 1e-12)
+            term = weights[index] * source
+            fused = term if fused is None else fused + term
+        fused = self.gamma * fused  # (B, T, d)
+        if not output_weights:
+            return fused, None
+        batch, length, _ = fused.shape
+        return fused, weights.view(1, 1, 1, -1).expand(batch, length, 1, self.num_sources)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        return 2 * self.num_sources * self.hidden_size
+
+
+class TransformerLayer(nn.Module):
+    """A post-LN transformer encoder layer (BERT's layout) with the given shape, bidirectional over real tokens."""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, activation: str, eps: float, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.dropout = dropout
+        self.attn_qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.attn_out = nn.Linear(hidden_size, hidden_size)
+        self.attn_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.ffn_in = nn.Linear(hidden_size, intermediate_size)
+        self.ffn_act = ACT2FN[activation]
+        self.ffn_out = nn.Linear(intermediate_size, hidden_size)
+        self.ffn_norm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = hidden_states.shape
+        qkv = self.attn_qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, h)
+        key_mask = attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, T)
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, h)
+        attended = attended.transpose(1, 2).reshape(batch, length, hidden)
+        drop = self.dropout if self.training else 0.0
+        hidden_states = self.attn_norm(hidden_states + F.dropout(self.attn_out(attended), drop, self.training))
+        feed_forward = self.ffn_out(self.ffn_act(self.ffn_in(hidden_states)))
+        return self.ffn_norm(hidden_states + F.dropout(feed_forward, drop, self.training))
+
+    def flops_per_token(self, seq_len: int) -> int:
+        hidden = self.num_heads * self.head_dim
+        projections = 2 * (3 * hidden * hidden + hidden * hidden + 2 * hidden * self.ffn_in.out_features)
+        attention = 2 * 2 * seq_len * hidden  # scores q·k and the weighted sum of values
+        return projections + attention
+
+
+class DeeperFusion(FusionHead):
+    """The paper's parameter-matched control: extra randomly initialised layer(s) of the encoder's shape on z_L."""
+
+    def __init__(self, config: DWAttConfig, num_sources: int):
+        super().__init__()
+        encoder_config = config.encoder_config
+        hidden_size = encoder_config.hidden_size
+        intermediate = _first_attr(encoder_config, ("intermediate_size", "hidden_dim", "n_inner"), None) or 4 * hidden_size
+        activation = _first_attr(encoder_config, ("hidden_act", "activation", "activation_function"), "gelu")
+        if activation not in ACT2FN:
+            activation = "gelu"
+        self.layers = nn.ModuleList(
+            [
+                TransformerLayer(
+                    hidden_size,
+                    encoder_config.num_attention_heads,
+                    int(intermediate),
+                    activation,
+                    _layer_norm_eps(encoder_config),
+                    encoder_hidden_dropout(encoder_config),
+                )
+                for _ in range(config.deeper_num_layers)
+            ]
+        )
+
+    def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
+        hidden_states = last_hidden_state  # attention needs every token, so positions are taken only at the end
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+        if positions is not None:
+            hidden_states = _gather_positions(hidden_states, positions)
+        return hidden_states, None
+
+    def flops_per_token(self, seq_len: int) -> int:
+        return sum(layer.flops_per_token(seq_len) for layer in self.layers)
+
+
+FUSION_HEADS = {
+    "dwatt": DepthWiseAttentionFusion,
+    "concat": ConcatFusion,
+    "scalar_mix": ScalarMixFusion,
+    "deeper": DeeperFusion,
+    "last": LastLayerFusion,
+}
+
+
+def _layer_norm_eps(encoder_config) -> float:
+    return float(_first_attr(encoder_config, ("layer_norm_eps", "layer_norm_epsilon", "norm_eps", "rms_norm_eps"), 1e-5))
+
+
+def build_fusion_head(config: DWAttConfig) -> FusionHead:
+    """The head named by `config.fusion`, sized for the encoder in `config.encoder_config`."""
+    if config.fusion not in FUSION_HEADS:
+        raise ValueError(f"Unknown fusion {config.fusion!r}: choose one of {', '.join(FUSION_HEADS)}.")
+    return FUSION_HEADS[config.fusion](config, num_sources=len(config.fusion_source_indices))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DWAttPreTrainedModel(PreTrainedModel):
+    config_class = DWAttConfig
+    base_model_prefix = "dwatt"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    # The forwards take no **kwargs: Trainer must divide the loss for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the head's modules: the encoder is a PreTrainedModel and initialises itself (or is loaded).
+        std = float(getattr(self.config.encoder_config, "initializer_range", None) or 0.02)
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, DepthWiseAttentionFusion):
+            init.uniform_(module.depth_embeddings, 0.0, 1.0)
+        elif isinstance(module, ScalarMixFusion):
+            init.zeros_(module.mix_logits)
+            init.ones_(module.gamma)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` that opens the checkpoint with every Auto class."""
+        self.config.auto_map = dict(AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a label count that differs from the checkpoint's.
+
+        Pass `ignore_mismatched_sizes=True` to re-initialise the classifier for a new label set on purpose.
+        """
+        requested = kwargs.get("num_labels")
+        if requested is None and kwargs.get("id2label") is not None:
+            requested = len(kwargs["id2label"])
+        if requested is None and isinstance(kwargs.get("config"), PretrainedConfig):
+            requested = kwargs["config"].num_labels  # the Auto classes merge num_labels into the config first
+        if requested is not None and not kwargs.get("ignore_mismatched_sizes", False):
+            hub_kwargs = {
+                key: kwargs[key]
+                for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
+                if key in kwargs
+            }
+            saved, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            saved_labels = saved.get("id2label")
+            saved_count = len(saved_labels) if saved_labels else saved.get("num_labels")
+            # Only a checkpoint of this very class has a classifier that would be loaded into this one.
+            same_head = cls.__name__ in (saved.get("architectures") or [])
+            if same_head and saved_count is not None and saved_count != requested:
+                raise ValueError(
+                    f"The checkpoint {pretrained_model_name_or_path} has a classifier for {saved_count} labels, but "
+                    f"{requested} were requested. Load it without num_labels/id2label to keep its classifier, or pass "
+                    "ignore_mismatched_sizes=True to start a new classifier for the new label set."
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def from_encoder_pretrained(
+        cls,
+        encoder_name_or_path: str,
+        fusion: str = "dwatt",
+        num_labels: Optional[int] = None,
+        encoder_kwargs: Optional[dict] = None,
+        **config_kwargs,
+    ) -> "DWAttPreTrainedModel":
+        """Wraps a plain pretrained encoder (local folder or Hub name) with a new fusion head and classifier.
+
+        Works whatever the checkpoint's prefix layout (`BertModel`, `BertForMaskedLM` with `bert.`, …): transformers
+        maps it onto the bare encoder. Raises `ValueError` if any encoder weight would stay randomly initialised.
+
+        Args:
+            encoder_name_or_path: folder or Hub id of the encoder checkpoint.
+            fusion: the fusion head (see `DWAttConfig`).
+            num_labels: size of the classifier (or pass `id2label`/`label2id`).
+            encoder_kwargs: passed to `AutoConfig/AutoModel.from_pretrained` (`revision`, `cache_dir`, …).
+            config_kwargs: further `DWAttConfig` arguments (`fusion_layers`, `pooling`, `id2label`, …).
+        """
+        encoder_kwargs = dict(encoder_kwargs or {})
+        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **encoder_kwargs)
+        if encoder_config.model_type == DWAttConfig.model_type:
+            raise ValueError(
+                f"{encoder_name_or_path} is already a DWAtt checkpoint: load it with {cls.__name__}.from_pretrained."
+            )
+        if num_labels is not None:
+            config_kwargs["num_labels"] = num_labels
+        config_kwargs.setdefault("encoder_name_or_path", str(encoder_name_or_path))
+        config = DWAttConfig(encoder_config=encoder_config, fusion=fusion, **config_kwargs)
+        model = cls(config)
+
+        pretrained, loading_info = AutoModel.from_pretrained(
+            encoder_name_or_path, config=encoder_config, output_loading_info=True, **encoder_kwargs
+        )
+        encoder = model.base_model.encoder
+        wanted = set(encoder.state_dict())
+        missing = sorted(set(loading_info.get("missing_keys", ())) & wanted)
+        mismatched = sorted(str(entry[0] if isinstance(entry, tuple) else entry) for entry in loading_info.get("mismatched_keys", ()))
+        if missing or mismatched:
+            problem = f"{len(missing)} missing" + (f" and {len(mismatched)} mismatched" if mismatched else "")
+            raise ValueError(
+                f"{problem} encoder weights in {encoder_name_or_path} (e.g. {(missing or mismatched)[:5]}): they would "
+                f"stay randomly initialised. Check that the checkpoint holds a complete {type(pretrained).__name__} "
+                "(with or without its task head) and that its config matches its weights."
+            )
+        state = {key: value for key, value in pretrained.state_dict().items() if key in wanted}
+        encoder.load_state_dict(state, strict=True)
+        del pretrained
+        return model
+
+
+class DWAttModel(DWAttPreTrainedModel):
+    """The encoder plus the fusion head; `last_hidden_state` of the output is the fused hidden state."""
+
+    def __init__(self, config: DWAttConfig):
+        super().__init__(config)
+        self.encoder = build_encoder(config.encoder_config)
+        self.fusion = build_fusion_head(config)
+        self._source_indices = config.fusion_source_indices
+        self._num_states = config.num_encoder_layers + 1
+        accepted = inspect.signature(self.encoder.forward).parameters
+        self._encoder_takes_use_cache = "use_cache" in accepted
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.encoder.set_input_embeddings(value)
+
+    def fusion_cost(self, seq_len: int) -> dict:
+        """The head's added parameters and forward FLOPs per fused position, for cards and benchmarks."""
+        return {
+            "fusion": self.config.fusion,
+            "added_parameters": self.fusion.num_added_parameters(),
+            "flops_per_token": self.fusion.flops_per_token(seq_len),
+        }
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        output_fusion_weights: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        fusion_positions: Optional[torch.Tensor] = None,
+    ) -> Union[DWAttModelOutput, tuple]:
+        r"""
+        output_fusion_weights (`bool`, *optional*):
+            Also return the per-token weights over depth (dwatt, scalar_mix), shape (B, T', H, n).
+        fusion_positions (`torch.LongTensor` of shape `(B,)`, *optional*):
+            Fuse only at one position per sequence (pooled sequence classification); `last_hidden_state` is then
+            (B, 1, d).
+        """
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        if attention_mask is None:
+            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+
+        encoder_inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "inputs_embeds": inputs_embeds,
+        }
+        encoder_inputs = {key: value for key, value in encoder_inputs.items() if value is not None}
+        if output_attentions:
+            encoder_inputs["output_attentions"] = True
+        if self._encoder_takes_use_cache:
+            encoder_inputs["use_cache"] = False
+        encoder_outputs = self.encoder(**encoder_inputs, output_hidden_states=True, return_dict=True)
+
+        hidden_states = getattr(encoder_outputs, "hidden_states", None)
+        if hidden_states is None or len(hidden_states) != self._num_states:
+            found = "no hidden_states" if hidden_states is None else f"{len(hidden_states)} hidden states"
+            raise ValueError(
+                f"The encoder {type(self.encoder).__name__} returned {found} with output_hidden_states=True; dwatt needs "
+                f"all {self._num_states} (embedding output + {self._num_states - 1} layers). Use an encoder class "
+                "that returns hidden_states."
+            )
+        last_hidden_state = encoder_outputs.last_hidden_state  # (B, T, d), after any final norm
+        # Source L is the encoder's final output, which for some families (ModernBERT) follows a final norm that the
+        # raw hidden_states[L] has not been through.
+        sources = [last_hidden_state if i == self._num_states - 1 else hidden_states[i] for i in self._source_indices]
+        fused, weights = self.fusion(
+            last_hidden_state, sources, attention_mask, positions=fusion_positions, output_weights=bool(output_fusion_weights)
+        )
+        output = DWAttModelOutput(
+            last_hidden_state=fused,
+            hidden_states=hidden_states if output_hidden_states else None,
+            attentions=getattr(encoder_outputs, "attentions", None) if output_attentions else None,
+            fusion_weights=weights,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class DWAttClassificationHead(nn.Module):
+    """Pooled state → [dense → activation →] dropout → projection (BERT pooler / RoBERTa head layout)."""
+
+    def __init__(self, config: DWAttConfig, dropout: float):
+        super().__init__()
+        hidden_size = config.encoder_config.hidden_size
+        self.dense = nn.Linear(hidden_size, hidden_size) if config.classifier_dense else None
+        self.activation = ACT2FN[config.classifier_activation] if config.classifier_dense else None
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden_size, config.num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(pooled)  # (B, d)
+        if self.dense is not None:
+            hidden = self.dropout(self.activation(self.dense(hidden)))
+        return self.out_proj(hidden)  # (B, num_labels)
+
+
+def _classifier_dropout(config: DWAttConfig) -> float:
+    if config.classifier_dropout is not None:
+        return float(config.classifier_dropout)
+    return encoder_hidden_dropout(config.encoder_config)
+
+
+class DWAttForSequenceClassification(DWAttPreTrainedModel):
+    """DWAtt model with a sequence classification / regression head on the pooled fused state."""
+
+    def __init__(self, config: DWAttConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.dwatt = DWAttModel(config)
+        self.classifier = DWAttClassificationHead(config, _classifier_dropout(config))
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        output_fusion_weights: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[DWAttSequenceClassifierOutput, tuple]:
+        r"""
+        labels (`torch.LongTensor` of shape `(B,)`, *optional*):
+            Class indices (or float targets for regression, or multi-hot rows for multi-label classification).
+        output_fusion_weights (`bool`, *optional*):
+            Also return the weights over depth at the pooled position(s).
+        """
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        if attention_mask is None:
+            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        pooling = self.config.pooling
+        positions = None if pooling == "mean" else pooling_positions(attention_mask, pooling)
+        outputs = self.dwatt(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_fusion_weights=output_fusion_weights,
+            return_dict=True,
+            fusion_positions=positions,
+        )
+        fused = outputs.last_hidden_state  # (B, 1, d) at the pooled position, or (B, T, d) for mean pooling
+        if positions is not None:
+            pooled = fused[:, 0]
+        else:
+            mask = attention_mask.to(fused.dtype).unsqueeze(-1)  # (B, T, 1)
+            pooled = (fused * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        logits = self.classifier(pooled)  # (B, num_labels)
+
+        loss = None
+        if labels is not None:
+            loss = self._loss(logits, labels)
+        output = DWAttSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            fusion_weights=outputs.fusion_weights,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # The problem-type rules of transformers' sequence classifiers.
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class DWAttForTokenClassification(DWAttPreTrainedModel):
+    """DWAtt model with a token classification head (NER, POS) on the fused state of every token."""
+
+    def __init__(self, config: DWAttConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.dwatt = DWAttModel(config)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.encoder_config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        output_fusion_weights: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[DWAttTokenClassifierOutput, tuple]:
+        r"""
+        labels (`torch.LongTensor` of shape `(B, T)`, *optional*):
+            Label index per token; -100 marks tokens without a label (padding, sub-word continuations).
+        output_fusion_weights (`bool`, *optional*):
+            Also return the per-token weights over depth, shape (B, T, H, n).
+        """
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self.dwatt(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_fusion_weights=output_fusion_weights,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1), ignore_index=-100)
+        output = DWAttTokenClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            fusion_weights=outputs.fusion_weights,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# `save_pretrained` copies this file and configuration_dwatt.py next to the weights for classes with an auto class.
+DWAttConfig.register_for_auto_class()
+DWAttModel.register_for_auto_class("AutoModel")
+DWAttForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+DWAttForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+
+__all__ = [
+    "DWAttPreTrainedModel",
+    "DWAttModel",
+    "DWAttForSequenceClassification",
+    "DWAttForTokenClassification",
+    "DWAttModelOutput",
+    "DWAttSequenceClassifierOutput",
+    "DWAttTokenClassifierOutput",
+    "FUSION_HEADS",
+]

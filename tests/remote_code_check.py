@@ -1,0 +1,52 @@
+"""Loads a saved DWAtt folder the way a user without dwatt does (trust_remote_code) and compares its logits.
+
+Run by tests/test_remote_code.py in a *clean* Python (a virtual environment where dwatt is not installed), so it
+imports nothing from dwatt or from the tests. Usage: python remote_code_check.py FOLDER CASE_FILE
+where CASE_FILE is a safetensors file with `input_ids`, `attention_mask` and the expected `logits`.
+Prints one line `OK transformers=<version> class=<name> … dwatt_installed=<bool> max_abs_diff=<float>` or exits non-zero.
+"""
+
+import importlib.util
+import sys
+
+
+class _BlockDwatt:
+    """Makes `import dwatt` fail even where it is installed (the fallback when no clean venv is given)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "dwatt" or name.startswith("dwatt."):
+            raise ImportError("dwatt is blocked: this check must run without the package")
+        return None
+
+
+def main() -> int:
+    folder, case_file = sys.argv[1], sys.argv[2]
+    dwatt_installed = importlib.util.find_spec("dwatt") is not None
+    sys.meta_path.insert(0, _BlockDwatt())
+
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    case = load_file(case_file)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    auto = {
+        "DWAttForTokenClassification": AutoModelForTokenClassification,
+        "DWAttForSequenceClassification": AutoModelForSequenceClassification,
+    }[config.architectures[0]]
+    model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+    if type(model).__module__.startswith("dwatt"):
+        print(f"FAIL the model class came from the installed package: {type(model).__module__}")
+        return 1
+    with torch.no_grad():
+        logits = model(input_ids=case["input_ids"], attention_mask=case["attention_mask"]).logits
+    diff = (logits - case["logits"]).abs().max().item()
+    status = "OK" if diff < 1e-5 else "FAIL"
+    print(f"{status} transformers={transformers.__version__} class={type(model).__name__} "
+          f"module={type(model).__module__} dwatt_installed={dwatt_installed} max_abs_diff={diff:.3g}")
+    return 0 if status == "OK" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""fusion="last" is the baseline: it must equal the stock transformers classifier with the same weights."""
+
+import pytest
+import torch
+from tiny_encoders import VOCAB_SIZE, tiny_encoder_config
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
+
+# How each family's stock sequence classifier is laid out: (dense module path, activation, output module path).
+# dense=None means a single linear layer without bias (decoder-only "score" heads).
+SEQUENCE_HEADS = {
+    "bert": ("bert.pooler.dense", "tanh", "classifier"),
+    "roberta": ("classifier.dense", "tanh", "classifier.out_proj"),
+    "mpnet": ("classifier.dense", "tanh", "classifier.out_proj"),
+    "electra": ("classifier.dense", "gelu", "classifier.out_proj"),
+    "distilbert": ("pre_classifier", "relu", "classifier"),
+    "deberta-v2": ("pooler.dense", "gelu", "classifier"),
+    "gpt2": (None, None, "score"),
+    "qwen2": (None, None, "score"),
+}
+# ModernBERT's stock heads add a LayerNorm'd prediction head, a different baseline; it is compared with its
+# stock base model below instead.
+TOKEN_FAMILIES = ["bert", "roberta", "mpnet", "electra", "distilbert", "deberta-v2", "gpt2", "qwen2"]
+
+
+def batch():
+    input_ids = torch.randint(4, VOCAB_SIZE, (3, 8))
+    attention_mask = torch.ones_like(input_ids)
+    input_ids[-1, 5:] = 0  # pad id 0: decoder heads find the last real token from it
+    attention_mask[-1, 5:] = 0
+    return input_ids, attention_mask
+
+
+def copy_encoder(ours, stock):
+    """Loads the stock model's base-model weights into our encoder; every one of our encoder weights must be set."""
+    state = stock.base_model.state_dict()
+    result = ours.dwatt.encoder.load_state_dict(state, strict=False)
+    assert not result.missing_keys, result.missing_keys
+    assert all(key.startswith("pooler.") for key in result.unexpected_keys), result.unexpected_keys
+
+
+@pytest.mark.parametrize("family", TOKEN_FAMILIES)
+def test_last_equals_stock_token_classifier(family):
+    encoder_config = tiny_encoder_config(family)
+    encoder_config.num_labels = 5
+    stock = AutoModelForTokenClassification.from_config(encoder_config).eval()
+    ours = DWAttForTokenClassification(DWAttConfig(encoder_config=encoder_config, fusion="last", num_labels=5)).eval()
+    copy_encoder(ours, stock)
+    stock_linear = getattr(stock, "classifier", None) or stock.score
+    ours.classifier.load_state_dict(stock_linear.state_dict())
+    input_ids, attention_mask = batch()
+    labels = torch.randint(0, 5, input_ids.shape).masked_fill(attention_mask == 0, -100)
+    with torch.no_grad():
+        expected = stock(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        got = ours(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    torch.testing.assert_close(got.logits, expected.logits)
+    torch.testing.assert_close(got.loss, expected.loss)
+
+
+@pytest.mark.parametrize("family", sorted(SEQUENCE_HEADS))
+def test_last_equals_stock_sequence_classifier(family):
+    dense_path, activation, out_path = SEQUENCE_HEADS[family]
+    encoder_config = tiny_encoder_config(family)
+    encoder_config.num_labels = 4
+    stock = AutoModelForSequenceClassification.from_config(encoder_config).eval()
+    config = DWAttConfig(
+        encoder_config=encoder_config,
+        fusion="last",
+        num_labels=4,
+        classifier_dense=dense_path is not None,
+        classifier_activation=activation or "tanh",
+    )
+    ours = DWAttForSequenceClassification(config).eval()
+    copy_encoder(ours, stock)
+    stock_out = stock.get_submodule(out_path)
+    with torch.no_grad():
+        ours.classifier.out_proj.weight.copy_(stock_out.weight)
+        if stock_out.bias is not None:
+            ours.classifier.out_proj.bias.copy_(stock_out.bias)
+        else:
+            ours.classifier.out_proj.bias.zero_()
+    if dense_path is not None:
+        ours.classifier.dense.load_state_dict(stock.get_submodule(dense_path).state_dict())
+    input_ids, attention_mask = batch()
+    labels = torch.tensor([0, 3, 1])
+    with torch.no_grad():
+        expected = stock(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        got = ours(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    torch.testing.assert_close(got.logits, expected.logits)
+    torch.testing.assert_close(got.loss, expected.loss)
+
+
+@pytest.mark.parametrize("model_class", [DWAttForTokenClassification, DWAttForSequenceClassification])
+def test_last_on_modernbert_equals_stock_base_model_plus_linear_head(model_class):
+    encoder_config = tiny_encoder_config("modernbert")
+    stock = AutoModel.from_config(encoder_config).eval()
+    ours = model_class(DWAttConfig(encoder_config=encoder_config, fusion="last", num_labels=3, classifier_dense=False)).eval()
+    ours.dwatt.encoder.load_state_dict(stock.state_dict())
+    input_ids, attention_mask = batch()
+    with torch.no_grad():
+        hidden = stock(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        linear = ours.classifier if model_class is DWAttForTokenClassification else ours.classifier.out_proj
+        expected = linear(hidden) if model_class is DWAttForTokenClassification else linear(hidden[:, 0])
+        torch.testing.assert_close(ours(input_ids=input_ids, attention_mask=attention_mask).logits, expected)

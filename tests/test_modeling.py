@@ -1,0 +1,193 @@
+"""The model matrix: every tiny encoder family x every fusion head x both task classes."""
+
+import pytest
+import torch
+from tiny_encoders import DECODER_FAMILIES, ENCODER_FAMILIES, VOCAB_SIZE, tiny_encoder_config
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+import dwatt
+from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
+
+FUSIONS = ["dwatt", "concat", "scalar_mix", "deeper", "last"]
+TASK_CLASSES = [DWAttForSequenceClassification, DWAttForTokenClassification]
+
+
+def make_batch(batch_size: int = 3, length: int = 9, pad_from: int = 5):
+    """Random ids (never the pad id 0) with the last row right-padded from `pad_from` on."""
+    input_ids = torch.randint(4, VOCAB_SIZE, (batch_size, length))
+    attention_mask = torch.ones_like(input_ids)
+    input_ids[-1, pad_from:] = 0
+    attention_mask[-1, pad_from:] = 0
+    return input_ids, attention_mask
+
+
+def make_model(model_class, family: str, fusion: str, **config_kwargs):
+    config = DWAttConfig(encoder_config=tiny_encoder_config(family), fusion=fusion, num_labels=3, **config_kwargs)
+    return model_class(config)
+
+
+@pytest.mark.parametrize("model_class", TASK_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_forward_loss_backward_and_padding_invariance(family, fusion, model_class):
+    model = make_model(model_class, family, fusion)
+    input_ids, attention_mask = make_batch()
+    token_level = model_class is DWAttForTokenClassification
+    labels = torch.randint(0, 3, input_ids.shape if token_level else input_ids.shape[:1])
+    if token_level:
+        labels[attention_mask == 0] = -100
+
+    # Training step: finite loss, and every fusion / classifier parameter receives a gradient.
+    model.train()
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    assert output.loss is not None and torch.isfinite(output.loss)
+    output.loss.backward()
+    head_parameters = {n: p for n, p in model.named_parameters() if not n.startswith("dwatt.encoder.")}
+    if fusion != "last":
+        assert any(n.startswith("dwatt.fusion.") for n in head_parameters)
+    for name, parameter in head_parameters.items():
+        assert parameter.grad is not None, f"{name} got no gradient"
+        assert parameter.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+    # Loss is the standard cross entropy of the returned logits.
+    model.eval()
+    with torch.no_grad():
+        output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        flat_logits = output.logits.reshape(-1, 3)
+        expected = torch.nn.functional.cross_entropy(flat_logits, labels.reshape(-1), ignore_index=-100)
+        torch.testing.assert_close(output.loss, expected)
+        expected_shape = (3, 9, 3) if token_level else (3, 3)
+        assert output.logits.shape == expected_shape
+        assert output.hidden_states is None and output.attentions is None  # only when asked for
+
+        # Padding invariance: the padded row equals the same sentence run alone, unpadded.
+        alone = model(input_ids=input_ids[-1:, :5], attention_mask=attention_mask[-1:, :5]).logits
+        padded = output.logits[-1:, :5] if token_level else output.logits[-1:]
+        torch.testing.assert_close(padded, alone, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["dwatt", "scalar_mix"])
+@pytest.mark.parametrize("model_class", TASK_CLASSES + [DWAttModel], ids=lambda c: c.__name__)
+def test_fusion_weights_only_when_asked(model_class, fusion):
+    model = make_model(model_class, "bert", fusion).eval()
+    input_ids, attention_mask = make_batch()
+    with torch.no_grad():
+        plain = model(input_ids=input_ids, attention_mask=attention_mask)
+        asked = model(input_ids=input_ids, attention_mask=attention_mask, output_fusion_weights=True)
+    assert plain.fusion_weights is None
+    weights = asked.fusion_weights
+    positions = 1 if model_class is DWAttForSequenceClassification else 9  # pooled heads fuse one position
+    assert weights.shape == (3, positions, 1, 4)  # (B, T', heads, sources): 3 layers + embeddings
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, positions, 1))
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_hidden_states_and_attentions_when_asked(fusion):
+    model = make_model(DWAttForTokenClassification, "bert", fusion, ).eval()
+    model.config.encoder_config._attn_implementation = "eager"
+    model.dwatt.encoder.config._attn_implementation = "eager"
+    input_ids, attention_mask = make_batch()
+    with torch.no_grad():
+        output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, output_attentions=True)
+    assert len(output.hidden_states) == 4 and output.hidden_states[0].shape == (3, 9, 32)
+    assert len(output.attentions) == 3 and output.attentions[0].shape == (3, 4, 9, 9)
+
+
+def test_return_dict_false_gives_loss_first():
+    model = make_model(DWAttForTokenClassification, "bert", "dwatt").eval()
+    input_ids, attention_mask = make_batch()
+    labels = torch.zeros_like(input_ids)
+    loss, logits = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, return_dict=False)
+    assert loss.dim() == 0 and logits.shape == (3, 9, 3)
+
+
+@pytest.mark.parametrize("pooling", ["first", "mean", "last"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_sequence_pooling_matches_token_level_fusion(pooling, fusion):
+    """Pooling at one position fuses only there; the result equals pooling the full token-level fusion."""
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion=fusion, num_labels=3, pooling=pooling)
+    model = DWAttForSequenceClassification(config).eval()
+    input_ids, attention_mask = make_batch()
+    with torch.no_grad():
+        fused = model.dwatt(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, d)
+        lengths = attention_mask.sum(-1)
+        if pooling == "first":
+            pooled = fused[:, 0]
+        elif pooling == "last":
+            pooled = fused[torch.arange(3), lengths - 1]
+        else:
+            pooled = torch.stack([fused[i, : lengths[i]].mean(0) for i in range(3)])
+        expected = model.classifier.out_proj(torch.tanh(model.classifier.dense(pooled)))
+        torch.testing.assert_close(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
+
+
+def test_last_pooling_handles_left_padding():
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", num_labels=3, pooling="last")
+    model = DWAttForSequenceClassification(config).eval()
+    input_ids = torch.randint(4, VOCAB_SIZE, (1, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        fused = model.dwatt(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        expected = model.classifier.out_proj(torch.tanh(model.classifier.dense(fused[:, -1])))
+        torch.testing.assert_close(model(input_ids=input_ids, attention_mask=mask).logits, expected)
+
+
+@pytest.mark.parametrize("family", sorted(DECODER_FAMILIES))
+def test_decoder_only_families_pool_the_last_token_by_default(family):
+    assert DWAttConfig(encoder_config=tiny_encoder_config(family)).pooling == "last"
+    assert DWAttConfig(encoder_config=tiny_encoder_config("bert")).pooling == "first"
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_regression_and_multi_label_losses(fusion):
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion=fusion, num_labels=1)
+    model = DWAttForSequenceClassification(config).eval()
+    input_ids, attention_mask = make_batch()
+    targets = torch.tensor([0.5, 2.0, -1.0])
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=targets)
+    torch.testing.assert_close(output.loss, ((output.logits.squeeze(-1) - targets) ** 2).mean())
+
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion=fusion, num_labels=4, problem_type="multi_label_classification")
+    model = DWAttForSequenceClassification(config).eval()
+    multi_hot = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1]])
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=multi_hot)
+    probabilities = torch.sigmoid(output.logits)
+    expected = -(multi_hot * probabilities.log() + (1 - multi_hot) * (1 - probabilities).log()).mean()
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_auto_classes_are_registered():
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), num_labels=3)
+    assert type(AutoModel.from_config(config)) is dwatt.DWAttModel
+    assert type(AutoModelForTokenClassification.from_config(config)) is DWAttForTokenClassification
+    assert type(AutoModelForSequenceClassification.from_config(config)) is DWAttForSequenceClassification
+
+
+def test_config_accepts_encoder_config_as_dict_and_round_trips(tmp_path):
+    encoder_config = tiny_encoder_config("roberta")
+    config = DWAttConfig(encoder_config=encoder_config.to_dict(), fusion="concat", fusion_layers=[0, -1], num_labels=7)
+    assert type(config.encoder_config) is type(encoder_config)
+    assert config.fusion_source_indices == [0, 3]
+    config.save_pretrained(tmp_path)
+    loaded = DWAttConfig.from_pretrained(tmp_path)
+    assert loaded.fusion == "concat" and loaded.fusion_layers == [0, -1] and loaded.num_labels == 7
+    assert loaded.encoder_config.to_dict()["hidden_size"] == 32 and loaded.encoder_config.model_type == "roberta"
+
+
+@pytest.mark.parametrize("fusion_layers, expected", [("all", [0, 1, 2, 3]), ([-1, 0], [0, 3]), ([2], [2])])
+def test_fusion_layers_select_the_sources(fusion_layers, expected):
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="scalar_mix", fusion_layers=fusion_layers)
+    assert config.fusion_source_indices == expected
+    model = DWAttModel(config)
+    assert model.fusion.mix_logits.shape == (len(expected),)
+
+
+def test_gradient_checkpointing_trains():
+    model = make_model(DWAttForTokenClassification, "bert", "dwatt")
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable  # v5 name first
+    enable()
+    model.train()
+    input_ids, attention_mask = make_batch()
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.zeros_like(input_ids)).loss
+    loss.backward()
+    assert model.dwatt.encoder.embeddings.word_embeddings.weight.grad is not None

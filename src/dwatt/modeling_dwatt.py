@@ -475,7 +475,7 @@ class DWAttPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_encoder_pretrained(
         cls,
-        encoder_name_or_path: str,
+        name_or_path: str,
         fusion: str = "dwatt",
         num_labels: Optional[int] = None,
         encoder_kwargs: Optional[dict] = None,
@@ -487,26 +487,26 @@ class DWAttPreTrainedModel(PreTrainedModel):
         maps it onto the bare encoder. Raises `ValueError` if any encoder weight would stay randomly initialised.
 
         Args:
-            encoder_name_or_path: folder or Hub id of the encoder checkpoint.
+            name_or_path: folder or Hub id of the encoder checkpoint.
             fusion: the fusion head (see `DWAttConfig`).
             num_labels: size of the classifier (or pass `id2label`/`label2id`).
             encoder_kwargs: passed to `AutoConfig/AutoModel.from_pretrained` (`revision`, `cache_dir`, …).
             config_kwargs: further `DWAttConfig` arguments (`fusion_layers`, `pooling`, `id2label`, …).
         """
         encoder_kwargs = dict(encoder_kwargs or {})
-        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **encoder_kwargs)
+        encoder_config = AutoConfig.from_pretrained(name_or_path, **encoder_kwargs)
         if encoder_config.model_type == DWAttConfig.model_type:
             raise ValueError(
-                f"{encoder_name_or_path} is already a DWAtt checkpoint: load it with {cls.__name__}.from_pretrained."
+                f"{name_or_path} is already a DWAtt checkpoint: load it with {cls.__name__}.from_pretrained."
             )
         if num_labels is not None:
             config_kwargs["num_labels"] = num_labels
-        config_kwargs.setdefault("encoder_name_or_path", str(encoder_name_or_path))
+        config_kwargs.setdefault("encoder_name_or_path", str(name_or_path))
         config = DWAttConfig(encoder_config=encoder_config, fusion=fusion, **config_kwargs)
         model = cls(config)
 
         pretrained, loading_info = AutoModel.from_pretrained(
-            encoder_name_or_path, config=encoder_config, output_loading_info=True, **encoder_kwargs
+            name_or_path, config=encoder_config, output_loading_info=True, **encoder_kwargs
         )
         encoder = model.base_model.encoder
         wanted = set(encoder.state_dict())
@@ -515,7 +515,7 @@ class DWAttPreTrainedModel(PreTrainedModel):
         if missing or mismatched:
             problem = f"{len(missing)} missing" + (f" and {len(mismatched)} mismatched" if mismatched else "")
             raise ValueError(
-                f"{problem} encoder weights in {encoder_name_or_path} (e.g. {(missing or mismatched)[:5]}): they would "
+                f"{problem} encoder weights in {name_or_path} (e.g. {(missing or mismatched)[:5]}): they would "
                 f"stay randomly initialised. Check that the checkpoint holds a complete {type(pretrained).__name__} "
                 "(with or without its task head) and that its config matches its weights."
             )

@@ -1,0 +1,316 @@
+#!/usr/bin/env python
+# Copyright 2026 the dwatt authors. Licensed under the Apache License, Version 2.0.
+"""Fine-tune a DWAtt token classifier (NER, POS, …): transformers' run_ner.py with a layer-fusion head.
+
+Same arguments and outputs as `examples/pytorch/token-classification/run_ner.py`, plus:
+  --encoder_name_or_path (a plain encoder to wrap) or --model_name_or_path (a DWAtt checkpoint), --fusion,
+  --fusion_layers and the head settings (see `dwatt.model_arguments.ModelArguments`);
+  local data: CoNLL column files or JSON lines (--train_file …), or a folder of them (--dataset_name ./folder);
+  --few_shot_seed: --max_train_samples draws its examples at random with this seed (not the first N).
+The output folder is a complete Hub model repository with a model card (README.md).
+
+    python run_ner_dwatt.py --encoder_name_or_path bert-base-cased --dataset_name conll2003 --fusion dwatt \
+        --output_dir out/ner --do_train --do_eval --do_predict
+A single .json or .yaml argument file works instead of flags.
+"""
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import datasets
+import numpy as np
+import transformers
+from datasets import ClassLabel
+from transformers import AutoConfig, DataCollatorForTokenClassification, HfArgumentParser, TrainingArguments, set_seed
+
+from dwatt import DWAttForTokenClassification
+from dwatt.data import get_ner_label_list, load_ner_data, select_few_shot
+from dwatt.metrics import make_ner_compute_metrics
+from dwatt.model_arguments import ModelArguments, encoder_model_type, load_model, load_tokenizer
+from dwatt.trainer import DWAttTrainer
+
+logger = logging.getLogger(__name__)
+
+# Byte-level BPE tokenizers need a space before pre-split words to tokenize them as they appear mid-sentence.
+PREFIX_SPACE_MODEL_TYPES = {"bloom", "gpt2", "roberta", "deberta", "longformer", "bart"}
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to train and evaluate on (the arguments of run_ner.py, plus few-shot sampling and label names)."""
+
+    task_name: Optional[str] = field(default="ner", metadata={"help": "The name of the task (ner, pos…)."})
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset (conll2003, wikiann…) or a local folder of CoNLL/JSON-lines files."}
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration (e.g. 'en')."})
+    dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub dataset revision."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "Training file: CoNLL columns, or .json/.jsonl."})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "Evaluation file (same formats)."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Prediction file (same formats)."})
+    text_column_name: Optional[str] = field(default=None, metadata={"help": "Column with the word lists."})
+    label_column_name: Optional[str] = field(default=None, metadata={"help": "Column with the tag lists."})
+    label_list: Optional[str] = field(
+        default=None,
+        metadata={"help": "Comma-separated label list (its order gives the ids); tags outside it are an error."},
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Overwrite the cached preprocessed datasets."})
+    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for preprocessing."})
+    max_seq_length: Optional[int] = field(
+        default=None, metadata={"help": "Truncate tokenised inputs to this length (and pad to it with --pad_to_max_length)."}
+    )
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every input to max_seq_length instead of to the longest in the batch."}
+    )
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Train on this many examples, drawn at random with --few_shot_seed."}
+    )
+    few_shot_seed: int = field(default=42, metadata={"help": "Seed of the --max_train_samples draw."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Evaluate on the first N examples."})
+    max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Predict on the first N examples."})
+    label_all_tokens: bool = field(
+        default=False,
+        metadata={"help": "Label every sub-word of a word (B- becomes I- after the first) instead of only the first."},
+    )
+    return_entity_level_metrics: bool = field(
+        default=False, metadata={"help": "Report precision/recall/F1 per entity type as well as overall."}
+    )
+
+    def __post_init__(self):
+        if self.dataset_name is None and self.train_file is None and self.validation_file is None:
+            raise ValueError("Need either --dataset_name (Hub id or local folder) or --train_file/--validation_file.")
+        self.task_name = self.task_name.lower()
+
+
+def parse_arguments():
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(sys.argv[1]))
+    return parser.parse_args_into_dataclasses()
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def checkpoint_labels(model_args: ModelArguments) -> Optional[list[str]]:
+    """The label list of a DWAtt checkpoint being continued (None when starting from a plain encoder)."""
+    if model_args.model_name_or_path is None or model_args.ignore_mismatched_sizes:
+        return None
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **model_args.hub_kwargs()
+    )
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def check_splits(raw_datasets, training_args: TrainingArguments) -> None:
+    """Fails before any tokenisation when a requested split is missing or empty."""
+    for split, flag in (("train", "--do_train"), ("validation", "--do_eval"), ("test", "--do_predict")):
+        if not getattr(training_args, flag[2:]):
+            continue
+        if split not in raw_datasets:
+            raise ValueError(f"{flag} needs a {split} split, but the data has only {list(raw_datasets)}.")
+        if len(raw_datasets[split]) == 0:
+            raise ValueError(f"The {split} split is empty: {flag} has nothing to work on.")
+
+
+def dataset_id_for_card(data_args: DataTrainingArguments) -> str:
+    """The dataset name for the model card: the Hub id, or the local folder's / training file's folder name."""
+    name = data_args.dataset_name
+    if name is not None and not os.path.isdir(name):
+        return name
+    path = name or data_args.train_file or data_args.validation_file
+    return os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))))
+
+
+def main():
+    model_args, data_args, training_args = parse_arguments()
+    setup_logging(training_args)
+    logger.warning(
+        f"Process rank: {training_args.local_process_index}, device: {training_args.device}, n_gpu: {training_args.n_gpu}, "
+        f"distributed training: {training_args.parallel_mode.value == 'distributed'}, 16-bits training: {training_args.fp16}"
+    )
+    logger.info(f"Training/evaluation parameters {training_args}")
+    set_seed(training_args.seed)
+
+    # Data. Tags are checked against the label list while reading local files, so a bad tag names its file and line.
+    label_names = data_args.label_list.split(",") if data_args.label_list else checkpoint_labels(model_args)
+    raw_datasets = load_ner_data(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        label_list=label_names,
+        revision=data_args.dataset_revision,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
+    )
+    reference_split = "train" if training_args.do_train else "validation"
+    check_splits(raw_datasets, training_args)
+    column_names = raw_datasets[reference_split].column_names
+    features = raw_datasets[reference_split].features
+    text_column_name = data_args.text_column_name or ("tokens" if "tokens" in column_names else column_names[0])
+    if data_args.label_column_name is not None:
+        label_column_name = data_args.label_column_name
+    elif f"{data_args.task_name}_tags" in column_names:
+        label_column_name = f"{data_args.task_name}_tags"
+    else:
+        label_column_name = column_names[1]
+    for column in (text_column_name, label_column_name):
+        if column not in column_names:
+            raise ValueError(f"Column {column!r} is not in the data (columns: {column_names}); set --text_column_name/--label_column_name.")
+
+    labels_are_int = isinstance(features[label_column_name].feature, ClassLabel)
+    label_list = get_ner_label_list(raw_datasets[reference_split], label_column_name)
+    if label_names is not None and labels_are_int and list(label_names) != label_list:
+        raise ValueError(f"The dataset's labels {label_list} differ from the expected {label_names}.")
+
+    # Model and tokenizer.
+    model = load_model(model_args, DWAttForTokenClassification, label_list, finetuning_task=data_args.task_name)
+    tokenizer = load_tokenizer(model_args, add_prefix_space=encoder_model_type(model_args) in PREFIX_SPACE_MODEL_TYPES)
+    # The model's own label order decides the ids (it differs from the data's when continuing a checkpoint).
+    label_to_id = {label: model.config.label2id[label] for label in label_list}
+    data_id_to_model_id = {i: label_to_id[label] for i, label in enumerate(label_list)} if labels_are_int else None
+    model_label_list = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    # With --label_all_tokens, the continuation sub-words of a B- word get the matching I- label.
+    b_to_i_label = []
+    for label in model_label_list:
+        inside = "I-" + label[2:] if label.startswith("B-") else label
+        b_to_i_label.append(model.config.label2id.get(inside, model.config.label2id[label]))
+
+    padding = "max_length" if data_args.pad_to_max_length else False
+
+    def tokenize_and_align_labels(examples):
+        tokenized = tokenizer(
+            examples[text_column_name],
+            padding=padding,
+            truncation=True,
+            max_length=data_args.max_seq_length,
+            is_split_into_words=True,
+        )
+        labels = []
+        for i, tags in enumerate(examples[label_column_name]):
+            word_ids = tokenized.word_ids(batch_index=i)
+            previous_word = None
+            label_ids = []
+            for word in word_ids:
+                if word is None:  # special tokens and padding: ignored by the loss
+                    label_ids.append(-100)
+                    continue
+                tag = data_id_to_model_id[tags[word]] if labels_are_int else label_to_id[tags[word]]
+                if word != previous_word:
+                    label_ids.append(tag)
+                else:
+                    label_ids.append(b_to_i_label[tag] if data_args.label_all_tokens else -100)
+                previous_word = word
+            labels.append(label_ids)
+        tokenized["labels"] = labels
+        return tokenized
+
+    def prepare(split: str, limit: Optional[int], few_shot: bool):
+        dataset = raw_datasets[split]
+        if limit is not None:
+            limit = min(len(dataset), limit)
+            dataset = select_few_shot(dataset, limit, data_args.few_shot_seed) if few_shot else dataset.select(range(limit))
+        with training_args.main_process_first(desc=f"{split} dataset map pre-processing"):
+            return dataset.map(
+                tokenize_and_align_labels,
+                batched=True,
+                num_proc=data_args.preprocessing_num_workers,
+                load_from_cache_file=not data_args.overwrite_cache,
+                remove_columns=dataset.column_names,
+                desc=f"Running tokenizer on {split} dataset",
+            )
+
+    train_dataset = prepare("train", data_args.max_train_samples, few_shot=True) if training_args.do_train else None
+    eval_dataset = prepare("validation", data_args.max_eval_samples, few_shot=False) if training_args.do_eval else None
+    predict_dataset = prepare("test", data_args.max_predict_samples, few_shot=False) if training_args.do_predict else None
+
+    data_collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
+    hyperparameters = {
+        "fusion": model.config.fusion,
+        "fusion_layers": model.config.fusion_layers,
+        "learning_rate": training_args.learning_rate,
+        "train_batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "num_train_epochs": training_args.num_train_epochs,
+        "max_steps": training_args.max_steps,
+        "seed": training_args.seed,
+        "max_train_samples": data_args.max_train_samples,
+        "few_shot_seed": data_args.few_shot_seed,
+    }
+    trainer = DWAttTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+        compute_metrics=make_ner_compute_metrics(model_label_list, data_args.return_entity_level_metrics),
+        card_info={
+            "task": "token-classification",
+            "dataset_id": dataset_id_for_card(data_args),
+            "dataset_config": data_args.dataset_config_name,
+            "hyperparameters": hyperparameters,
+            "license": model_args.card_license,
+        },
+    )
+
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # weights, code files, config with auto_map, tokenizer
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(eval_dataset)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        trainer.save_depth_weights(eval_dataset)
+
+    if training_args.do_predict:
+        logger.info("*** Predict ***")
+        predictions, labels, metrics = trainer.predict(predict_dataset, metric_key_prefix="predict")
+        predictions = np.argmax(predictions, axis=2)
+        true_predictions = [
+            [model_label_list[p] for p, l in zip(prediction, label) if l != -100]
+            for prediction, label in zip(predictions, labels)
+        ]
+        trainer.log_metrics("predict", metrics)
+        trainer.save_metrics("predict", metrics)
+        if trainer.is_world_process_zero():
+            with open(os.path.join(training_args.output_dir, "predictions.txt"), "w") as writer:
+                for prediction in true_predictions:
+                    writer.write(" ".join(prediction) + "\n")
+
+    if training_args.do_train:
+        trainer.create_model_card()
+        if training_args.push_to_hub:
+            trainer.push_to_hub()
+
+
+if __name__ == "__main__":
+    main()

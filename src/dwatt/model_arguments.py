@@ -1,0 +1,197 @@
+"""The model options shared by `run_glue_dwatt.py` and `run_ner_dwatt.py`, and how they become a model."""
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .configuration_dwatt import FUSION_CHOICES, POOLING_CHOICES
+
+
+@dataclass
+class ModelArguments:
+    """Which model to fine-tune: a plain pretrained encoder plus a new head, or an existing DWAtt checkpoint."""
+
+    encoder_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "A plain pretrained encoder (Hub id or folder) to wrap with a new fusion head and classifier."},
+    )
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "A DWAtt checkpoint (Hub id or folder) to continue from; give this or --encoder_name_or_path."},
+    )
+    fusion: str = field(default="dwatt", metadata={"help": f"Fusion head, one of {', '.join(FUSION_CHOICES)}."})
+    fusion_layers: str = field(
+        default="all",
+        metadata={"help": "'all' or comma-separated indices into hidden_states (0 = embeddings, -1 = last layer)."},
+    )
+    dwatt_bottleneck_ratio: float = field(default=0.5, metadata={"help": "DWAtt MLP bottleneck ratio γ."})
+    dwatt_position_dim: int = field(default=24, metadata={"help": "Size of DWAtt's learned depth embeddings."})
+    dwatt_num_heads: int = field(default=1, metadata={"help": "Attention heads over depth."})
+    dwatt_scale_scores: bool = field(default=False, metadata={"help": "Scale DWAtt scores by 1/sqrt(head dim)."})
+    dwatt_weight_dropout: float = field(default=0.0, metadata={"help": "Dropout on DWAtt's weights over depth."})
+    dwatt_shared_value_mlp: bool = field(default=False, metadata={"help": "One value MLP for all sources."})
+    concat_hidden_size: Optional[int] = field(default=None, metadata={"help": "Concat head MLP width (default d)."})
+    scalar_mix_layer_norm: bool = field(default=False, metadata={"help": "Normalise each source before ScalarMix."})
+    deeper_num_layers: int = field(default=1, metadata={"help": "Extra transformer layers of the 'deeper' head."})
+    pooling: Optional[str] = field(
+        default=None,
+        metadata={"help": f"Sequence pooling, one of {', '.join(POOLING_CHOICES)} (default: first; last for decoders)."},
+    )
+    classifier_dropout: Optional[float] = field(default=None, metadata={"help": "Dropout before the classifier."})
+    encoder_hub_id: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub id of the encoder for the model card's base_model, when the encoder is a local folder."},
+    )
+    config_name: Optional[str] = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store downloads from the Hub."})
+    model_revision: str = field(default="main", metadata={"help": "Model revision: branch, tag or commit id."})
+    token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code (needed for a DWAtt checkpoint without dwatt installed)."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Start a new classifier when the checkpoint's label count differs."}
+    )
+    card_license: str = field(default="apache-2.0", metadata={"help": "Licence written into the model card."})
+
+    def __post_init__(self):
+        if (self.encoder_name_or_path is None) == (self.model_name_or_path is None):
+            raise ValueError(
+                "Give exactly one of --encoder_name_or_path (a plain pretrained encoder to wrap) and "
+                "--model_name_or_path (a DWAtt checkpoint to continue from)."
+            )
+        if self.fusion not in FUSION_CHOICES:
+            raise ValueError(f"Unknown --fusion {self.fusion!r}: choose one of {', '.join(FUSION_CHOICES)}.")
+        if self.pooling is not None and self.pooling not in POOLING_CHOICES:
+            raise ValueError(f"Unknown --pooling {self.pooling!r}: choose one of {', '.join(POOLING_CHOICES)}.")
+
+    @property
+    def source(self) -> str:
+        return self.encoder_name_or_path or self.model_name_or_path
+
+    def hub_kwargs(self) -> dict:
+        return {"cache_dir": self.cache_dir, "revision": self.model_revision, "token": self.token}
+
+    def head_config_kwargs(self) -> dict:
+        """The `DWAttConfig` arguments these options set for a new head."""
+        return {
+            "fusion_layers": parse_fusion_layers(self.fusion_layers),
+            "dwatt_bottleneck_ratio": self.dwatt_bottleneck_ratio,
+            "dwatt_position_dim": self.dwatt_position_dim,
+            "dwatt_num_heads": self.dwatt_num_heads,
+            "dwatt_scale_scores": self.dwatt_scale_scores,
+            "dwatt_weight_dropout": self.dwatt_weight_dropout,
+            "dwatt_shared_value_mlp": self.dwatt_shared_value_mlp,
+            "concat_hidden_size": self.concat_hidden_size,
+            "scalar_mix_layer_norm": self.scalar_mix_layer_norm,
+            "deeper_num_layers": self.deeper_num_layers,
+            "pooling": self.pooling,
+            "classifier_dropout": self.classifier_dropout,
+        }
+
+
+def parse_fusion_layers(text: Union[str, list]) -> Union[str, list[int]]:
+    """`"all"` stays `"all"`; `"0,3,-1"` becomes `[0, 3, -1]`."""
+    if isinstance(text, list):
+        return [int(value) for value in text]
+    text = text.strip()
+    if text == "all":
+        return "all"
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(
+            f"--fusion_layers {text!r} is not understood: use 'all' or comma-separated integers such as '0,6,-1'."
+        ) from None
+
+
+def load_tokenizer(model_args: ModelArguments, add_prefix_space: bool = False) -> PreTrainedTokenizerBase:
+    """The fast tokenizer of the encoder or checkpoint (pre-tokenised NER input needs `add_prefix_space` for BPE)."""
+    name = model_args.tokenizer_name or model_args.source
+    kwargs = {"use_fast": True, "trust_remote_code": model_args.trust_remote_code, **model_args.hub_kwargs()}
+    if add_prefix_space:
+        kwargs["add_prefix_space"] = True
+    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"The tokenizer of {name} is not a fast tokenizer; the scripts need word ids from a fast one.")
+    if tokenizer.pad_token is None:  # decoder-only tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def encoder_model_type(model_args: ModelArguments) -> str:
+    """The wrapped encoder's model type (e.g. 'roberta'), whichever kind of source the options name."""
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.source, trust_remote_code=model_args.trust_remote_code, **model_args.hub_kwargs()
+    )
+    if config.model_type == "dwatt":
+        encoder_config = config.encoder_config
+        return encoder_config["model_type"] if isinstance(encoder_config, dict) else encoder_config.model_type
+    return config.model_type
+
+
+def load_model(
+    model_args: ModelArguments,
+    model_class: type,
+    label_list: list,
+    finetuning_task: Optional[str] = None,
+    problem_type: Optional[str] = None,
+) -> PreTrainedModel:
+    """A `model_class` (DWAttForTokenClassification / …ForSequenceClassification) for the labels in `label_list`.
+
+    From `--encoder_name_or_path`: a new head and classifier on the pretrained encoder. From `--model_name_or_path`:
+    the checkpoint as saved (its label count must match unless --ignore_mismatched_sizes).
+    """
+    num_labels = len(label_list)
+    label_kwargs = {"num_labels": num_labels}
+    if num_labels > 1 or problem_type != "regression":
+        label_kwargs["id2label"] = {i: str(label) for i, label in enumerate(label_list)}
+        label_kwargs["label2id"] = {str(label): i for i, label in enumerate(label_list)}
+    if problem_type is not None:
+        label_kwargs["problem_type"] = problem_type
+    if finetuning_task is not None:
+        label_kwargs["finetuning_task"] = finetuning_task
+
+    if model_args.encoder_name_or_path is not None:
+        extra = {}
+        if model_args.encoder_hub_id:
+            extra["encoder_name_or_path"] = model_args.encoder_hub_id
+        elif os.path.isdir(model_args.encoder_name_or_path):
+            extra["encoder_name_or_path"] = os.path.abspath(model_args.encoder_name_or_path)
+        return model_class.from_encoder_pretrained(
+            model_args.encoder_name_or_path,
+            fusion=model_args.fusion,
+            encoder_kwargs={k: v for k, v in model_args.hub_kwargs().items() if v is not None},
+            **model_args.head_config_kwargs(),
+            **label_kwargs,
+            **extra,
+        )
+    checkpoint_config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
+    )
+    if checkpoint_config.model_type != "dwatt":
+        raise ValueError(
+            f"{model_args.model_name_or_path} is a {checkpoint_config.model_type!r} checkpoint, not a DWAtt one: pass it "
+            "as --encoder_name_or_path to wrap it with a fusion head."
+        )
+    common = {"trust_remote_code": model_args.trust_remote_code, **model_args.hub_kwargs()}
+    if model_args.ignore_mismatched_sizes:
+        # A new classifier for the data's labels, on purpose.
+        return model_class.from_pretrained(
+            model_args.model_name_or_path, ignore_mismatched_sizes=True, **common, **label_kwargs
+        )
+    model = model_class.from_pretrained(model_args.model_name_or_path, **common)
+    # Keep the checkpoint's own label order: the scripts map the data's labels through model.config.label2id.
+    saved_labels = list(model.config.label2id)
+    unknown = [str(label) for label in label_list if str(label) not in model.config.label2id]
+    if problem_type != "regression" and (unknown or len(saved_labels) != num_labels):
+        raise ValueError(
+            f"The data's labels {[str(label) for label in label_list]} do not match the labels of checkpoint "
+            f"{model_args.model_name_or_path} {saved_labels}"
+            + (f" (not in the checkpoint: {unknown})" if unknown else "")
+            + ". Pass --ignore_mismatched_sizes to train a new classifier for the data's labels."
+        )
+    return model

@@ -1,0 +1,199 @@
+"""Model cards for fine-tuned DWAtt checkpoints: Hub metadata, what the head does, usage, command and results."""
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .accounting import cost_summary
+
+TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
+
+FUSION_DESCRIPTIONS = {
+    "dwatt": (
+        "Depth-Wise Attention (DWAtt; ElNokrashy, AlKhamissi & Diab, LREC-COLING 2024) lets every token attend over "
+        "the encoder's layers: a query from the last layer, learned depth embeddings as keys, and a small MLP per "
+        "layer as values, added back to the last layer: `h = z_L + Σ_n softmax(q·k)_n v_n`."
+    ),
+    "concat": "Concat fusion: `h = z_L + W·LN(gelu(U·[z_0; …; z_L]))`, one bottleneck MLP over all layers' states.",
+    "scalar_mix": "ScalarMix (ELMo, BERMo): `h = γ Σ_n softmax(w)_n z_n`, one learned scalar weight per layer.",
+    "deeper": (
+        "The DWAtt paper's parameter-matched control: extra randomly initialised transformer layer(s) of the "
+        "encoder's shape on top of its last layer."
+    ),
+    "last": "No fusion: the encoder's last layer, as in the stock transformers classifiers (the baseline).",
+}
+# Keys of the Trainer's metric dicts that are bookkeeping, not quality.
+NON_QUALITY_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "samples"}
+HEAD_SETTINGS = {
+    "dwatt": ("dwatt_bottleneck_ratio", "dwatt_position_dim", "dwatt_num_heads", "dwatt_scale_scores", "dwatt_weight_dropout", "dwatt_shared_value_mlp"),
+    "concat": ("concat_hidden_size",),
+    "scalar_mix": ("scalar_mix_layer_norm",),
+    "deeper": ("deeper_num_layers",),
+    "last": (),
+}
+TASKS = {
+    "token-classification": ("Token Classification", "TokenClassification", "Hugging Face is based in New York City."),
+    "text-classification": ("Text Classification", "SequenceClassification", "A gripping, beautifully made film."),
+}
+
+
+def command_line() -> str:
+    """The command that started this process, quoted so it can be pasted into a shell."""
+    return " ".join(shlex.quote(part) for part in ["python", *sys.argv])
+
+
+def quality_metrics(metrics: dict, prefix: str) -> dict[str, float]:
+    """`{'eval_f1': 0.9, 'eval_runtime': 3}` -> `{'f1': 0.9}` for prefix 'eval'."""
+    result = {}
+    for key, value in metrics.items():
+        if not key.startswith(prefix + "_") or not isinstance(value, (int, float)):
+            continue
+        name = key[len(prefix) + 1 :]
+        if name not in NON_QUALITY_METRICS:
+            result[name] = float(value)
+    return result
+
+
+def _markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def build_model_card(
+    model,
+    task: str,
+    dataset_id: str,
+    dataset_config: Optional[str] = None,
+    eval_metrics: Optional[dict] = None,
+    test_metrics: Optional[dict] = None,
+    command: Optional[str] = None,
+    hyperparameters: Optional[dict] = None,
+    repo_id: Optional[str] = None,
+    revision: str = "main",
+    license: str = "apache-2.0",
+    depth_weights: Optional[list[float]] = None,
+    depth_weights_png: Optional[str] = None,
+    seq_len: int = 128,
+    model_name: Optional[str] = None,
+) -> ModelCard:
+    """Builds the card; `eval_metrics`/`test_metrics` are the Trainer's dicts (`eval_…`, `predict_…` keys)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    task_title, auto_suffix, example_text = TASKS[task]
+    config = model.config
+    encoder_id = config.encoder_name_or_path
+    base_model = encoder_id if encoder_id and not os.path.isabs(encoder_id) and not os.path.exists(encoder_id) else None
+    dataset_name = dataset_id + (f" ({dataset_config})" if dataset_config else "")
+    if model_name is None:
+        encoder_name = (base_model or config.encoder_config.model_type).split("/")[-1]
+        model_name = repo_id.split("/")[-1] if repo_id else f"{encoder_name}-{config.fusion}-{dataset_id.split('/')[-1]}"
+
+    eval_results = []
+    result_rows = []
+    for split, prefix, metrics in (("validation", "eval", eval_metrics), ("test", "predict", test_metrics)):
+        for name, value in quality_metrics(metrics or {}, prefix).items():
+            eval_results.append(
+                EvalResult(
+                    task_type=task, task_name=task_title, dataset_type=dataset_id, dataset_name=dataset_name,
+                    dataset_config=dataset_config, dataset_split=split, metric_type=name, metric_name=name,
+                    metric_value=value,
+                )
+            )
+            result_rows.append([split, name, f"{value:.4f}"])
+
+    card_data = ModelCardData(
+        license=license,
+        base_model=base_model,
+        library_name="transformers",
+        pipeline_tag=task,
+        tags=["dwatt", "custom_code", "layer-fusion", f"fusion-{config.fusion}", task],
+        datasets=[dataset_id],
+        metrics=sorted({result.metric_type for result in eval_results}) or None,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    cost = cost_summary(model, seq_len)
+    source_indices = config.fusion_source_indices if config.fusion not in ("last", "deeper") else [config.num_encoder_layers]
+    settings = {name: getattr(config, name) for name in HEAD_SETTINGS[config.fusion]}
+    depth_table = ""
+    if depth_weights is not None:
+        depth_table = _markdown_table(["hidden state", *map(str, source_indices)], [["mean weight", *(f"{w:.3f}" for w in depth_weights)]])
+    hyperparameters = hyperparameters or {}
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=model_name,
+        base_model_display=f"`{base_model}`" if base_model else f"the `{config.encoder_config.model_type}` encoder",
+        task_title=task_title.lower(),
+        dataset_display=f"`{dataset_name}`",
+        fusion=config.fusion,
+        fusion_description=FUSION_DESCRIPTIONS[config.fusion],
+        source_indices=source_indices,
+        num_states=config.num_encoder_layers + 1,
+        num_layers=config.num_encoder_layers,
+        head_settings=", ".join(f"`{k}={v}`" for k, v in settings.items()) or "none",
+        added_parameters=f"{cost['added_parameters']:,}",
+        added_parameters_percent=f"{100 * cost['added_parameters_fraction']:.2f}%",
+        encoder_parameters=f"{cost['encoder_parameters']:,}",
+        seq_len=seq_len,
+        flops_per_token=f"{cost['flops_per_token']:,}",
+        flops_percent=f"{100 * cost['flops_fraction']:.2f}%",
+        encoder_flops=f"{cost['encoder_flops_per_token']:,}",
+        depth_weights_png=depth_weights_png,
+        depth_weights_table=depth_table,
+        pipeline_tag=task,
+        repo_id=repo_id or "path/to/this/folder",
+        revision=revision,
+        auto_suffix=auto_suffix,
+        example_text=example_text,
+        command=command or command_line(),
+        hyperparameters_table=_markdown_table(["hyperparameter", "value"], [[k, v] for k, v in hyperparameters.items()]) if hyperparameters else "",
+        results_table=_markdown_table(["split", "metric", "value"], result_rows) if result_rows else "No evaluation was run.",
+    )
+
+
+def read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_model_card(
+    output_dir: str,
+    model,
+    task: str,
+    dataset_id: str,
+    dataset_config: Optional[str] = None,
+    hyperparameters: Optional[dict] = None,
+    repo_id: Optional[str] = None,
+    revision: str = "main",
+    license: str = "apache-2.0",
+    command: Optional[str] = None,
+) -> Path:
+    """Writes `README.md` into `output_dir` from the run's files there: eval_results.json, predict_results.json and
+    depth_weights.json / depth_weights.png (when present)."""
+    folder = Path(output_dir)
+    depth = read_json(folder / "depth_weights.json")
+    card = build_model_card(
+        model,
+        task,
+        dataset_id,
+        dataset_config=dataset_config,
+        eval_metrics=read_json(folder / "eval_results.json"),
+        test_metrics=read_json(folder / "predict_results.json"),
+        command=command,
+        hyperparameters=hyperparameters,
+        repo_id=repo_id,
+        revision=revision,
+        license=license,
+        depth_weights=depth["mean_weights"] if depth else None,
+        depth_weights_png="depth_weights.png" if (folder / "depth_weights.png").exists() else None,
+        model_name=folder.resolve().name if repo_id is None else None,
+    )
+    path = folder / "README.md"
+    card.save(str(path))
+    return path

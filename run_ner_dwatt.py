@@ -16,20 +16,26 @@ A single .json or .yaml argument file works instead of flags.
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-import datasets
 import numpy as np
-import transformers
 from datasets import ClassLabel
-from transformers import AutoConfig, DataCollatorForTokenClassification, HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoConfig, DataCollatorForTokenClassification, TrainingArguments, set_seed
 
 from dwatt import DWAttForTokenClassification
 from dwatt.data import get_ner_label_list, load_ner_data, select_few_shot
 from dwatt.metrics import make_ner_compute_metrics
 from dwatt.model_arguments import ModelArguments, encoder_model_type, load_model, load_tokenizer
+from dwatt.script_utils import (
+    check_splits,
+    dataset_id_for_card,
+    finish_run,
+    parse_arguments,
+    run_hyperparameters,
+    setup_logging,
+    train_evaluate_predict,
+)
 from dwatt.trainer import DWAttTrainer
 
 logger = logging.getLogger(__name__)
@@ -85,31 +91,6 @@ class DataTrainingArguments:
         self.task_name = self.task_name.lower()
 
 
-def parse_arguments():
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-    if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(sys.argv[1]))
-    return parser.parse_args_into_dataclasses()
-
-
-def setup_logging(training_args: TrainingArguments) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    if training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
-
-
 def checkpoint_labels(model_args: ModelArguments) -> Optional[list[str]]:
     """The label list of a DWAtt checkpoint being continued (None when starting from a plain encoder)."""
     if model_args.model_name_or_path is None or model_args.ignore_mismatched_sizes:
@@ -120,34 +101,9 @@ def checkpoint_labels(model_args: ModelArguments) -> Optional[list[str]]:
     return [config.id2label[i] for i in range(config.num_labels)]
 
 
-def check_splits(raw_datasets, training_args: TrainingArguments) -> None:
-    """Fails before any tokenisation when a requested split is missing or empty."""
-    for split, flag in (("train", "--do_train"), ("validation", "--do_eval"), ("test", "--do_predict")):
-        if not getattr(training_args, flag[2:]):
-            continue
-        if split not in raw_datasets:
-            raise ValueError(f"{flag} needs a {split} split, but the data has only {list(raw_datasets)}.")
-        if len(raw_datasets[split]) == 0:
-            raise ValueError(f"The {split} split is empty: {flag} has nothing to work on.")
-
-
-def dataset_id_for_card(data_args: DataTrainingArguments) -> str:
-    """The dataset name for the model card: the Hub id, or the local folder's / training file's folder name."""
-    name = data_args.dataset_name
-    if name is not None and not os.path.isdir(name):
-        return name
-    path = name or data_args.train_file or data_args.validation_file
-    return os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))))
-
-
 def main():
-    model_args, data_args, training_args = parse_arguments()
-    setup_logging(training_args)
-    logger.warning(
-        f"Process rank: {training_args.local_process_index}, device: {training_args.device}, n_gpu: {training_args.n_gpu}, "
-        f"distributed training: {training_args.parallel_mode.value == 'distributed'}, 16-bits training: {training_args.fp16}"
-    )
-    logger.info(f"Training/evaluation parameters {training_args}")
+    model_args, data_args, training_args = parse_arguments((ModelArguments, DataTrainingArguments, TrainingArguments))
+    setup_logging(training_args, logger)
     set_seed(training_args.seed)
 
     # Data. Tags are checked against the label list while reading local files, so a bad tag names its file and line.
@@ -245,18 +201,6 @@ def main():
     predict_dataset = prepare("test", data_args.max_predict_samples, few_shot=False) if training_args.do_predict else None
 
     data_collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
-    hyperparameters = {
-        "fusion": model.config.fusion,
-        "fusion_layers": model.config.fusion_layers,
-        "learning_rate": training_args.learning_rate,
-        "train_batch_size": training_args.per_device_train_batch_size,
-        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-        "num_train_epochs": training_args.num_train_epochs,
-        "max_steps": training_args.max_steps,
-        "seed": training_args.seed,
-        "max_train_samples": data_args.max_train_samples,
-        "few_shot_seed": data_args.few_shot_seed,
-    }
     trainer = DWAttTrainer(
         model=model,
         args=training_args,
@@ -267,29 +211,14 @@ def main():
         compute_metrics=make_ner_compute_metrics(model_label_list, data_args.return_entity_level_metrics),
         card_info={
             "task": "token-classification",
-            "dataset_id": dataset_id_for_card(data_args),
+            "dataset_id": dataset_id_for_card(data_args.dataset_name, data_args.train_file, data_args.validation_file),
             "dataset_config": data_args.dataset_config_name,
-            "hyperparameters": hyperparameters,
+            "hyperparameters": run_hyperparameters(model, training_args, data_args),
             "license": model_args.card_license,
         },
     )
 
-    if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()  # weights, code files, config with auto_map, tokenizer
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-
-    if training_args.do_eval:
-        logger.info("*** Evaluate ***")
-        metrics = trainer.evaluate()
-        metrics["eval_samples"] = len(eval_dataset)
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        trainer.save_depth_weights(eval_dataset)
+    train_evaluate_predict(trainer, training_args, train_dataset, {data_args.task_name: eval_dataset}, logger)
 
     if training_args.do_predict:
         logger.info("*** Predict ***")
@@ -306,10 +235,7 @@ def main():
                 for prediction in true_predictions:
                     writer.write(" ".join(prediction) + "\n")
 
-    if training_args.do_train:
-        trainer.create_model_card()
-        if training_args.push_to_hub:
-            trainer.push_to_hub()
+    finish_run(trainer, training_args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+# Copyright 2026 the dwatt authors. Licensed under the Apache License, Version 2.0.
+"""Fine-tune a DWAtt sequence classifier on GLUE or your own data: transformers' run_glue.py with a fusion head.
+
+Same arguments and outputs as `examples/pytorch/text-classification/run_glue.py`, plus:
+  --encoder_name_or_path (a plain encoder to wrap) or --model_name_or_path (a DWAtt checkpoint), --fusion,
+  --fusion_layers, --pooling and the head settings (see `dwatt.model_arguments.ModelArguments`);
+  local data: the classic GLUE TSV layout (--dataset_name path/to/glue/SST-2 --task_name sst2), CSV or JSON lines;
+  --few_shot_seed: --max_train_samples draws its examples at random with this seed (not the first N);
+  a labelled test split (e.g. SST-2 test-labeled.tsv via --test_file) is scored into predict_results.json.
+The output folder is a complete Hub model repository with a model card (README.md).
+
+    python run_glue_dwatt.py --encoder_name_or_path bert-base-cased --task_name mrpc --fusion dwatt \
+        --output_dir out/mrpc --do_train --do_eval
+A single .json or .yaml argument file works instead of flags.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from datasets import ClassLabel
+from transformers import DataCollatorWithPadding, TrainingArguments, default_data_collator, set_seed
+
+from dwatt import DWAttForSequenceClassification
+from dwatt.data import (
+    GLUE_TASK_TO_KEYS,
+    get_classification_label_info,
+    infer_text_columns,
+    load_text_classification_data,
+    normalize_glue_task_name,
+    select_few_shot,
+)
+from dwatt.metrics import make_glue_compute_metrics
+from dwatt.model_arguments import ModelArguments, load_model, load_tokenizer
+from dwatt.script_utils import (
+    check_splits,
+    dataset_id_for_card,
+    finish_run,
+    parse_arguments,
+    run_hyperparameters,
+    setup_logging,
+    train_evaluate_predict,
+)
+from dwatt.trainer import DWAttTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to train and evaluate on (the arguments of run_glue.py, plus few-shot sampling)."""
+
+    task_name: Optional[str] = field(
+        default=None, metadata={"help": f"The GLUE task: {', '.join(sorted(GLUE_TASK_TO_KEYS))}."}
+    )
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset (nyu-mll/glue…) or a local folder (GLUE TSVs, CSV or JSON files)."}
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub dataset revision."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "Training file: .tsv (GLUE), .csv or .json(l)."})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "Evaluation file (same formats)."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Prediction file (same formats)."})
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate tokenised inputs to this length."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Overwrite the cached preprocessed datasets."})
+    pad_to_max_length: bool = field(
+        default=True, metadata={"help": "Pad every input to max_seq_length (False: pad to the longest in the batch)."}
+    )
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Train on this many examples, drawn at random with --few_shot_seed."}
+    )
+    few_shot_seed: int = field(default=42, metadata={"help": "Seed of the --max_train_samples draw."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Evaluate on the first N examples."})
+    max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Predict on the first N examples."})
+
+    def __post_init__(self):
+        if self.task_name is not None:
+            self.task_name = normalize_glue_task_name(self.task_name)
+        elif self.dataset_name is None and self.train_file is None:
+            raise ValueError("Need a GLUE --task_name, a --dataset_name (Hub id or local folder) or a --train_file.")
+
+
+def glue_dataset_id(data_args: DataTrainingArguments) -> str:
+    """The card's dataset: GLUE on the Hub when only a task is named, else the named dataset or files' folder."""
+    if data_args.dataset_name is None and data_args.train_file is None:
+        return "nyu-mll/glue"
+    return dataset_id_for_card(data_args.dataset_name, data_args.train_file, data_args.validation_file)
+
+
+def main():
+    model_args, data_args, training_args = parse_arguments((ModelArguments, DataTrainingArguments, TrainingArguments))
+    setup_logging(training_args, logger)
+    set_seed(training_args.seed)
+
+    raw_datasets = load_text_classification_data(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        task_name=data_args.task_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        revision=data_args.dataset_revision,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
+    )
+    mnli = data_args.task_name == "mnli"
+    validation_split = "validation_matched" if mnli else "validation"
+    test_split = "test_matched" if mnli else "test"
+    if mnli and "validation_matched" not in raw_datasets and "validation" in raw_datasets:
+        validation_split, test_split = "validation", "test"
+    check_splits(raw_datasets, training_args, validation_split=validation_split, test_split=test_split)
+
+    reference = raw_datasets["train"] if training_args.do_train else raw_datasets[validation_split]
+    if "label" not in reference.column_names:
+        raise ValueError(f"The data has no 'label' column (columns: {reference.column_names}).")
+    is_regression, label_list = get_classification_label_info(reference)
+    if data_args.task_name is not None:
+        sentence1_key, sentence2_key = GLUE_TASK_TO_KEYS[data_args.task_name]
+    else:
+        sentence1_key, sentence2_key = infer_text_columns([c for c in reference.column_names if c != "idx"])
+    for key in (sentence1_key, sentence2_key):
+        if key is not None and key not in reference.column_names:
+            raise ValueError(f"Text column {key!r} is missing (columns: {reference.column_names}).")
+
+    model = load_model(
+        model_args,
+        DWAttForSequenceClassification,
+        label_list if not is_regression else ["score"],
+        finetuning_task=data_args.task_name or "text-classification",
+        problem_type="regression" if is_regression else "single_label_classification",
+    )
+    tokenizer = load_tokenizer(model_args)
+
+    # Data labels → model ids. A checkpoint keeps its own label order; ClassLabel ids are mapped through the names.
+    if is_regression:
+        label_to_id = None
+    elif isinstance(reference.features["label"], ClassLabel):  # ids into label_list
+        label_to_id = {i: model.config.label2id[str(name)] for i, name in enumerate(label_list)}
+    else:  # raw values from CSV/JSON files
+        label_to_id = {value: model.config.label2id[str(value)] for value in label_list}
+    if data_args.max_seq_length > tokenizer.model_max_length:
+        logger.warning(f"--max_seq_length {data_args.max_seq_length} > the tokenizer's {tokenizer.model_max_length}; using the latter.")
+    max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
+    padding = "max_length" if data_args.pad_to_max_length else False
+
+    def preprocess(examples):
+        texts = (examples[sentence1_key],) if sentence2_key is None else (examples[sentence1_key], examples[sentence2_key])
+        result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
+        if label_to_id is not None:
+            result["label"] = [label_to_id[label] if label != -1 else -1 for label in examples["label"]]
+        return result
+
+    def prepare(split: str, limit: Optional[int], few_shot: bool):
+        dataset = raw_datasets[split]
+        if limit is not None:
+            limit = min(len(dataset), limit)
+            dataset = select_few_shot(dataset, limit, data_args.few_shot_seed) if few_shot else dataset.select(range(limit))
+        with training_args.main_process_first(desc=f"{split} dataset map pre-processing"):
+            return dataset.map(
+                preprocess, batched=True, load_from_cache_file=not data_args.overwrite_cache, desc=f"Running tokenizer on {split} dataset"
+            )
+
+    train_dataset = prepare("train", data_args.max_train_samples, few_shot=True) if training_args.do_train else None
+    eval_datasets = {}
+    if training_args.do_eval:
+        eval_datasets[data_args.task_name or "eval"] = prepare(validation_split, data_args.max_eval_samples, few_shot=False)
+        if mnli and "validation_mismatched" in raw_datasets:
+            eval_datasets["mnli-mm"] = prepare("validation_mismatched", data_args.max_eval_samples, few_shot=False)
+    predict_dataset = prepare(test_split, data_args.max_predict_samples, few_shot=False) if training_args.do_predict else None
+
+    if data_args.pad_to_max_length:
+        data_collator = default_data_collator
+    else:
+        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
+    trainer = DWAttTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=next(iter(eval_datasets.values()), None),
+        processing_class=tokenizer,
+        data_collator=data_collator,
+        compute_metrics=make_glue_compute_metrics(data_args.task_name, is_regression),
+        card_info={
+            "task": "text-classification",
+            "dataset_id": glue_dataset_id(data_args),
+            "dataset_config": data_args.task_name or data_args.dataset_config_name,
+            "hyperparameters": run_hyperparameters(model, training_args, data_args),
+            "license": model_args.card_license,
+        },
+    )
+    train_evaluate_predict(trainer, training_args, train_dataset, eval_datasets, logger)
+
+    if training_args.do_predict:
+        logger.info("*** Predict ***")
+        labelled = all(label != -1 for label in predict_dataset["label"])
+        # An unlabelled GLUE test split has label -1 everywhere: predict without scoring, as run_glue.py does.
+        dataset = predict_dataset if labelled else predict_dataset.remove_columns("label")
+        output = trainer.predict(dataset, metric_key_prefix="predict")
+        predictions = np.squeeze(output.predictions) if is_regression else np.argmax(output.predictions, axis=1)
+        if labelled:
+            trainer.log_metrics("predict", output.metrics)
+            trainer.save_metrics("predict", output.metrics)
+        if trainer.is_world_process_zero():
+            name = data_args.task_name or "text-classification"
+            with open(os.path.join(training_args.output_dir, f"predict_results_{name}.txt"), "w") as writer:
+                writer.write("index\tprediction\n")
+                for index, item in enumerate(np.atleast_1d(predictions)):
+                    value = f"{item:3.3f}" if is_regression else model.config.id2label[int(item)]
+                    writer.write(f"{index}\t{value}\n")
+
+    finish_run(trainer, training_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The plumbing that run_glue_dwatt.py and run_ner_dwatt.py share (argument files, logging, split checks, cards)."""
+
+import logging
+import os
+import sys
+from typing import Optional
+
+import datasets
+import transformers
+from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
+
+
+def parse_arguments(dataclass_types: tuple) -> tuple:
+    """Flags, or a single .json / .yaml file holding them, as the official example scripts accept."""
+    parser = HfArgumentParser(dataclass_types)
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(sys.argv[1]))
+    return parser.parse_args_into_dataclasses()
+
+
+def setup_logging(training_args: TrainingArguments, logger: logging.Logger) -> None:
+    """The official scripts' logging: info on the main process, the process summary on every process."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(
+        f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
+        f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value == 'distributed'}, "
+        f"16-bits training: {training_args.fp16}"
+    )
+    logger.info(f"Training/evaluation parameters {training_args}")
+
+
+def check_splits(
+    raw_datasets, training_args: TrainingArguments, validation_split: str = "validation", test_split: str = "test"
+) -> None:
+    """Fails before any tokenisation when a split that a --do_* flag needs is missing or empty."""
+    for split, flag in (("train", "do_train"), (validation_split, "do_eval"), (test_split, "do_predict")):
+        if not getattr(training_args, flag):
+            continue
+        if split not in raw_datasets:
+            raise ValueError(f"--{flag} needs a {split} split, but the data has only {list(raw_datasets)}.")
+        if len(raw_datasets[split]) == 0:
+            raise ValueError(f"The {split} split is empty: --{flag} has nothing to work on.")
+
+
+def dataset_id_for_card(dataset_name: Optional[str], *files: Optional[str]) -> str:
+    """The dataset name for the model card: the Hub id, or the local folder's / first file's folder name."""
+    if dataset_name is not None and not os.path.isdir(dataset_name):
+        return dataset_name
+    path = dataset_name or next(f for f in files if f is not None)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return os.path.basename(os.path.normpath(folder))
+
+
+def run_hyperparameters(model: PreTrainedModel, training_args: TrainingArguments, data_args) -> dict:
+    """The settings a model card reports next to the exact command."""
+    return {
+        "fusion": model.config.fusion,
+        "fusion_layers": model.config.fusion_layers,
+        "learning_rate": training_args.learning_rate,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "num_train_epochs": training_args.num_train_epochs,
+        "max_steps": training_args.max_steps,
+        "seed": training_args.seed,
+        "max_train_samples": data_args.max_train_samples,
+        "few_shot_seed": data_args.few_shot_seed,
+    }
+
+
+def train_evaluate_predict(trainer, training_args: TrainingArguments, train_dataset, eval_datasets: dict, logger) -> None:
+    """Train (then save the model folder and metrics) and evaluate, as the official scripts do.
+
+    `eval_datasets` maps a task name to its evaluation set (MNLI has two); results go to eval_results.json.
+    """
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # weights, code files, config with auto_map, tokenizer
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        combined = {}
+        for name, dataset in eval_datasets.items():
+            metrics = trainer.evaluate(eval_dataset=dataset)
+            metrics["eval_samples"] = len(dataset)
+            if len(eval_datasets) > 1 and name != next(iter(eval_datasets)):
+                metrics = {f"{k}_{name}": v for k, v in metrics.items()}
+            combined.update(metrics)
+            trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", combined)
+        trainer.save_depth_weights(next(iter(eval_datasets.values())))
+
+
+def finish_run(trainer, training_args: TrainingArguments) -> None:
+    """The model card for the output folder, and the upload with --push_to_hub."""
+    if training_args.do_train:
+        trainer.create_model_card()
+        if training_args.push_to_hub:
+            trainer.push_to_hub()

@@ -1,0 +1,590 @@
+"""Tests for dwatt.data: GLUE TSV, CSV/JSON, CoNLL/JSON-lines NER loaders, entry points, few-shot sampling.
+
+Every fixture is a tiny hand-written file in tmp_path; expected values are written out by hand. The one test that
+reads the real benchmark files (../shared/data) only checks row/sentence counts and label sets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict
+
+import dwatt.data as data
+from dwatt.data import (
+    CONLL2003_NER_LABELS,
+    get_classification_label_info,
+    get_ner_label_list,
+    infer_text_columns,
+    load_classification_files,
+    load_conll,
+    load_glue_folder,
+    load_glue_tsv,
+    load_ner_data,
+    load_ner_files,
+    load_ner_jsonl,
+    load_text_classification_data,
+    select_few_shot,
+)
+
+
+def write(path: Path, text: str, bom: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+    return path
+
+
+def assert_names_line(excinfo: pytest.ExceptionInfo, path: Path, line: int) -> None:
+    message = str(excinfo.value)
+    assert path.name in message, message
+    assert f"line {line}:" in message, message
+    assert "Fix:" in message, message
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GLUE TSV
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_cola_without_header(tmp_path):
+    path = write(
+        tmp_path / "dev.tsv",
+        "gj04\t1\t\tThe sailors rode the breeze.\n"
+        'gj04\t0\t*\tThe "weights made the rope.\n'  # an unbalanced quote: must not swallow the next row
+        "cj99\t1\t\tA third sentence.\n",
+    )
+    ds = load_glue_tsv(path, "cola")
+    assert ds.column_names == ["sentence", "label", "idx"]
+    assert ds["sentence"] == ["The sailors rode the breeze.", 'The "weights made the rope.', "A third sentence."]
+    assert ds["label"] == [1, 0, 1]
+    assert ds["idx"] == [0, 1, 2]
+    assert ds.features["label"].names == ["unacceptable", "acceptable"]
+
+
+def test_cola_test_file_has_header_and_no_labels(tmp_path):
+    path = write(tmp_path / "test.tsv", "index\tsentence\n0\tBill whistled.\n1\tThe car honked.\n")
+    ds = load_glue_tsv(path, "CoLA", require_label=False)
+    assert ds["sentence"] == ["Bill whistled.", "The car honked."]
+    assert ds["label"] == [-1, -1]
+
+
+def test_mrpc_with_bom_and_quotes(tmp_path):
+    path = write(
+        tmp_path / "train.tsv",
+        "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+        '1\t11\t12\tHe said "the pie business\t"The pie business does not fit.\n'
+        "0\t21\t22\tSecond left.\tSecond right.\n",
+        bom=True,
+    )
+    ds = load_glue_tsv(path, "mrpc")
+    assert ds.column_names == ["sentence1", "sentence2", "label", "idx"]
+    assert len(ds) == 2
+    assert ds[0] == {
+        "sentence1": 'He said "the pie business',
+        "sentence2": '"The pie business does not fit.',
+        "label": 1,
+        "idx": 0,
+    }
+    assert ds[1]["sentence1"] == "Second left."
+    assert ds["label"] == [1, 0]
+    assert ds.features["label"].names == ["not_equivalent", "equivalent"]
+
+
+def test_rte_string_labels_follow_hub_ids(tmp_path):
+    path = write(
+        tmp_path / "dev.tsv",
+        "index\tsentence1\tsentence2\tlabel\n"
+        "0\tA man sleeps.\tSomeone sleeps.\tentailment\n"
+        "1\tA cat.\tA dog.\tnot_entailment\n",
+    )
+    ds = load_glue_tsv(path, "rte")
+    assert ds["label"] == [0, 1]  # Hub: 0 = entailment, 1 = not_entailment
+    assert ds["sentence2"] == ["Someone sleeps.", "A dog."]
+
+
+def test_stsb_float_scores(tmp_path):
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    path = write(
+        tmp_path / "dev.tsv",
+        header
+        + "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA man dances.\tA man is dancing.\t5.000\n"
+        + "1\tmain-news\tMSRpar\t2012test\t0001\tnone\tnone\tOne.\tTwo.\t0.750\n",
+    )
+    ds = load_glue_tsv(path, "STS-B")
+    assert ds.features["label"].dtype == "float32"
+    assert ds["label"] == pytest.approx([5.0, 0.75])
+    assert ds["sentence1"] == ["A man dances.", "One."]
+
+
+def test_glue_folder_splits_and_unlabelled_test(tmp_path):
+    folder = tmp_path / "SST-2"
+    write(folder / "train.tsv", "sentence\tlabel\ngood film \t1\nbad film \t0\nok \t1\n")
+    write(folder / "dev.tsv", "sentence\tlabel\nfine \t1\n")
+    write(folder / "test.tsv", "index\tsentence\n0\tunseen one\n1\tunseen two\n")
+    dd = load_glue_folder(folder)  # task inferred from the folder name
+    assert set(dd) == {"train", "validation", "test"}
+    assert [len(dd[s]) for s in ("train", "validation", "test")] == [3, 1, 2]
+    assert dd["train"]["label"] == [1, 0, 1]
+    assert dd["test"]["label"] == [-1, -1]
+    assert dd["train"].features["label"].names == ["negative", "positive"]
+
+
+def test_mnli_folder_uses_hub_split_names(tmp_path):
+    folder = tmp_path / "MNLI"
+    header = "index\tsentence1\tsentence2\tgold_label\n"
+    write(folder / "train.tsv", header + "0\tP one.\tH one.\tneutral\n1\tP two.\tH two.\tcontradiction\n")
+    write(folder / "dev_matched.tsv", header + "0\tP.\tH.\tentailment\n")
+    write(folder / "dev_mismatched.tsv", header + "0\tP.\tH.\tcontradiction\n")
+    dd = load_glue_folder(folder, "mnli")
+    assert set(dd) == {"train", "validation_matched", "validation_mismatched"}
+    assert dd["train"].column_names == ["premise", "hypothesis", "label", "idx"]
+    assert dd["train"]["label"] == [1, 2]
+    assert dd["validation_mismatched"]["label"] == [2]
+
+
+def test_glue_bad_field_count_names_line(tmp_path):
+    path = write(tmp_path / "dev.tsv", "sentence\tlabel\nfine\t1\nbroken row without tab\nlater\t0\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_glue_tsv(path, "sst2")
+    assert_names_line(excinfo, path, 3)
+
+
+def test_glue_unknown_label_names_line(tmp_path):
+    path = write(
+        tmp_path / "train.tsv",
+        "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\tmaybe\n",
+    )
+    with pytest.raises(ValueError) as excinfo:
+        load_glue_tsv(path, "rte")
+    assert_names_line(excinfo, path, 3)
+    assert "maybe" in str(excinfo.value)
+
+
+def test_glue_missing_column_names_header_line(tmp_path):
+    path = write(tmp_path / "train.tsv", "index\tsentence1\tlabel\n0\tonly one sentence\tentailment\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_glue_tsv(path, "rte")
+    assert_names_line(excinfo, path, 1)
+    assert "sentence2" in str(excinfo.value)
+
+
+def test_glue_missing_label_column_in_train(tmp_path):
+    path = write(tmp_path / "train.tsv", "index\tsentence\n0\tno label here\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_glue_tsv(path, "sst2")
+    assert_names_line(excinfo, path, 1)
+
+
+@pytest.mark.parametrize("content, line", [("", 1), ("sentence\tlabel\n", 2)])
+def test_glue_empty_file(tmp_path, content, line):
+    path = write(tmp_path / "dev.tsv", content)
+    with pytest.raises(ValueError) as excinfo:
+        load_glue_tsv(path, "sst2")
+    assert_names_line(excinfo, path, line)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CSV / JSON text classification
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "columns, expected",
+    [
+        (["text", "label"], ("text", None)),
+        (["label", "premise", "hypothesis", "extra"], ("premise", "hypothesis")),
+        (["id", "sentence2", "label", "sentence1"], ("sentence1", "sentence2")),
+    ],
+)
+def test_infer_text_columns_like_run_glue(columns, expected):
+    assert infer_text_columns(columns) == expected
+
+
+def test_csv_pair_with_quoted_multiline_field(tmp_path):
+    train = write(
+        tmp_path / "train.csv",
+        "sentence1,sentence2,label\n"
+        '"Hello, world",Hi,1\n'
+        '"Line one\nline two","He said ""yes""",0\n'
+        "plain,text,1\n",
+    )
+    dev = write(tmp_path / "dev.csv", "sentence1,sentence2,label\nx,y,0\n")
+    dd = load_classification_files({"train": train, "validation": dev})
+    assert dd["train"]["sentence1"] == ["Hello, world", "Line one\nline two", "plain"]
+    assert dd["train"]["sentence2"] == ["Hi", 'He said "yes"', "text"]
+    assert dd["train"]["label"] == [1, 0, 1]
+    assert dd["train"].features["label"].dtype == "int64"
+    assert get_classification_label_info(dd["train"]) == (False, [0, 1])
+
+
+def test_csv_error_line_after_multiline_field(tmp_path):
+    # The quoted field spans lines 2-3, so the row with the empty label starts on line 4.
+    path = write(tmp_path / "train.csv", 'text,label\n"two\nlines",1\nno label,\n')
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 4)
+
+
+def test_csv_error_inside_multiline_row_names_its_first_line(tmp_path):
+    # The bad row starts on line 3 and its quoted field runs on to line 4.
+    path = write(tmp_path / "train.csv", 'text,label\nok,1\n"two\nlines",\n')
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 3)
+
+
+def test_csv_float_labels_are_regression(tmp_path):
+    path = write(tmp_path / "train.csv", "a,b,label\nx,y,0.5\nz,w,3\n")
+    ds = load_classification_files({"train": path})["train"]
+    assert ds.features["label"].dtype == "float64"
+    assert ds["label"] == [0.5, 3.0]
+    assert get_classification_label_info(ds) == (True, None)
+
+
+def test_csv_string_labels_and_label_list(tmp_path):
+    path = write(tmp_path / "train.csv", "review,label\ngreat,pos\nawful,neg\nmeh,neg\n")
+    plain = load_classification_files({"train": path})["train"]
+    assert plain["label"] == ["pos", "neg", "neg"]
+    assert get_classification_label_info(plain) == (False, ["neg", "pos"])
+
+    encoded = load_classification_files({"train": path}, label_list=["neg", "pos"])["train"]
+    assert isinstance(encoded.features["label"], ClassLabel)
+    assert encoded["label"] == [1, 0, 0]
+
+
+def test_csv_label_outside_label_list(tmp_path):
+    path = write(tmp_path / "train.csv", "review,label\ngreat,pos\nodd,neutral\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path}, label_list=["neg", "pos"])
+    assert_names_line(excinfo, path, 3)
+
+
+def test_csv_missing_label_column(tmp_path):
+    path = write(tmp_path / "train.csv", "sentence1,sentence2\na,b\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 1)
+    assert "label" in str(excinfo.value)
+
+
+def test_csv_validation_missing_text_column(tmp_path):
+    train = write(tmp_path / "train.csv", "sentence1,sentence2,label\na,b,1\n")
+    dev = write(tmp_path / "dev.csv", "sentence1,label\na,1\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": train, "validation": dev})
+    assert_names_line(excinfo, dev, 1)
+    assert "sentence2" in str(excinfo.value)
+
+
+def test_csv_empty_file(tmp_path):
+    path = write(tmp_path / "train.csv", "text,label\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 2)
+
+
+def test_json_lines_classification_and_unlabelled_test(tmp_path):
+    train = write(
+        tmp_path / "train.json",
+        '{"premise": "A.", "hypothesis": "B.", "label": 2}\n\n{"premise": "C.", "hypothesis": "D.", "label": 0}\n',
+    )
+    test = write(tmp_path / "test.jsonl", '{"premise": "E.", "hypothesis": "F."}\n')
+    dd = load_classification_files({"train": train, "test": test})
+    assert dd["train"]["premise"] == ["A.", "C."]
+    assert dd["train"]["label"] == [2, 0]
+    assert dd["train"].features["label"].dtype == "int64"
+    assert dd["test"].column_names == ["premise", "hypothesis"]  # no label column invented
+
+
+def test_json_array_error_names_line(tmp_path):
+    path = write(
+        tmp_path / "train.json",
+        '[\n  {"text": "a", "label": 1},\n  {"text": "b", "label": 0},\n  {"label": 1}\n]\n',
+    )
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 4)
+
+
+def test_json_lines_missing_text_column_names_line(tmp_path):
+    path = write(
+        tmp_path / "train.jsonl",
+        '{"sentence1": "a", "sentence2": "b", "label": 1}\n{"sentence1": "c", "label": 0}\n',
+    )
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 2)
+    assert "sentence2" in str(excinfo.value)
+
+
+def test_json_lines_invalid_json_names_line(tmp_path):
+    path = write(tmp_path / "train.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": \n')
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# NER: CoNLL and JSON lines
+# ---------------------------------------------------------------------------------------------------------------------
+
+CONLL_4_COLUMNS = (
+    "-DOCSTART- -X- -X- O\n"
+    "\n"
+    "EU NNP B-NP B-ORG\n"
+    "rejects VBZ B-VP O\n"
+    "German JJ B-NP B-MISC\n"
+    "\n"
+    "Peter NNP B-NP B-PER\n"
+    "Blackburn NNP I-NP I-PER\n"
+    "\n"
+    "\n"
+    "-DOCSTART- -X- -X- O\n"
+    "\n"
+    "BRUSSELS NNP B-NP B-LOC\n"  # last sentence without a trailing blank line
+)
+
+
+def test_conll_four_columns_with_docstart(tmp_path):
+    ds = load_conll(write(tmp_path / "train.txt", CONLL_4_COLUMNS))
+    assert ds.column_names == ["id", "tokens", "ner_tags"]
+    assert ds["tokens"] == [["EU", "rejects", "German"], ["Peter", "Blackburn"], ["BRUSSELS"]]
+    assert ds["id"] == ["0", "1", "2"]
+    names = get_ner_label_list(ds)
+    assert names == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER", "O"]  # sorted, as run_ner.py's get_label_list
+    tags = [[names[i] for i in sentence] for sentence in ds["ner_tags"]]
+    assert tags == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"], ["B-LOC"]]
+
+
+def test_conll_ids_follow_given_label_list(tmp_path):
+    ds = load_conll(write(tmp_path / "train.txt", CONLL_4_COLUMNS), label_list=CONLL2003_NER_LABELS)
+    # Hub conll2003 ids: O=0 B-PER=1 I-PER=2 B-ORG=3 I-ORG=4 B-LOC=5 I-LOC=6 B-MISC=7 I-MISC=8
+    assert ds["ner_tags"] == [[3, 0, 7], [1, 2], [5]]
+    assert ds.features["ner_tags"].feature.names == list(CONLL2003_NER_LABELS)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "John B-PER\nlives O\n\nParis B-LOC\n",  # 2 columns
+        "John\tNNP\tB-PER\nlives\tVBZ\tO\n\nParis\tNNP\tB-LOC\n",  # 3 columns, tab separated
+        "John NNP B-NP B-PER\r\nlives VBZ B-VP O\r\n\r\nParis NNP B-NP B-LOC\r\n",  # 4 columns, CRLF
+    ],
+)
+def test_conll_column_variants(tmp_path, content):
+    ds = load_conll(write(tmp_path / "data.conll", content), label_list=["O", "B-PER", "B-LOC"])
+    assert ds["tokens"] == [["John", "lives"], ["Paris"]]
+    assert ds["ner_tags"] == [[1, 0], [2]]
+
+
+@pytest.mark.parametrize(
+    "content, line",
+    [
+        ("John NNP B-NP B-PER\nlives\n", 2),
+        ("\nlives\nJohn B-PER\n", 2),  # the first token line itself has a single column
+        ("John NNP B-NP I-NP B-PER\n", 1),  # five columns
+    ],
+)
+def test_conll_malformed_column_count(tmp_path, content, line):
+    path = write(tmp_path / "train.txt", content)
+    with pytest.raises(ValueError) as excinfo:
+        load_conll(path)
+    assert_names_line(excinfo, path, line)
+
+
+def test_conll_inconsistent_columns(tmp_path):
+    path = write(tmp_path / "train.txt", "John NNP B-NP B-PER\n\nParis NNP B-LOC\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_conll(path)
+    assert_names_line(excinfo, path, 3)
+
+
+def test_conll_tag_outside_label_list_names_token_line(tmp_path):
+    path = write(
+        tmp_path / "valid.txt",
+        "-DOCSTART- -X- -X- O\n\nJohn NNP B-NP B-PER\n\nAcme NNP B-NP O\nCorp NNP I-NP B-FOO\n",
+    )
+    with pytest.raises(ValueError) as excinfo:
+        load_conll(path, label_list=CONLL2003_NER_LABELS)
+    assert_names_line(excinfo, path, 6)
+    assert "B-FOO" in str(excinfo.value)
+
+
+def test_conll_label_error_in_second_split(tmp_path):
+    train = write(tmp_path / "train.txt", "John B-PER\n")
+    dev = write(tmp_path / "dev.txt", "\n\nJane B-PER\nX B-FOO\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_ner_files({"train": train, "validation": dev}, label_list=["O", "B-PER", "I-PER"])
+    assert_names_line(excinfo, dev, 4)
+
+
+@pytest.mark.parametrize("content, line", [("", 1), ("-DOCSTART- -X- -X- O\n\n", 3)])
+def test_conll_without_sentences(tmp_path, content, line):
+    path = write(tmp_path / "test.txt", content)
+    with pytest.raises(ValueError) as excinfo:
+        load_conll(path)
+    assert_names_line(excinfo, path, line)
+
+
+def test_ner_jsonl(tmp_path):
+    path = write(
+        tmp_path / "train.json",
+        json.dumps({"tokens": ["Ann", "runs"], "ner_tags": ["B-PER", "O"]})
+        + "\n"
+        + json.dumps({"tokens": ["Oslo"], "ner_tags": ["B-LOC"]})
+        + "\n",
+    )
+    ds = load_ner_jsonl(path)
+    assert ds["tokens"] == [["Ann", "runs"], ["Oslo"]]
+    assert get_ner_label_list(ds) == ["B-LOC", "B-PER", "O"]
+    assert ds["ner_tags"] == [[1, 2], [0]]
+
+
+def test_ner_jsonl_length_mismatch(tmp_path):
+    path = write(
+        tmp_path / "train.jsonl",
+        '{"tokens": ["a"], "ner_tags": ["O"]}\n{"tokens": ["b", "c"], "ner_tags": ["O"]}\n',
+    )
+    with pytest.raises(ValueError) as excinfo:
+        load_ner_jsonl(path)
+    assert_names_line(excinfo, path, 2)
+
+
+def test_ner_jsonl_missing_column(tmp_path):
+    path = write(tmp_path / "train.jsonl", '{"tokens": ["a"], "ner_tags": ["O"]}\n\n{"tokens": ["b"]}\n')
+    with pytest.raises(ValueError) as excinfo:
+        load_ner_jsonl(path)
+    assert_names_line(excinfo, path, 3)
+    assert "ner_tags" in str(excinfo.value)
+
+
+def test_ner_jsonl_tag_outside_label_list(tmp_path):
+    path = write(tmp_path / "train.jsonl", '{"tokens": ["a", "b"], "ner_tags": ["O", "B-FOO"]}\n')
+    with pytest.raises(ValueError) as excinfo:
+        load_ner_jsonl(path, label_list=CONLL2003_NER_LABELS)
+    assert_names_line(excinfo, path, 1)
+
+
+def test_ner_jsonl_empty_file(tmp_path):
+    path = write(tmp_path / "train.jsonl", "\n\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_ner_jsonl(path)
+    assert_names_line(excinfo, path, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_load_ner_data_from_files_and_folder(tmp_path):
+    folder = tmp_path / "ner"
+    write(folder / "train.txt", "John B-PER\nsmiles O\n\nMary B-PER\n")
+    write(folder / "valid.txt", "Bob B-PER\n")
+    write(folder / "test.txt", "Ann B-PER\nOslo B-LOC\n")
+    by_folder = load_ner_data(str(folder))
+    assert {split: len(ds) for split, ds in by_folder.items()} == {"train": 2, "validation": 1, "test": 1}
+    # The label list covers every split: B-LOC only occurs in test.
+    assert get_ner_label_list(by_folder["train"]) == ["B-LOC", "B-PER", "O"]
+
+    by_files = load_ner_data(train_file=folder / "train.txt", validation_file=folder / "valid.txt")
+    assert set(by_files) == {"train", "validation"}
+    assert by_files["validation"]["tokens"] == [["Bob"]]
+
+
+def test_load_text_classification_data_local(tmp_path):
+    glue_dir = tmp_path / "glue"
+    write(glue_dir / "RTE" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tnot_entailment\n")
+    write(glue_dir / "RTE" / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tc\td\tentailment\n")
+    from_parent = load_text_classification_data(str(glue_dir), task_name="rte")  # $GLUE_DIR + task
+    assert from_parent["train"]["label"] == [1]
+    assert from_parent["validation"]["label"] == [0]
+
+    csv_train = write(tmp_path / "train.csv", "text,label\nyes,1\nno,0\n")
+    csv_dev = write(tmp_path / "dev.csv", "text,label\nmaybe,1\n")
+    from_files = load_text_classification_data(train_file=csv_train, validation_file=csv_dev)
+    assert from_files["validation"]["text"] == ["maybe"]
+
+
+def test_hub_names_are_passed_to_load_dataset(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        calls.append((path, name, kwargs.get("revision")))
+        return DatasetDict()
+
+    monkeypatch.setattr(data, "load_dataset", fake_load_dataset)
+    load_text_classification_data(task_name="SST-2")
+    load_text_classification_data("nyu-mll/glue", "mrpc")
+    load_ner_data("conll2003")
+    load_ner_data("eriktks/conll2003", revision="main")
+    load_ner_data("wikiann", "en")
+    assert calls == [
+        ("nyu-mll/glue", "sst2", None),
+        ("nyu-mll/glue", "mrpc", None),
+        ("eriktks/conll2003", None, "refs/convert/parquet"),
+        ("eriktks/conll2003", None, "main"),
+        ("wikiann", "en", None),
+    ]
+
+
+def test_missing_local_folder_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_ner_data(str(tmp_path / "nowhere"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Few-shot sampling
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_select_few_shot():
+    ds = Dataset.from_dict({"x": list(range(100))})
+    first = select_few_shot(ds, 10, seed=13)["x"]
+    assert select_few_shot(ds, 10, seed=13)["x"] == first  # reproducible
+    assert select_few_shot(ds, 10, seed=14)["x"] != first  # depends on the seed
+    assert first != list(range(10))  # random, not the first n
+    assert len(set(first)) == 10 and set(first) <= set(range(100))
+    assert first == sorted(first)  # drawn rows keep their original order
+    assert select_few_shot(ds, 100, seed=0)["x"] == list(range(100))
+
+
+@pytest.mark.parametrize("n", [0, -1, 101])
+def test_select_few_shot_bad_size(n):
+    ds = Dataset.from_dict({"x": list(range(100))})
+    with pytest.raises(ValueError, match=f"n={n}"):
+        select_few_shot(ds, n, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real benchmark files (../shared/data beside the checkout)
+# ---------------------------------------------------------------------------------------------------------------------
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.integration
+def test_real_shared_data_counts():
+    if not SHARED_DATA.is_dir():
+        pytest.fail(
+            f"Real benchmark data not found at {SHARED_DATA}: it must sit beside the checkout (../shared/data)."
+        )
+
+    conll = load_ner_files(
+        {split: SHARED_DATA / "conll2003" / f"{name}.txt" for split, name in
+         [("train", "train"), ("validation", "valid"), ("test", "test")]},
+        label_list=CONLL2003_NER_LABELS,
+    )
+    assert {split: len(ds) for split, ds in conll.items()} == {"train": 14041, "validation": 3250, "test": 3453}
+    assert sum(len(tokens) for tokens in conll["train"]["tokens"]) == 203621  # tokens in HF conll2003 train
+
+    expected_dev_rows = {"SST-2": 872, "MRPC": 408, "RTE": 277, "CoLA": 1043, "STS-B": 1500}
+    for folder, rows in expected_dev_rows.items():
+        dev = load_glue_tsv(SHARED_DATA / "glue" / folder / "dev.tsv", folder)
+        assert len(dev) == rows, folder
+        if folder == "STS-B":
+            assert 0.0 <= min(dev["label"]) and max(dev["label"]) <= 5.0
+        else:
+            assert set(dev["label"]) == {0, 1}, folder

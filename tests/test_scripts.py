@@ -1,0 +1,249 @@
+"""End to end: run_ner_dwatt.py and run_glue_dwatt.py on a tiny encoder and tiny data files written by the tests."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from script_fixtures import (
+    CONLL_SENTENCES,
+    SENTIMENT,
+    tiny_encoder_folder,
+    write_cola_tsv,
+    write_conll,
+    write_csv,
+    write_json_lines,
+    write_mrpc_tsv,
+    write_ner_jsonl,
+)
+from seqeval.metrics import f1_score as seqeval_f1
+from test_remote_code import INTERPRETERS
+from transformers import AutoTokenizer
+
+from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_CHECK = Path(__file__).with_name("pipeline_check.py")
+FAST_TRAINING = [
+    "--report_to", "none", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+    "--num_train_epochs", "2", "--learning_rate", "5e-3", "--seed", "0", "--save_strategy", "no",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Path:
+    return tiny_encoder_folder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def run_script(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / script), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def assert_hub_repo_folder(output: Path, task_prefix: str) -> ModelCard:
+    """A complete Hub model repo: weights, code, tokenizer, config with auto_map, and a parseable card."""
+    for name in ("model.safetensors", "configuration_dwatt.py", "modeling_dwatt.py", "config.json", "tokenizer.json",
+                 "tokenizer_config.json", "README.md", "all_results.json", "train_results.json", "eval_results.json",
+                 "trainer_state.json"):
+        assert (output / name).is_file(), f"{name} missing from {sorted(p.name for p in output.iterdir())}"
+    assert not (output / "pytorch_model.bin").exists()
+    config = read_json(output / "config.json")
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification", "AutoModelForTokenClassification"}
+    card = ModelCard.load(output / "README.md")
+    assert {"dwatt", "custom_code"} <= set(card.data.tags)
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == task_prefix
+    assert "trust_remote_code=True" in card.text and "revision=" in card.text
+    assert "arXiv:2209.15168" in card.text
+    # model-index holds exactly the quality metrics of eval_results.json (and predict_results.json when scored).
+    expected = {("validation", k[len("eval_"):]): v for k, v in read_json(output / "eval_results.json").items()
+                if k.startswith("eval_") and k[5:] not in {"loss", "runtime", "samples_per_second", "steps_per_second", "samples"}}
+    if (output / "predict_results.json").exists():
+        expected.update({("test", k[len("predict_"):]): v for k, v in read_json(output / "predict_results.json").items()
+                         if k.startswith("predict_") and k[8:] not in {"loss", "runtime", "samples_per_second", "steps_per_second"}})
+    found = {(result.dataset_split, result.metric_type): result.metric_value for result in card.data.eval_results}
+    assert found == pytest.approx(expected)
+    return card
+
+
+def run_pipeline_check(python: str, folder: Path, task: str, text: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(folder.parent / f"modules-{Path(python).parent.parent.name}")})
+    result = subprocess.run([python, str(PIPELINE_CHECK), str(folder), task, text], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["module"].startswith("transformers_modules"), report["module"]  # the folder's own code ran
+    return report
+
+
+def test_ner_on_conll_files_end_to_end(encoder, tmp_path):
+    data = tmp_path / "conll"
+    data.mkdir()
+    write_conll(data / "train.txt")
+    write_conll(data / "valid.txt", CONLL_SENTENCES[:4], columns=3)
+    write_conll(data / "test.txt", CONLL_SENTENCES[2:], columns=2)
+    output = tmp_path / "out"
+    run_script(
+        "run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data), "--fusion", "dwatt",
+        "--output_dir", str(output), "--do_train", "--do_eval", "--do_predict", *FAST_TRAINING,
+    )
+    eval_results = read_json(output / "eval_results.json")
+    assert {"eval_precision", "eval_recall", "eval_f1", "eval_accuracy", "eval_loss"} <= set(eval_results)
+    assert eval_results["eval_samples"] == 4
+    assert read_json(output / "train_results.json")["train_samples"] == 6
+    assert (output / "depth_weights.png").stat().st_size > 0
+    weights = read_json(output / "depth_weights.json")["mean_weights"]
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=1e-4)
+    card = assert_hub_repo_folder(output, "token-classification")
+    assert "run_ner_dwatt.py" in card.text and "depth_weights.png" in card.text
+    labels = sorted({tag for sentence in CONLL_SENTENCES for _, tag in sentence})
+    assert list(read_json(output / "config.json")["id2label"].values()) == labels
+
+    # predictions.txt: one line per test sentence, one tag per word; its F1 is the reported predict_f1.
+    predictions = [line.split() for line in (output / "predictions.txt").read_text().splitlines()]
+    gold = [[tag for _, tag in sentence] for sentence in CONLL_SENTENCES[2:]]
+    assert [len(p) for p in predictions] == [len(g) for g in gold]
+    assert read_json(output / "predict_results.json")["predict_f1"] == pytest.approx(seqeval_f1(gold, predictions))
+
+    # The folder runs in pipelines in Pythons without dwatt, and agrees with the model loaded here.
+    text = "John Smith visited Paris"
+    model = DWAttForTokenClassification.from_pretrained(output).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    with torch.no_grad():
+        probabilities = model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]
+    expected = [
+        (index, model.config.id2label[int(p.argmax())], float(p.max()))
+        for index, p in enumerate(probabilities)
+        if model.config.id2label[int(p.argmax())] != "O" and 0 < index < len(probabilities) - 1
+    ]
+    for python, _ in INTERPRETERS:
+        report = run_pipeline_check(python, output, "token-classification", text)
+        got = [(item["index"], item["entity"], item["score"]) for item in report["plain"]]
+        assert [(i, e) for i, e, _ in got] == [(i, e) for i, e, _ in expected]
+        assert [s for _, _, s in got] == pytest.approx([s for _, _, s in expected], abs=1e-5)
+        assert all("entity_group" in item for item in report["aggregated"])
+
+
+def test_ner_json_lines_with_entity_level_metrics_from_a_yaml_file(encoder, tmp_path):
+    train = write_ner_jsonl(tmp_path / "train.json")
+    valid = write_ner_jsonl(tmp_path / "valid.jsonl", CONLL_SENTENCES[:3])
+    output = tmp_path / "out"
+    arguments = {
+        "encoder_name_or_path": str(encoder), "train_file": str(train), "validation_file": str(valid),
+        "fusion": "scalar_mix", "fusion_layers": "0,-1", "output_dir": str(output), "do_train": True, "do_eval": True,
+        "return_entity_level_metrics": True, "max_train_samples": 4, "few_shot_seed": 3, "label_all_tokens": True,
+        "report_to": "none", "num_train_epochs": 1, "per_device_train_batch_size": 2, "save_strategy": "no",
+    }
+    yaml_file = tmp_path / "args.yaml"
+    yaml_file.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in arguments.items()))
+    run_script("run_ner_dwatt.py", str(yaml_file))
+    eval_results = read_json(output / "eval_results.json")
+    for key in ("overall_precision", "overall_recall", "overall_f1", "overall_accuracy", "PER_f1", "LOC_precision", "ORG_number"):
+        assert f"eval_{key}" in eval_results, key
+    assert read_json(output / "train_results.json")["train_samples"] == 4
+    config = read_json(output / "config.json")
+    assert config["fusion"] == "scalar_mix" and config["fusion_layers"] == [0, -1]
+    assert_hub_repo_folder(output, "token-classification")
+
+
+def test_glue_mrpc_tsv_end_to_end(encoder, tmp_path):
+    data = tmp_path / "MRPC"
+    data.mkdir()
+    write_mrpc_tsv(data / "train.tsv")
+    write_mrpc_tsv(data / "dev.tsv", SENTIMENT[:6])
+    output = tmp_path / "out"
+    run_script(
+        "run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data), "--task_name", "mrpc",
+        "--test_file", str(write_mrpc_tsv(tmp_path / "test.tsv", SENTIMENT[2:])), "--train_file", str(data / "train.tsv"),
+        "--validation_file", str(data / "dev.tsv"), "--fusion", "concat", "--max_seq_length", "32",
+        "--output_dir", str(output), "--do_train", "--do_eval", "--do_predict", *FAST_TRAINING,
+    )
+    eval_results = read_json(output / "eval_results.json")
+    assert {"eval_accuracy", "eval_f1", "eval_combined_score"} <= set(eval_results)
+    assert eval_results["eval_combined_score"] == pytest.approx((eval_results["eval_accuracy"] + eval_results["eval_f1"]) / 2)
+    lines = (output / "predict_results_mrpc.txt").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 1 + len(SENTIMENT[2:])
+    # The labelled test split is scored: accuracy recomputed from the prediction file.
+    gold = [label for _, label in SENTIMENT[2:]]
+    names = read_json(output / "config.json")["id2label"]
+    predicted = [int({v: k for k, v in names.items()}[line.split("\t")[1]]) for line in lines[1:]]
+    accuracy = sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+    assert read_json(output / "predict_results.json")["predict_accuracy"] == pytest.approx(accuracy)
+    assert_hub_repo_folder(output, "text-classification")
+
+    text = "a great film"
+    model = DWAttForSequenceClassification.from_pretrained(output).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    with torch.no_grad():
+        probabilities = model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]
+    expected = {model.config.id2label[i]: float(p) for i, p in enumerate(probabilities)}
+    for python, _ in INTERPRETERS:
+        report = run_pipeline_check(python, output, "text-classification", text)
+        assert {item["label"]: item["score"] for item in report["plain"]} == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["cola-tsv", "csv", "json-lines"])
+def test_glue_script_reads_cola_csv_and_json(encoder, tmp_path, layout):
+    writer, suffix, task = {"cola-tsv": (write_cola_tsv, ".tsv", ["--task_name", "cola"]), "csv": (write_csv, ".csv", []),
+                            "json-lines": (write_json_lines, ".json", [])}[layout]
+    output = tmp_path / "out"
+    run_script(
+        "run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), *task,
+        "--train_file", str(writer(tmp_path / f"train{suffix}")), "--validation_file", str(writer(tmp_path / f"dev{suffix}", SENTIMENT[:4])),
+        "--fusion", "dwatt", "--pooling", "mean", "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING,
+    )
+    eval_results = read_json(output / "eval_results.json")
+    assert ("eval_matthews_correlation" if layout == "cola-tsv" else "eval_accuracy") in eval_results
+    assert eval_results["eval_samples"] == 4
+
+
+BAD_NER_JSONL = '{"tokens": ["John", "visited"], "ner_tags": ["B-PER", "O"]}\n{"tokens": ["Mary", "met", "Jones"], "ner_tags": ["B-PER", "O"]}\n'
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["ner-length-mismatch", "ner-label-outside-list", "ner-empty-validation", "glue-missing-label-column", "unknown-fusion"],
+)
+def test_bad_data_fails_early_with_file_and_line(encoder, tmp_path, case):
+    if case.startswith("ner"):
+        train = write_ner_jsonl(tmp_path / "train.jsonl")
+        valid = write_ner_jsonl(tmp_path / "valid.jsonl")
+        extra = []
+        if case == "ner-length-mismatch":
+            valid.write_text(BAD_NER_JSONL)
+            expected = ["valid.jsonl", "line 2"]
+        elif case == "ner-label-outside-list":
+            extra = ["--label_list", "O,B-PER,I-PER,B-ORG,I-ORG"]  # the training file has B-LOC on its line 1
+            expected = ["train.jsonl", "line 1", "B-LOC"]
+        else:
+            valid.write_text("")
+            expected = ["valid.jsonl", "empty"]
+        result = run_script("run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--train_file", str(train),
+                            "--validation_file", str(valid), "--output_dir", str(tmp_path / "out"), "--do_train",
+                            "--do_eval", *extra, check=False)
+    else:
+        train = tmp_path / "train.csv"
+        train.write_text("sentence,target\na great film,1\nbad film,0\n")
+        fusion = "nope" if case == "unknown-fusion" else "dwatt"
+        expected = ["Unknown --fusion", "nope"] if case == "unknown-fusion" else ["train.csv", "label"]
+        result = run_script("run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--train_file", str(train),
+                            "--fusion", fusion, "--output_dir", str(tmp_path / "out"), "--do_train", check=False)
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    assert "ValueError" in message, message
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+    assert not (tmp_path / "out" / "model.safetensors").exists()

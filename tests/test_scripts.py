@@ -230,7 +230,7 @@ def test_bad_data_fails_early_with_file_and_line(encoder, tmp_path, case):
             expected = ["train.jsonl", "line 1", "B-LOC"]
         else:
             valid.write_text("")
-            expected = ["valid.jsonl", "empty"]
+            expected = ["valid.jsonl", "line 1", "without any sentence"]
         result = run_script("run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--train_file", str(train),
                             "--validation_file", str(valid), "--output_dir", str(tmp_path / "out"), "--do_train",
                             "--do_eval", *extra, check=False)

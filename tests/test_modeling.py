@@ -44,7 +44,7 @@ def test_forward_loss_backward_and_padding_invariance(family, fusion, model_clas
     output.loss.backward()
     head_parameters = {n: p for n, p in model.named_parameters() if not n.startswith("dwatt.encoder.")}
     if fusion != "last":
-        assert any(n.startswith("dwatt.fusion.") for n in head_parameters)
+        assert any(n.startswith("dwatt.fusion_classifier.") for n in head_parameters)
     for name, parameter in head_parameters.items():
         assert parameter.grad is not None, f"{name} got no gradient"
         assert parameter.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
@@ -179,7 +179,7 @@ def test_fusion_layers_select_the_sources(fusion_layers, expected):
     config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="scalar_mix", fusion_layers=fusion_layers)
     assert config.fusion_source_indices == expected
     model = DWAttModel(config)
-    assert model.fusion.mix_logits.shape == (len(expected),)
+    assert model.fusion_classifier.mix_logits.shape == (len(expected),)
 
 
 def test_gradient_checkpointing_trains():

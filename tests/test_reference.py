@@ -49,7 +49,7 @@ def bottleneck_mlp_vector(mlp, x):
 def test_dwatt_matches_a_per_layer_loop(settings):
     config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", **settings)
     model = DWAttModel(config).eval()
-    head = model.fusion
+    head = model.fusion_classifier
     with torch.no_grad():  # make the parameters non-trivial
         for p in head.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -101,8 +101,8 @@ def test_scalar_mix_hand_computation():
     config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="scalar_mix", fusion_layers=[1, 2, 3])
     model = DWAttModel(config).eval()
     with torch.no_grad():
-        model.fusion.mix_logits.copy_(torch.tensor([0.1, 0.2, 0.3]))
-        model.fusion.gamma.fill_(0.5)
+        model.fusion_classifier.mix_logits.copy_(torch.tensor([0.1, 0.2, 0.3]))
+        model.fusion_classifier.gamma.fill_(0.5)
     exps = [math.exp(0.1), math.exp(0.2), math.exp(0.3)]
     s = [e / sum(exps) for e in exps]  # 0.3006, 0.3322, 0.3672
     assert abs(s[0] - 0.30060960) < 1e-6
@@ -141,7 +141,7 @@ def test_concat_matches_explicit_concatenation():
     with torch.no_grad():
         fused = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         states = encoder_states(model, input_ids, attention_mask)
-        mlp = model.fusion.mlp
+        mlp = model.fusion_classifier.mlp
         concatenated = torch.cat(states, dim=-1)  # (B, T, 4d)
         hidden = F.layer_norm(F.gelu(concatenated @ mlp.proj_in.weight.T + mlp.proj_in.bias), (20,), mlp.norm.weight, mlp.norm.bias, mlp.norm.eps)
         expected = states[-1] + hidden @ mlp.proj_out.weight.T + mlp.proj_out.bias
@@ -156,7 +156,7 @@ def test_deeper_matches_a_hand_written_post_ln_transformer_layer():
     with torch.no_grad():
         fused = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         x = encoder_states(model, input_ids, attention_mask)[-1]
-        for layer in model.fusion.layers:
+        for layer in model.fusion_classifier.layers:
             q, k, v = (x @ layer.attn_qkv.weight.T + layer.attn_qkv.bias).split(32, dim=-1)
             split = lambda t: t.view(2, 7, 4, 8).transpose(1, 2)  # (B, H, T, 8)
             scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(8)
@@ -165,7 +165,7 @@ def test_deeper_matches_a_hand_written_post_ln_transformer_layer():
             x = F.layer_norm(x + attended @ layer.attn_out.weight.T + layer.attn_out.bias, (32,), layer.attn_norm.weight, layer.attn_norm.bias, 1e-12)
             ffn = F.gelu(x @ layer.ffn_in.weight.T + layer.ffn_in.bias) @ layer.ffn_out.weight.T + layer.ffn_out.bias
             x = F.layer_norm(x + ffn, (32,), layer.ffn_norm.weight, layer.ffn_norm.bias, 1e-12)
-    assert model.fusion.layers[0].ffn_in.out_features == 37  # the encoder's intermediate size
+    assert model.fusion_classifier.layers[0].ffn_in.out_features == 37  # the encoder's intermediate size
     torch.testing.assert_close(fused[0], x[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused[1, :4], x[1, :4], atol=1e-5, rtol=1e-5)
 
@@ -193,7 +193,7 @@ def test_parameter_count_matches_the_equations(fusion):
     model = DWAttModel(DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion=fusion))
     cost = model.fusion_cost(seq_len=16)
     assert cost["added_parameters"] == expected_parameters(fusion, d=32, n=4, intermediate=37)
-    assert cost["added_parameters"] == sum(p.numel() for n, p in model.named_parameters() if n.startswith("fusion."))
+    assert cost["added_parameters"] == sum(p.numel() for n, p in model.named_parameters() if n.startswith("fusion_classifier."))
 
 
 def measured_fused_flops(model, length):
@@ -202,7 +202,7 @@ def measured_fused_flops(model, length):
     states = encoder_states(model, input_ids, attention_mask)
     sources = [states[i] for i in model.config.fusion_source_indices]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.fusion(states[-1], sources, attention_mask)
+        model.fusion_classifier(states[-1], sources, attention_mask)
     return counter.get_total_flops()
 
 

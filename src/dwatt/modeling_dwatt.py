@@ -531,7 +531,9 @@ class DWAttModel(DWAttPreTrainedModel):
     def __init__(self, config: DWAttConfig):
         super().__init__(config)
         self.encoder = build_encoder(config.encoder_config)
-        self.fusion = build_fusion_head(config)
+        # The name ends in "classifier" on purpose: PEFT's token/sequence-classification models train and save every
+        # module whose name ends in "classifier" or "score" (and keep LoRA out of them), so the head comes along.
+        self.fusion_classifier = build_fusion_head(config)
         self._source_indices = config.fusion_source_indices
         self._num_states = config.num_encoder_layers + 1
         accepted = inspect.signature(self.encoder.forward).parameters
@@ -548,8 +550,8 @@ class DWAttModel(DWAttPreTrainedModel):
         """The head's added parameters and forward FLOPs per fused position, for cards and benchmarks."""
         return {
             "fusion": self.config.fusion,
-            "added_parameters": self.fusion.num_added_parameters(),
-            "flops_per_token": self.fusion.flops_per_token(seq_len),
+            "added_parameters": self.fusion_classifier.num_added_parameters(),
+            "flops_per_token": self.fusion_classifier.flops_per_token(seq_len),
         }
 
     def forward(
@@ -603,7 +605,7 @@ class DWAttModel(DWAttPreTrainedModel):
         # Source L is the encoder's final output, which for some families (ModernBERT) follows a final norm that the
         # raw hidden_states[L] has not been through.
         sources = [last_hidden_state if i == self._num_states - 1 else hidden_states[i] for i in self._source_indices]
-        fused, weights = self.fusion(
+        fused, weights = self.fusion_classifier(
             last_hidden_state, sources, attention_mask, positions=fusion_positions, output_weights=bool(output_fusion_weights)
         )
         output = DWAttModelOutput(

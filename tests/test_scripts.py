@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clean_pythons import INTERPRETERS
 from huggingface_hub import ModelCard
 from script_fixtures import (
     CONLL_SENTENCES,
@@ -21,7 +22,6 @@ from script_fixtures import (
     write_ner_jsonl,
 )
 from seqeval.metrics import f1_score as seqeval_f1
-from test_remote_code import INTERPRETERS
 from transformers import AutoTokenizer
 
 from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification

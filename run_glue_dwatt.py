@@ -34,7 +34,9 @@ from dwatt.data import (
     select_few_shot,
 )
 from dwatt.metrics import make_glue_compute_metrics
+from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, load_model, load_tokenizer
+from dwatt.peft_utils import apply_lora_from_args
 from dwatt.script_utils import (
     check_splits,
     dataset_id_for_card,
@@ -93,6 +95,7 @@ def glue_dataset_id(data_args: DataTrainingArguments) -> str:
 def main():
     model_args, data_args, training_args = parse_arguments((ModelArguments, DataTrainingArguments, TrainingArguments))
     setup_logging(training_args, logger)
+    check_distributed_launch(training_args)
     set_seed(training_args.seed)
 
     raw_datasets = load_text_classification_data(
@@ -132,6 +135,7 @@ def main():
         finetuning_task=data_args.task_name or "text-classification",
         problem_type="regression" if is_regression else "single_label_classification",
     )
+    model = apply_lora_from_args(model, model_args)  # --use_lora: LoRA on the encoder, head and classifier in full
     tokenizer = load_tokenizer(model_args)
 
     # Data labels → model ids. A checkpoint keeps its own label order; ClassLabel ids are mapped through the names.
@@ -190,6 +194,7 @@ def main():
             "hyperparameters": run_hyperparameters(model, training_args, data_args),
             "license": model_args.card_license,
         },
+        log_depth_weights=model_args.log_depth_weights,
     )
     train_evaluate_predict(trainer, training_args, train_dataset, eval_datasets, logger)
 

@@ -26,7 +26,9 @@ from transformers import AutoConfig, DataCollatorForTokenClassification, Trainin
 from dwatt import DWAttForTokenClassification
 from dwatt.data import get_ner_label_list, load_ner_data, select_few_shot
 from dwatt.metrics import make_ner_compute_metrics
+from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, encoder_model_type, load_model, load_tokenizer
+from dwatt.peft_utils import apply_lora_from_args
 from dwatt.script_utils import (
     check_splits,
     dataset_id_for_card,
@@ -104,6 +106,7 @@ def checkpoint_labels(model_args: ModelArguments) -> Optional[list[str]]:
 def main():
     model_args, data_args, training_args = parse_arguments((ModelArguments, DataTrainingArguments, TrainingArguments))
     setup_logging(training_args, logger)
+    check_distributed_launch(training_args)
     set_seed(training_args.seed)
 
     # Data. Tags are checked against the label list while reading local files, so a bad tag names its file and line.
@@ -141,6 +144,7 @@ def main():
 
     # Model and tokenizer.
     model = load_model(model_args, DWAttForTokenClassification, label_list, finetuning_task=data_args.task_name)
+    model = apply_lora_from_args(model, model_args)  # --use_lora: LoRA on the encoder, head and classifier in full
     tokenizer = load_tokenizer(model_args, add_prefix_space=encoder_model_type(model_args) in PREFIX_SPACE_MODEL_TYPES)
     # The model's own label order decides the ids (it differs from the data's when continuing a checkpoint).
     label_to_id = {label: model.config.label2id[label] for label in label_list}
@@ -216,6 +220,7 @@ def main():
             "hyperparameters": run_hyperparameters(model, training_args, data_args),
             "license": model_args.card_license,
         },
+        log_depth_weights=model_args.log_depth_weights,
     )
 
     train_evaluate_predict(trainer, training_args, train_dataset, {data_args.task_name: eval_dataset}, logger)

@@ -54,6 +54,27 @@ class ModelArguments:
         default=False, metadata={"help": "Start a new classifier when the checkpoint's label count differs."}
     )
     card_license: str = field(default="apache-2.0", metadata={"help": "Licence written into the model card."})
+    use_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters on the encoder (PEFT) while the fusion head and classifier train in full; "
+            "the output folder holds the merged model."
+        },
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated encoder module names for LoRA (e.g. 'query,value'), or 'all-linear'. Default: "
+            "the encoder family's attention query/value projections (dwatt.peft_utils.DEFAULT_LORA_TARGET_MODULES)."
+        },
+    )
+    log_depth_weights: bool = field(
+        default=True,
+        metadata={"help": "Log the fusion head's mean weight per layer and their entropy with every training log."},
+    )
 
     def __post_init__(self):
         if (self.encoder_name_or_path is None) == (self.model_name_or_path is None):
@@ -65,6 +86,11 @@ class ModelArguments:
             raise ValueError(f"Unknown --fusion {self.fusion!r}: choose one of {', '.join(FUSION_CHOICES)}.")
         if self.pooling is not None and self.pooling not in POOLING_CHOICES:
             raise ValueError(f"Unknown --pooling {self.pooling!r}: choose one of {', '.join(POOLING_CHOICES)}.")
+        if self.use_lora:
+            if self.lora_r < 1:
+                raise ValueError(f"--lora_r must be a positive rank, got {self.lora_r}.")
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
     @property
     def source(self) -> str:

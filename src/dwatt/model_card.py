@@ -81,8 +81,12 @@ def build_model_card(
     depth_weights_png: Optional[str] = None,
     seq_len: int = 128,
     model_name: Optional[str] = None,
+    lora: Optional[dict] = None,
 ) -> ModelCard:
-    """Builds the card; `eval_metrics`/`test_metrics` are the Trainer's dicts (`eval_…`, `predict_…` keys)."""
+    """Builds the card; `eval_metrics`/`test_metrics` are the Trainer's dicts (`eval_…`, `predict_…` keys).
+
+    `lora` (`dwatt.peft_utils.lora_summary`) marks a LoRA run whose adapter was merged into the saved weights.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
     task_title, auto_suffix, example_text = TASKS[task]
@@ -112,7 +116,7 @@ def build_model_card(
         base_model=base_model,
         library_name="transformers",
         pipeline_tag=task,
-        tags=["dwatt", "custom_code", "layer-fusion", f"fusion-{config.fusion}", task],
+        tags=["dwatt", "custom_code", "layer-fusion", f"fusion-{config.fusion}", task, *(["lora"] if lora else [])],
         datasets=[dataset_id],
         metrics=sorted({result.metric_type for result in eval_results}) or None,
         model_name=model_name,
@@ -155,6 +159,10 @@ def build_model_card(
         command=command or command_line(),
         hyperparameters_table=_markdown_table(["hyperparameter", "value"], [[k, v] for k, v in hyperparameters.items()]) if hyperparameters else "",
         results_table=_markdown_table(["split", "metric", "value"], result_rows) if result_rows else "No evaluation was run.",
+        lora=lora,
+        lora_trainable=f"{lora['trainable_parameters']:,}" if lora else "",
+        lora_total=f"{lora['total_parameters']:,}" if lora else "",
+        lora_targets=", ".join(f"`{t}`" for t in ([lora["target_modules"]] if isinstance(lora["target_modules"], str) else lora["target_modules"])) if lora else "",
     )
 
 
@@ -173,6 +181,7 @@ def write_model_card(
     revision: str = "main",
     license: str = "apache-2.0",
     command: Optional[str] = None,
+    lora: Optional[dict] = None,
 ) -> Path:
     """Writes `README.md` into `output_dir` from the run's files there: eval_results.json, predict_results.json and
     depth_weights.json / depth_weights.png (when present)."""
@@ -193,6 +202,7 @@ def write_model_card(
         depth_weights=depth["mean_weights"] if depth else None,
         depth_weights_png="depth_weights.png" if (folder / "depth_weights.png").exists() else None,
         model_name=folder.resolve().name if repo_id is None else None,
+        lora=lora,
     )
     path = folder / "README.md"
     card.save(str(path))

@@ -642,6 +642,29 @@ def _classifier_dropout(config: DWAttConfig) -> float:
     return encoder_hidden_dropout(config.encoder_config)
 
 
+def sequence_classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, config: DWAttConfig, reduction: str = "mean"
+) -> torch.Tensor:
+    """The loss of transformers' sequence classifiers: regression, single- or multi-label by `config.problem_type`
+    (inferred from the labels and set on the config the first time, as transformers does)."""
+    labels = labels.to(logits.device)
+    num_labels = logits.shape[-1]
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype), reduction=reduction)
+        return F.mse_loss(logits, labels.to(logits.dtype), reduction=reduction)
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1), reduction=reduction)
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction=reduction)
+
+
 class DWAttForSequenceClassification(DWAttPreTrainedModel):
     """DWAtt model with a sequence classification / regression head on the pooled fused state."""
 
@@ -699,7 +722,7 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
 
         loss = None
         if labels is not None:
-            loss = self._loss(logits, labels)
+            loss = sequence_classification_loss(logits, labels, self.config)
         output = DWAttSequenceClassifierOutput(
             loss=loss,
             logits=logits,
@@ -708,24 +731,6 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
             fusion_weights=outputs.fusion_weights,
         )
         return output if return_dict else output.to_tuple()
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # The problem-type rules of transformers' sequence classifiers.
-        labels = labels.to(logits.device)
-        if self.config.problem_type is None:
-            if self.num_labels == 1:
-                self.config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                self.config.problem_type = "single_label_classification"
-            else:
-                self.config.problem_type = "multi_label_classification"
-        if self.config.problem_type == "regression":
-            if self.num_labels == 1:
-                return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
-            return F.mse_loss(logits, labels.to(logits.dtype))
-        if self.config.problem_type == "single_label_classification":
-            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 class DWAttForTokenClassification(DWAttPreTrainedModel):

@@ -1,26 +1,111 @@
-"""The stock `Trainer`, with dwatt's model card and depth-weight reports in the output folder."""
+"""The stock `Trainer`, with dwatt's model card, depth-weight reports and logs, exact gradient accumulation and
+LoRA-aware saving.
+
+What `DWAttTrainer` changes (each can be switched off; everything else is `transformers.Trainer`):
+- Loss normalisation (`exact_accumulation_loss=True`): the loss of each micro-batch is summed over its labelled
+  items (tokens for token classification, examples for sequence classification) and divided by the number of
+  labelled items of the whole optimizer step — all accumulation micro-batches and all processes (Trainer's
+  `num_items_in_batch`). One step of batch 16 and 4 accumulated steps of batch 4 (or 2 processes of batch 8) then
+  give the same loss and gradients even when the micro-batches hold different numbers of labelled tokens. With the
+  stock `Trainer` (dwatt models set `accepts_loss_kwargs = False`) each micro-batch's mean is divided by the
+  accumulation steps instead: identical for sequence classification with equal micro-batches, a mean of
+  per-micro-batch means for token classification.
+- Depth weights (`log_depth_weights=True`): see `dwatt.callbacks.DepthWeightLoggingCallback`.
+- PEFT: the final save (`save_model()` into `output_dir`, also before `push_to_hub`) writes the LoRA-merged model,
+  a plain DWAtt checkpoint with its code files; checkpoints written during training hold the adapter, so
+  `resume_from_checkpoint` works as usual.
+"""
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
+import datasets
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
 
-from .depth_weights import depth_weight_entropy, mean_depth_weights, plot_depth_weights
+from .callbacks import DepthWeightLoggingCallback, unwrap_dwatt_model
+from .distributed import saving_as_unsharded_class
+from .depth_weights import MODEL_INPUTS, depth_weight_entropy, mean_depth_weights, plot_depth_weights
 from .model_card import write_model_card
+from .modeling_dwatt import sequence_classification_loss
+from .peft_utils import is_peft_model, lora_summary, merged_copy
+
+
+class AccumulationExactLoss:
+    """`compute_loss_func` for DWAtt classifiers: the model's own loss (same problem types), normalised by the
+    labelled items of the whole optimizer step instead of those of each micro-batch.
+
+    `num_items_in_batch` is Trainer's count of labels != -100 over the step's micro-batches (summed over processes);
+    without it (evaluation) the loss is the plain mean, exactly the model's.
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
+        labels = labels.to(logits.device)
+        reduction = "mean" if num_items_in_batch is None else "sum"
+        if logits.dim() == 3:  # token classification: (B, T, C), labels (B, T) with -100 = ignored
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)
+        else:
+            loss = sequence_classification_loss(logits, labels, self.config, reduction)
+        if num_items_in_batch is not None:
+            if torch.is_tensor(num_items_in_batch):
+                num_items_in_batch = num_items_in_batch.to(loss.device, loss.dtype)
+            loss = loss / num_items_in_batch
+        return loss
 
 
 class DWAttTrainer(Trainer):
-    """`Trainer` whose `create_model_card` writes dwatt's card (Trainer.push_to_hub calls it before uploading).
+    """`Trainer` for DWAtt models (plain or PEFT-wrapped); see the module docstring for what it adds.
 
     Args:
         card_info: arguments of `dwatt.model_card.write_model_card` besides the folder and the model
             (`task`, `dataset_id`, `dataset_config`, `hyperparameters`, `license`, `command`).
+        log_depth_weights: log the head's mean weights over depth and their entropy with every training log.
+        depth_weight_probe_size: training examples in the fixed probe batch for input-dependent heads (dwatt).
+        exact_accumulation_loss: normalise the loss over the labelled items of the whole optimizer step (ignored
+            when a `compute_loss_func` or label smoothing is given).
     """
 
-    def __init__(self, *args, card_info: Optional[dict] = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        card_info: Optional[dict] = None,
+        log_depth_weights: bool = True,
+        depth_weight_probe_size: int = 16,
+        exact_accumulation_loss: bool = True,
+        **kwargs,
+    ):
+        model = kwargs.get("model", args[0] if args else None)
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        smoothing = getattr(training_args, "label_smoothing_factor", 0) if training_args is not None else 0
+        config = getattr(unwrap_dwatt_model(model), "config", None) if model is not None else None
+        is_dwatt = getattr(config, "model_type", None) == "dwatt"
+        if exact_accumulation_loss and is_dwatt and kwargs.get("compute_loss_func") is None and not smoothing:
+            kwargs["compute_loss_func"] = AccumulationExactLoss(config)
         super().__init__(*args, **kwargs)
+        if is_peft_model(self.model) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise NotImplementedError(
+                "DWAttTrainer saves LoRA runs as merged models, which is not implemented for FSDP/DeepSpeed-sharded "
+                "models: train LoRA with DDP (torchrun / accelerate launch without --fsdp), or use transformers.Trainer."
+            )
         self.card_info = dict(card_info or {})
+        self._merged_for_card = None
+        self.depth_weight_callback = None
+        if log_depth_weights and is_dwatt:
+            self.depth_weight_callback = DepthWeightLoggingCallback(self._depth_weight_probe(depth_weight_probe_size))
+            # First in line, so that the reporting integrations (TensorBoard, W&B, …) see the added values too.
+            self.callback_handler.callbacks.insert(0, self.depth_weight_callback)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # helpers
 
     def _unwrapped_model(self):
         return self.accelerator.unwrap_model(self.model)
@@ -29,35 +114,110 @@ class DWAttTrainer(Trainer):
         # Trainer sets `hub_model_id` once it has created the Hub repository.
         return getattr(self, "hub_model_id", None) or self.args.hub_model_id
 
+    def _model_inputs_loader(self, dataset, batch_size: int, limit: Optional[int] = None) -> Optional[DataLoader]:
+        """A plain (unsharded, unshuffled) loader of model inputs, for measurements on the main process."""
+        if dataset is None or (limit is not None and not hasattr(dataset, "__len__")):
+            return None
+        if limit is not None:
+            count = min(limit, len(dataset))
+            dataset = dataset.select(range(count)) if isinstance(dataset, datasets.Dataset) else [dataset[i] for i in range(count)]
+        if isinstance(dataset, datasets.Dataset):
+            dataset = self._remove_unused_columns(dataset, description="depth weights")
+            collator = self.data_collator
+        else:
+            collator = self._get_collator_with_removed_columns(self.data_collator, description="depth weights")
+        # A generator of its own: a DataLoader iterator draws a seed, which must not come from the global RNG (that
+        # would change the dropout masks and data order of the training that follows).
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, generator=torch.Generator())
+
+    def _depth_weight_probe(self, size: int) -> Optional[dict]:
+        """The first `size` training examples as one collated batch of model inputs (for input-dependent heads)."""
+        if size <= 0 or unwrap_dwatt_model(self.model).config.fusion != "dwatt":
+            return None
+        loader = self._model_inputs_loader(self.train_dataset, batch_size=size, limit=size)
+        if loader is None:
+            return None
+        batch = next(iter(loader), None)
+        if batch is None:
+            return None
+        return {key: value for key, value in batch.items() if key in MODEL_INPUTS and torch.is_tensor(value)}
+
+    def _model_for_card(self):
+        model = self._unwrapped_model()
+        if not is_peft_model(model):
+            return model
+        if self._merged_for_card is None:
+            self._merged_for_card = merged_copy(model)
+        return self._merged_for_card
+
+    # ------------------------------------------------------------------------------------------------------------
+    # saving
+
+    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
+        """Trainer's `_save`; for a PEFT model, the final save into `output_dir` writes the LoRA-merged model."""
+        target = output_dir if output_dir is not None else self.args.output_dir
+        model = self._unwrapped_model()
+        final = os.path.abspath(target) == os.path.abspath(self.args.output_dir)
+        if not (final and is_peft_model(model)):
+            # FSDP2 swaps the model's class for a generated one; save_pretrained must see DWAtt's own class to copy
+            # the right code file (see dwatt.distributed.saving_as_unsharded_class).
+            with saving_as_unsharded_class(self.model):
+                return super()._save(output_dir, state_dict=state_dict)
+        if not self.args.should_save:
+            return
+        os.makedirs(target, exist_ok=True)
+        merged = merged_copy(model)
+        self._merged_for_card = merged
+        merged.save_pretrained(target)  # weights, config with auto_map, the two code files
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(target)
+        torch.save(self.args, os.path.join(target, TRAINING_ARGS_NAME))
+        (Path(target) / "lora.json").write_text(json.dumps(lora_summary(model), indent=2) + "\n")
+
     def create_model_card(self, revision: str = "main", **kwargs) -> None:
         """Writes README.md into the output folder (main process only)."""
         if not self.is_world_process_zero() or not self.card_info:
             return
+        model = self._unwrapped_model()
+        info = dict(self.card_info)
+        if is_peft_model(model):
+            info.setdefault("lora", lora_summary(model))
         write_model_card(
             self.args.output_dir,
-            self._unwrapped_model(),
+            self._model_for_card(),
             repo_id=self._repo_id() if self.args.push_to_hub else None,
             revision=revision,
-            **self.card_info,
+            **info,
         )
 
     def save_depth_weights(self, eval_dataset=None, max_batches: Optional[int] = None) -> Optional[list[float]]:
-        """Mean weights over depth on `eval_dataset` → depth_weights.json and depth_weights.png in the output folder."""
+        """Mean weights over depth on `eval_dataset` → depth_weights.json and depth_weights.png in the output folder.
+
+        Measured over the whole set (not over one process's shard of a distributed run): on the main process, or on
+        every process with FSDP, whose forward passes need them all.
+        """
+        if not (self.is_world_process_zero() or self.is_fsdp_enabled):
+            return None
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        loader = self._model_inputs_loader(dataset, batch_size=self.args.per_device_eval_batch_size)
+        if loader is None:
+            return None
         model = self._unwrapped_model()
-        weights = mean_depth_weights(model, self.get_eval_dataloader(eval_dataset), max_batches=max_batches)
+        weights = mean_depth_weights(model, loader, max_batches=max_batches)
         if weights is None or not self.is_world_process_zero():
             return None
+        config = unwrap_dwatt_model(model).config
         folder = Path(self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        sources = model.config.fusion_source_indices
+        sources = config.fusion_source_indices
         report = {
-            "fusion": model.config.fusion,
+            "fusion": config.fusion,
             "source_indices": sources,
             "mean_weights": [round(float(w), 6) for w in weights],
             "entropy": depth_weight_entropy(weights),
         }
         (folder / "depth_weights.json").write_text(json.dumps(report, indent=2) + "\n")
-        plot_depth_weights(weights, sources, str(folder / "depth_weights.png"), title=f"{model.config.fusion}: mean weight per hidden state")
+        plot_depth_weights(weights, sources, str(folder / "depth_weights.png"), title=f"{config.fusion}: mean weight per hidden state")
         return report["mean_weights"]
 
     def push_to_hub(self, commit_message: Optional[str] = "End of training", blocking: bool = True, **kwargs):

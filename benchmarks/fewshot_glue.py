@@ -148,12 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     runs = common.build_grid(args.tasks, encoders, args.sizes, args.seeds, args.heads)
     return common.run_grid(
         runs, settings, execute, out=args.out, shard=args.shard, time_budget_s=args.time_budget_s,
-        common_fields={
-            "benchmark": "fewshot_glue",
-            "machine": common.machine_info(device),
-            "command": common.command_line("fewshot_glue.py", argv),
-            "git_commit": common.git_commit(),
-        },
+        common_fields=common.provenance("fewshot_glue", argv, device),
     )
 
 

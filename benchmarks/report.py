@@ -427,6 +427,11 @@ def plot_vs_size(rows: Sequence[dict], panels: Sequence[tuple[str, str, str]], t
         axis.set_xlabel("training examples")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
+    return _finish_figure(plt, figure, axes, title, path)
+
+
+def _finish_figure(plt, figure, axes, title: str, path: Path) -> Path:
+    """Legend on the first panel, the title, and the PNG."""
     axes[0][0].legend(frameon=False)
     figure.suptitle(title)
     figure.tight_layout()
@@ -451,12 +456,7 @@ def plot_curves(rows: Sequence[dict], metric: str, label: str, title: str, path:
         axis.set_xlabel("optimisation step")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    axes[0][0].legend(frameon=False)
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _finish_figure(plt, figure, axes, title, path)
 
 
 def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict], folder: Path) -> list[Path]:

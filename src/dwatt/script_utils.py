@@ -109,8 +109,13 @@ def train_evaluate_predict(trainer, training_args: TrainingArguments, train_data
 
 
 def finish_run(trainer, training_args: TrainingArguments) -> None:
-    """The model card for the output folder, and the upload with --push_to_hub."""
+    """The model card for the output folder, the upload with --push_to_hub, and a synchronised end of the processes."""
     if training_args.do_train:
         trainer.create_model_card()
         if training_args.push_to_hub:
             trainer.push_to_hub()
+    # The main process works on after the others (depth weights, card): without this, the other processes exit with
+    # the process group still alive, and gloo's teardown at interpreter exit can abort them ("terminate called
+    # without an active exception", seen once in CI), which fails the whole launch although every file was written.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # destroys the process group (a no-op in a single process)

@@ -138,9 +138,8 @@ def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int,
     rows = []
     for head in HEADS:
         cost = cost_summary(models[head], seq_len)
-        pooled_positions = 1 if task == "sequence" and head != "deeper" else seq_len
         # The head's FLOPs relative to the encoder's, for the positions where it actually runs.
-        flop_fraction = cost["flops_per_token"] * pooled_positions / (cost["encoder_flops_per_token"] * seq_len)
+        flop_fraction = cost["pooled_flops_fraction"] if task == "sequence" else cost["flops_fraction"]
         row = {
             "task": task, "encoder": encoder, "seq_len": seq_len, "batch_size": batch_size, "fusion": head,
             "added_parameters": sum(p.numel() for p in models[head].parameters()) - stock_parameters,
@@ -151,8 +150,10 @@ def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int,
             "inference_s": statistics.median(inference[head]), "stock_inference_s": stock_inference,
             "training_step_s": statistics.median(training[head]), "stock_training_step_s": stock_training,
         }
-        row["inference_ratio"] = row["inference_s"] / stock_inference
-        row["training_ratio"] = row["training_step_s"] / stock_training
+        # Paired by round (the stock model ran moments before in the same round): the median of the per-round
+        # ratios is steadier on a shared CPU than the ratio of the two medians.
+        row["inference_ratio"] = statistics.median(h / s for h, s in zip(inference[head], inference["stock"]))
+        row["training_ratio"] = statistics.median(h / s for h, s in zip(training[head], training["stock"]))
         row["target_overhead"] = max(0.02, 1.25 * flop_fraction)
         rows.append(row)
     del models, optimizers

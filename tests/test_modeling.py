@@ -121,6 +121,19 @@ def test_sequence_pooling_matches_token_level_fusion(pooling, fusion):
         torch.testing.assert_close(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
 
 
+@pytest.mark.parametrize("pooling", ["first", "last"])
+def test_pooled_deeper_stack_matches_its_full_output(pooling):
+    """With two extra layers only the last stops at the pooled position; the first still runs on every token."""
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="deeper", deeper_num_layers=2, num_labels=3, pooling=pooling)
+    model = DWAttForSequenceClassification(config).eval()
+    input_ids, attention_mask = make_batch()
+    positions = attention_mask.argmax(-1) if pooling == "first" else attention_mask.sum(-1) - 1  # right padding
+    with torch.no_grad():
+        fused = model.dwatt(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, d)
+        pooled = model.dwatt(input_ids=input_ids, attention_mask=attention_mask, fusion_positions=positions).last_hidden_state
+    torch.testing.assert_close(pooled[:, 0], fused[torch.arange(3), positions], atol=1e-6, rtol=1e-5)
+
+
 def test_last_pooling_handles_left_padding():
     config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", num_labels=3, pooling="last")
     model = DWAttForSequenceClassification(config).eval()

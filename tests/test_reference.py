@@ -223,3 +223,19 @@ def test_flops_per_token_agree_with_torch_flop_counter(fusion):
         assert model.fusion_cost(short)["flops_per_token"] == per_token_short
         return
     assert model.fusion_cost(16)["flops_per_token"] == per_token
+
+
+def test_deeper_pooled_flops_agree_with_torch_flop_counter():
+    """Pooled, the last extra layer projects keys and values for every token but queries, FFN and norms at one."""
+    model = DWAttModel(DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="deeper", deeper_num_layers=2)).eval()
+    d, length = 32, 12
+    input_ids = torch.randint(4, VOCAB_SIZE, (2, length))
+    attention_mask = torch.ones_like(input_ids)
+    states = encoder_states(model, input_ids, attention_mask)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fused, _ = model.fusion_classifier(states[-1], [], attention_mask, positions=torch.tensor([0, 3]))
+    assert fused.shape == (2, 1, d)
+    # Attention is not counted on CPU: 4·T·d per query, for T queries in the first layer and 1 in the last.
+    per_sequence = counter.get_total_flops() / 2 + 4 * length * d * (length + 1)
+    assert model.fusion_cost(length)["flops_per_pooled_sequence"] == per_sequence
+    assert per_sequence < 0.7 * length * model.fusion_cost(length)["flops_per_token"]  # 1 full layer of 2, and a bit

@@ -34,4 +34,6 @@ def cost_summary(model: nn.Module, seq_len: int = 128) -> dict:
         "encoder_flops_per_token": encoder_flops,
         "added_parameters_fraction": head["added_parameters"] / encoder_parameters,
         "flops_fraction": head["flops_per_token"] / encoder_flops,
+        # Sequence classification fuses one position per sequence: the head's FLOPs there over the encoder's for all.
+        "pooled_flops_fraction": head["flops_per_pooled_sequence"] / (encoder_flops * seq_len),
     }

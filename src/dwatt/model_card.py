@@ -123,6 +123,7 @@ def build_model_card(
         eval_results=eval_results or None,
     )
     cost = cost_summary(model, seq_len)
+    pooled = task == "text-classification" and config.pooling != "mean"
     source_indices = config.fusion_source_indices if config.fusion not in ("last", "deeper") else [config.num_encoder_layers]
     settings = {name: getattr(config, name) for name in HEAD_SETTINGS[config.fusion]}
     depth_table = ""
@@ -149,6 +150,9 @@ def build_model_card(
         flops_per_token=f"{cost['flops_per_token']:,}",
         flops_percent=f"{100 * cost['flops_fraction']:.2f}%",
         encoder_flops=f"{cost['encoder_flops_per_token']:,}",
+        pooled_flops=f"{cost['flops_per_pooled_sequence']:,}" if pooled else "",
+        pooled_flops_percent=f"{100 * cost['pooled_flops_fraction']:.2f}%",
+        pooling=getattr(config, "pooling", ""),
         depth_weights_png=depth_weights_png,
         depth_weights_table=depth_table,
         pipeline_tag=task,

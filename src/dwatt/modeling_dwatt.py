@@ -147,6 +147,10 @@ class FusionHead(nn.Module):
         """Forward FLOPs per fused position for sequences of `seq_len` tokens."""
         raise NotImplementedError
 
+    def flops_per_pooled_sequence(self, seq_len: int) -> int:
+        """Forward FLOPs to fuse one pooled position of a sequence of `seq_len` tokens (sequence classification)."""
+        return self.flops_per_token(seq_len)  # heads that mix depth per token work at that position only
+
 
 class LastLayerFusion(FusionHead):
     """The baseline: the encoder's final hidden state, unchanged."""
@@ -337,23 +341,44 @@ class TransformerLayer(nn.Module):
         self.ffn_out = nn.Linear(intermediate_size, hidden_size)
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=eps)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, positions: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d); with `positions` (B,) only those queries are computed: (B, 1, d).
+
+        Keys and values always come from every real token, so the row at a position is the same either way.
+        """
         batch, length, hidden = hidden_states.shape
-        qkv = self.attn_qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, h)
+        if positions is None:
+            residual = hidden_states  # (B, T, d)
+            qkv = self.attn_qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, h)
+        else:
+            residual = _gather_positions(hidden_states, positions)  # (B, 1, d)
+            # attn_qkv's rows are [W_Q; W_K; W_V]: project the queries at the positions, keys and values everywhere.
+            weight_q, weight_kv = self.attn_qkv.weight.split([hidden, 2 * hidden])
+            bias_q, bias_kv = self.attn_qkv.bias.split([hidden, 2 * hidden])
+            query = F.linear(residual, weight_q, bias_q).view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2)
+            kv = F.linear(hidden_states, weight_kv, bias_kv).view(batch, length, 2, self.num_heads, self.head_dim)
+            key, value = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, T, h); query (B, H, 1, h)
         key_mask = attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, T)
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, h)
-        attended = attended.transpose(1, 2).reshape(batch, length, hidden)
+        )  # (B, H, T', h)
+        attended = attended.transpose(1, 2).reshape(batch, query.shape[2], hidden)  # (B, T', d)
         drop = self.dropout if self.training else 0.0
-        hidden_states = self.attn_norm(hidden_states + F.dropout(self.attn_out(attended), drop, self.training))
+        hidden_states = self.attn_norm(residual + F.dropout(self.attn_out(attended), drop, self.training))
         feed_forward = self.ffn_out(self.ffn_act(self.ffn_in(hidden_states)))
         return self.ffn_norm(hidden_states + F.dropout(feed_forward, drop, self.training))
 
     def flops_per_token(self, seq_len: int) -> int:
         hidden = self.num_heads * self.head_dim
-        projections = 2 * (3 * hidden * hidden + hidden * hidden + 2 * hidden * self.ffn_in.out_features)
+        return 2 * 2 * hidden * hidden + self.flops_per_query(seq_len)  # + keys and values of this token
+
+    def flops_per_query(self, seq_len: int) -> int:
+        """FLOPs of one output row given every token's keys and values: its query, attention, output and FFN."""
+        hidden = self.num_heads * self.head_dim
+        projections = 2 * (hidden * hidden + hidden * hidden + 2 * hidden * self.ffn_in.out_features)
         attention = 2 * 2 * seq_len * hidden  # scores q·k and the weighted sum of values
         return projections + attention
 
@@ -384,15 +409,20 @@ class DeeperFusion(FusionHead):
         )
 
     def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
-        hidden_states = last_hidden_state  # attention needs every token, so positions are taken only at the end
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask)
-        if positions is not None:
-            hidden_states = _gather_positions(hidden_states, positions)
-        return hidden_states, None
+        # Attention needs every token's keys and values, so only the last layer can stop at the pooled positions.
+        hidden_states = last_hidden_state  # (B, T, d)
+        for index, layer in enumerate(self.layers):
+            is_last = index == len(self.layers) - 1
+            hidden_states = layer(hidden_states, attention_mask, positions=positions if is_last else None)
+        return hidden_states, None  # (B, T, d), or (B, 1, d) with positions
 
     def flops_per_token(self, seq_len: int) -> int:
         return sum(layer.flops_per_token(seq_len) for layer in self.layers)
+
+    def flops_per_pooled_sequence(self, seq_len: int) -> int:
+        *full_layers, last = self.layers
+        keys_values = 2 * 2 * last.attn_qkv.in_features ** 2  # the last layer's key and value projections
+        return seq_len * (sum(layer.flops_per_token(seq_len) for layer in full_layers) + keys_values) + last.flops_per_query(seq_len)
 
 
 FUSION_HEADS = {
@@ -556,11 +586,12 @@ class DWAttModel(DWAttPreTrainedModel):
         self.encoder.set_input_embeddings(value)
 
     def fusion_cost(self, seq_len: int) -> dict:
-        """The head's added parameters and forward FLOPs per fused position, for cards and benchmarks."""
+        """The head's added parameters and forward FLOPs per fused token and per pooled sequence, for cards and benchmarks."""
         return {
             "fusion": self.config.fusion,
             "added_parameters": self.fusion_classifier.num_added_parameters(),
             "flops_per_token": self.fusion_classifier.flops_per_token(seq_len),
+            "flops_per_pooled_sequence": self.fusion_classifier.flops_per_pooled_sequence(seq_len),
         }
 
     def forward(

@@ -18,7 +18,6 @@ Usage:
 import argparse
 import gc
 import json
-import platform
 import resource
 import statistics
 import sys
@@ -30,9 +29,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig
 
-import dwatt
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.accounting import cost_summary
+from fewshot_common import git_commit, machine_info
 
 ENCODERS = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -200,15 +199,9 @@ def main() -> None:
 
 
 def machine(device: str) -> dict:
-    info = {
-        "device": device, "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "dwatt": dwatt.__version__,
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "max_rss_kib_at_end": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+    """The few-shot rows' machine description, plus the process's peak RSS and the commit."""
+    return {**machine_info(device), "max_rss_kib_at_end": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "git_commit": git_commit()}
 
 
 if __name__ == "__main__":

@@ -149,6 +149,24 @@ def test_concat_matches_explicit_concatenation():
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_concat_weight_gradient_matches_explicit_concatenation():
+    """The head applies U block by block; its gradient must still be the full Linear(n·d, width)'s."""
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="concat", concat_hidden_size=20)
+    model = DWAttModel(config).eval()
+    head = model.fusion_classifier
+    input_ids, attention_mask = batch()
+    with torch.no_grad():
+        states = encoder_states(model, input_ids, attention_mask)
+    upstream = torch.randn(2, 7, 32)
+    fused, _ = head(states[-1], states, attention_mask)
+    (fused * upstream).sum().backward()
+    weight = head.mlp.proj_in.weight.detach().clone().requires_grad_(True)
+    hidden = F.gelu(torch.cat(states, dim=-1) @ weight.T + head.mlp.proj_in.bias.detach())
+    expected = states[-1] + F.layer_norm(hidden, (20,), head.mlp.norm.weight.detach(), head.mlp.norm.bias.detach(), head.mlp.norm.eps) @ head.mlp.proj_out.weight.detach().T
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(head.mlp.proj_in.weight.grad, weight.grad, atol=1e-5, rtol=1e-5)
+
+
 def test_deeper_matches_a_hand_written_post_ln_transformer_layer():
     config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="deeper", deeper_num_layers=2)
     model = DWAttModel(config).eval()

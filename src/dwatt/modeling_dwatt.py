@@ -272,9 +272,11 @@ class ConcatFusion(FusionHead):
             last_hidden_state = _gather_positions(last_hidden_state, positions)
             sources = [_gather_positions(source, positions) for source in sources]
         proj_in = self.mlp.proj_in
+        # U's column blocks U_n as views (width, d) from one unbind: its backward writes all n weight-gradient blocks
+        # into one (width, n·d) tensor, where n column slices would each build (and add) a full-size gradient.
+        blocks = proj_in.weight.view(proj_in.out_features, self.num_sources, self.hidden_size).unbind(1)
         hidden = proj_in.bias
-        for index, source in enumerate(sources):
-            block = proj_in.weight[:, index * self.hidden_size : (index + 1) * self.hidden_size]  # (width, d)
+        for source, block in zip(sources, blocks):
             hidden = hidden + F.linear(source, block)  # (B, T, width)
         fused = last_hidden_state + self.mlp.proj_out(self.mlp.norm(F.gelu(hidden)))  # (B, T, d)
         return fused, None

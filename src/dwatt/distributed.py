@@ -1,4 +1,4 @@
-"""Multi-process training helpers: launch checks for the example scripts, and saving FSDP2-sharded models.
+"""Multi-process training helpers: launch checks for the example scripts, and the own class of an FSDP2 model.
 
 What was checked on CPU (gloo; torch 2.13, accelerate 1.15, transformers 5.23): DDP through `torchrun` and
 `accelerate launch` (tests/test_distributed.py), and FSDP2 (`torch.distributed.fsdp.fully_shard`) on the model
@@ -7,7 +7,6 @@ distributed types, so on a CPU-only machine the FSDP options are dropped and Tra
 `check_distributed_launch`).
 """
 
-import contextlib
 import os
 
 from torch import nn
@@ -52,22 +51,3 @@ def unsharded_class(model: nn.Module) -> type:
     if fsdp_module is None or not isinstance(model, fsdp_module):
         return type(model)
     return next(cls for cls in type(model).__mro__ if not issubclass(cls, fsdp_module))
-
-
-@contextlib.contextmanager
-def saving_as_unsharded_class(model: nn.Module):
-    """Within the block, an FSDP2-sharded model has its own class again, so that `save_pretrained` copies
-    `modeling_dwatt.py` and writes `auto_map` for `DWAttFor…` (transformers looks both up from the object's class,
-    which FSDP2 replaced by `FSDPDWAttFor…` defined in torch: the saved folder would hold torch's `_fsdp_*.py` files
-    and an `auto_map` entry `_fsdp_init.FSDPDWAttFor…` that cannot be loaded). Only for calls that do not run FSDP
-    hooks, such as `save_pretrained(folder, state_dict=full_state_dict)`."""
-    original = type(model)
-    plain = unsharded_class(model)
-    if plain is original:
-        yield model
-        return
-    model.__class__ = plain
-    try:
-        yield model
-    finally:
-        model.__class__ = original

@@ -479,9 +479,22 @@ class DWAttPreTrainedModel(PreTrainedModel):
             init.ones_(module.gamma)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with an `auto_map` that opens the checkpoint with every Auto class."""
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` that opens the checkpoint with every Auto class.
+
+        FSDP2's `fully_shard` swaps a model's class for a generated `FSDP<Name>` subclass defined in torch.
+        transformers finds the code file to copy and the `auto_map` names through the object's class, so such a model
+        is saved as its own class (give `state_dict=` the gathered full state dict, as for any FSDP save).
+        """
         self.config.auto_map = dict(AUTO_MAP)
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        wrapped_class = type(self)
+        own_class = next(cls for cls in wrapped_class.__mro__ if not cls.__module__.startswith("torch."))
+        if own_class is wrapped_class:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        self.__class__ = own_class
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__class__ = wrapped_class
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):

@@ -29,7 +29,6 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .callbacks import DepthWeightLoggingCallback, unwrap_dwatt_model
-from .distributed import saving_as_unsharded_class
 from .depth_weights import MODEL_INPUTS, depth_weight_entropy, mean_depth_weights, plot_depth_weights
 from .model_card import write_model_card
 from .modeling_dwatt import sequence_classification_loss
@@ -159,10 +158,7 @@ class DWAttTrainer(Trainer):
         model = self._unwrapped_model()
         final = os.path.abspath(target) == os.path.abspath(self.args.output_dir)
         if not (final and is_peft_model(model)):
-            # FSDP2 swaps the model's class for a generated one; save_pretrained must see DWAtt's own class to copy
-            # the right code file (see dwatt.distributed.saving_as_unsharded_class).
-            with saving_as_unsharded_class(self.model):
-                return super()._save(output_dir, state_dict=state_dict)
+            return super()._save(output_dir, state_dict=state_dict)  # FSDP2 models save as their own class too
         if not self.args.should_save:
             return
         os.makedirs(target, exist_ok=True)

@@ -253,8 +253,13 @@ def claim_gains(rows: Sequence[dict]) -> str:
         caveat = f" Some cells have fewer than {PLANNED_SEEDS} seeds." if thin else ""
         missing = len(lines) - len(verdicts)
         caveat += f" {missing} of {len(lines)} cells are not measured yet." if missing else ""
-        out.append(f"\n**Verdict: {verdict}** ({spread}).{caveat}")
+        out.append(f"\n**Verdict: {provisional(verdict, thin or bool(missing))}** ({spread}).{caveat}")
     return "\n".join(out)
+
+
+def provisional(verdict: str, partial: bool) -> str:
+    """A verdict drawn from fewer seeds or cells than planned says so in its first word."""
+    return f"provisional, {verdict}" if partial else verdict
 
 
 def steps_to_reach(steps: Sequence[int], means: Sequence[float], threshold: float) -> Optional[int]:
@@ -269,7 +274,7 @@ def claim_step_efficiency(rows: Sequence[dict]) -> str:
     seed-mean dev F1 of `last`.
     """
     groups = group_by(rows, "encoder", "size", "head")
-    lines, cells, wins = [], 0, 0
+    lines, cells, wins, thin = [], 0, 0, False
     for encoder, size in ner_cells(rows):
         baseline = groups.get((encoder, size, "last"))
         present = [head for head in FUSION_HEADS if groups.get((encoder, size, head))]
@@ -291,6 +296,7 @@ def claim_step_efficiency(rows: Sequence[dict]) -> str:
         if len(present) == len(FUSION_HEADS):
             cells += 1
             wins += all(better)
+            thin |= min(len(groups[(encoder, size, head)]) for head in ("last", *present)) < PLANNED_SEEDS
     out = [table(("encoder", "size", "head", "mean dev F1 over the curve (Δ vs last)",
                   f"first step at {STEP_EFFICIENCY_FRACTION:.0%} of last's best dev F1"), lines)]
     if not cells:
@@ -298,8 +304,9 @@ def claim_step_efficiency(rows: Sequence[dict]) -> str:
     else:
         verdict = ("reproduced" if wins == cells else "not reproduced" if wins == 0 else "partly reproduced")
         missing = len(ner_cells(rows)) - cells
-        out.append(f"\n**Verdict: {verdict}**: both DWAtt and Concat have a higher mean dev F1 over the curve than "
-                   f"`last` in {wins} of {cells} (encoder, size) cells"
+        out.append(f"\n**Verdict: {provisional(verdict, thin or bool(missing))}**: both DWAtt and Concat have a higher "
+                   f"mean dev F1 over the curve than `last` in {wins} of {cells} (encoder, size) cells"
+                   + (f" (some with fewer than {PLANNED_SEEDS} seeds)" if thin else "")
                    + (f"; {missing} cell(s) are not (fully) measured yet." if missing else "."))
     return "\n".join(out)
 
@@ -323,9 +330,10 @@ def claim_dwatt_vs_concat(rows: Sequence[dict]) -> str:
         noise = std is not None and abs(mean) <= std
         verdict = ("holds" if mean > 0 else "does not hold") + (" but within seed noise (|mean| ≤ std)" if noise else "")
         where = "" if size >= planned else f" (the planned largest size, {planned:,}, is not measured yet)"
+        partial = size < planned or len(diffs) < PLANNED_SEEDS
         out.append(f"- {encoder}, largest measured size {size:,}{where}: DWAtt − Concat test F1 = "
                    f"{fmt(diffs, signed=True)} over {len(diffs)} seed(s), DWAtt ahead in "
-                   f"{sum(d > 0 for d in diffs)}/{len(diffs)}: **{verdict}**.")
+                   f"{sum(d > 0 for d in diffs)}/{len(diffs)}: **{provisional(verdict, partial)}**.")
     return "\n".join(out)
 
 

@@ -16,6 +16,7 @@ import json
 import shlex
 import statistics
 import sys
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -441,7 +442,8 @@ def plot_vs_size(rows: Sequence[dict], panels: Sequence[tuple[str, str, str]], t
 def _finish_figure(plt, figure, axes, title: str, path: Path) -> Path:
     """Legend on the first panel, the title, and the PNG."""
     axes[0][0].legend(frameon=False)
-    figure.suptitle(title)
+    width_chars = figure.get_size_inches()[0] * 9  # about 9 title characters per inch at the default font size
+    figure.suptitle(textwrap.fill(title, width=max(30, int(width_chars))))  # one-panel figures are narrow
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import functools
 import gc
 import hashlib
 import json
@@ -362,6 +363,24 @@ def run_grid(
 # ----------------------------------------------------------------------------------------------------------------
 # Data helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class CachedData:
+    """Per-benchmark data with caches: a tokenizer per encoder, tokenised dev/test sets, recent training subsets.
+
+    Subclasses read their raw data in `__init__` (then call this one) and define `_eval_sets` and `_train_set`.
+    """
+
+    def __init__(self, encoders: dict[str, str], max_length: int, max_eval: Optional[int]):
+        self.encoders = encoders
+        self.max_length = max_length
+        self.max_eval = max_eval
+        self.tokenizer = functools.lru_cache(maxsize=None)(self._tokenizer)
+        self.eval_sets = functools.lru_cache(maxsize=None)(self._eval_sets)
+        self.train_set = functools.lru_cache(maxsize=4)(self._train_set)
+
+    def _tokenizer(self, encoder: str):
+        return transformers.AutoTokenizer.from_pretrained(self.encoders[encoder])
 
 
 def subsample(dataset: Dataset, limit: Optional[int]) -> Dataset:

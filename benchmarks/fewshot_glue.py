@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
 from datasets import Dataset, DatasetDict
-from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase, set_seed
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, set_seed
 
 from dwatt import DWAttForSequenceClassification
 from dwatt.data import GLUE_TASK_TO_KEYS, GLUE_TASKS, load_glue_folder, load_glue_tsv, normalize_glue_task_name, select_few_shot
@@ -64,21 +63,13 @@ def tokenize_pairs(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: s
     return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
 
 
-class GlueData:
+class GlueData(common.CachedData):
     """Each task read once; tokenised dev/test per (task, encoder), training subsets per (task, encoder, size, seed)."""
 
     def __init__(self, glue_dir: Path, tasks: Sequence[str], encoders: dict[str, str], max_length: int,
                  max_eval: Optional[int]):
         self.raw = {task: load_task(glue_dir, task) for task in tasks}
-        self.encoders = encoders
-        self.max_length = max_length
-        self.max_eval = max_eval
-        self.tokenizer = lru_cache(maxsize=None)(self._tokenizer)
-        self.eval_sets = lru_cache(maxsize=None)(self._eval_sets)
-        self.train_set = lru_cache(maxsize=4)(self._train_set)
-
-    def _tokenizer(self, encoder: str) -> PreTrainedTokenizerBase:
-        return AutoTokenizer.from_pretrained(self.encoders[encoder])
+        super().__init__(encoders, max_length, max_eval)
 
     def _prepare(self, dataset: Dataset, task: str, encoder: str) -> Dataset:
         return common.sort_by_length(tokenize_pairs(dataset, self.tokenizer(encoder), task, self.max_length))

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
 from datasets import Dataset, DatasetDict
-from transformers import AutoTokenizer, DataCollatorForTokenClassification, PreTrainedTokenizerBase, set_seed
+from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerBase, set_seed
 
 from dwatt import DWAttForTokenClassification
 from dwatt.data import CONLL2003_NER_LABELS, load_ner_data, select_few_shot
@@ -58,21 +57,13 @@ def tokenize_ner(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_lengt
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
 
 
-class NerData:
+class NerData(common.CachedData):
     """CoNLL-2003 read once; tokenised dev/test per encoder and training subsets per (encoder, size, seed), cached."""
 
     def __init__(self, data_dir: Path, encoders: dict[str, str], max_length: int, max_eval: Optional[int]):
         self.raw: DatasetDict = load_ner_data(str(data_dir), label_list=list(CONLL2003_NER_LABELS))
         self.label_list = list(CONLL2003_NER_LABELS)
-        self.encoders = encoders
-        self.max_length = max_length
-        self.max_eval = max_eval
-        self.tokenizer = lru_cache(maxsize=None)(self._tokenizer)
-        self.eval_sets = lru_cache(maxsize=None)(self._eval_sets)
-        self.train_set = lru_cache(maxsize=4)(self._train_set)
-
-    def _tokenizer(self, encoder: str) -> PreTrainedTokenizerBase:
-        return AutoTokenizer.from_pretrained(self.encoders[encoder])
+        super().__init__(encoders, max_length, max_eval)
 
     def _eval_sets(self, encoder: str) -> tuple[Dataset, Dataset]:
         tokenizer = self.tokenizer(encoder)

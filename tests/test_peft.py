@@ -33,13 +33,6 @@ TASKS = {"token": (DWAttForTokenClassification, "TOKEN_CLS", AutoPeftModelForTok
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_model(task: str, family: str = "bert", fusion: str = "dwatt", seed: int = 0, dropout=None, **kwargs):
     torch.manual_seed(seed)

@@ -26,14 +26,6 @@ NUM_LABELS = 3
 LR = 0.5  # SGD: large enough that one step moves every weight far beyond float noise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread is faster, and avoids OpenMP spinning against other jobs on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_bert(dropout: float = 0.0) -> BertConfig:
     return BertConfig(

@@ -21,6 +21,7 @@ import fcntl
 import functools
 import gc
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -118,6 +119,10 @@ def add_common_arguments(
     budget.add_argument("--head-lr", type=float, default=1e-3,
                         help="Peak learning rate of the fusion head and the classifier (both start from random "
                         "weights, hence larger than the encoder's).")
+    budget.add_argument("--head-config", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="DWAttConfig settings of the heads, e.g. dwatt_scale_scores=true zero_init_residual=true "
+                        "(values are JSON: true, 0.5, [0, 3]; anything else is a string). Part of the run's settings: "
+                        "write such runs to their own --out file.")
     budget.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay of both groups.")
     budget.add_argument("--warmup-ratio", type=float, default=0.1,
                         help="Linear warm-up over this fraction of the budget, then linear decay to 0.")
@@ -159,6 +164,33 @@ def resolve_encoders(names: Sequence[str], mpnet_path: Optional[str]) -> dict[st
             raise SystemExit(f"Encoder {label!r}: {folder} has no config.json.")
         folders[label] = folder
     return folders
+
+
+# DWAttConfig arguments that are not head settings: the grid sets them, or they are bookkeeping.
+_NOT_HEAD_SETTINGS = {"self", "kwargs", "encoder_config", "fusion", "encoder_name_or_path", "dwatt_version"}
+
+
+def parse_head_config(entries: Sequence[str], heads: Sequence[str]) -> dict[str, Any]:
+    """`["dwatt_scale_scores=true", "concat_hidden_size=256"]` -> `{"dwatt_scale_scores": True, ...}`, checked
+    against `DWAttConfig`'s arguments and against every head of the grid (a setting a head refuses stops here)."""
+    allowed = sorted(set(inspect.signature(dwatt.DWAttConfig.__init__).parameters) - _NOT_HEAD_SETTINGS)
+    config: dict[str, Any] = {}
+    for entry in entries:
+        key, separator, text = entry.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"--head-config {entry!r}: write KEY=VALUE, e.g. dwatt_scale_scores=true.")
+        if key not in allowed:
+            raise SystemExit(f"--head-config {key!r} is not a DWAttConfig head setting; choose from {', '.join(allowed)}.")
+        try:
+            config[key] = json.loads(text)
+        except json.JSONDecodeError:
+            config[key] = text
+    for head in heads:
+        try:
+            dwatt.DWAttConfig(fusion=head, **config)
+        except ValueError as error:
+            raise SystemExit(f"--head-config does not suit head {head!r}: {error}") from None
+    return config
 
 
 def resolve_device(choice: str) -> str:
@@ -211,10 +243,14 @@ class TrainSettings:
     max_seq_length: int
     max_eval: Optional[int]
     selection_metric: str
+    head_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # DWAttConfig settings of the head
 
     def settings_id(self) -> str:
-        # eval_batch_size only changes speed; leaving it out lets a re-run with another batch size resume.
+        # eval_batch_size only changes speed; leaving it out lets a re-run with another batch size resume. An empty
+        # head_config is left out too, so rows written before it existed keep their ids.
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "eval_batch_size"}
+        if not fields["head_config"]:
+            del fields["head_config"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -226,7 +262,7 @@ def settings_for_size(args: argparse.Namespace, size: int, steps: dict[int, int]
         steps=steps[size], eval_every=eval_every[size], batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size, encoder_lr=args.encoder_lr, head_lr=args.head_lr,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
-        max_eval=args.max_eval, selection_metric=selection_metric,
+        max_eval=args.max_eval, selection_metric=selection_metric, head_config=dict(args.head_config),
     )
 
 

@@ -111,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     """Runs the grid (or what is left of it); returns the rows written by this call."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    args.head_config = common.parse_head_config(args.head_config, args.heads)  # fails before any data loads
     common.quiet_libraries()
     device = common.resolve_device(args.device)
     encoders = common.resolve_encoders(args.encoders, args.mpnet_path)
@@ -127,7 +128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         train = data.train_set(run.task, run.encoder, run.size, run.seed)
         set_seed(run.seed)  # the head's initial weights follow the seed
         model = DWAttForSequenceClassification.from_encoder_pretrained(
-            encoders[run.encoder], fusion=run.head, num_labels=data.num_labels(run.task), finetuning_task=run.task
+            encoders[run.encoder], fusion=run.head, num_labels=data.num_labels(run.task), finetuning_task=run.task,
+            **run_settings.head_config,
         )
         result = common.train_and_select(
             model, tokenizer=tokenizer, collator=DataCollatorWithPadding(tokenizer), train_dataset=train,

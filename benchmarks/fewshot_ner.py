@@ -95,6 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     """Runs the grid (or what is left of it); returns the rows written by this call."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    args.head_config = common.parse_head_config(args.head_config, args.heads)  # fails before any data loads
     common.quiet_libraries()
     device = common.resolve_device(args.device)
     encoders = common.resolve_encoders(args.encoders, args.mpnet_path)
@@ -113,7 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         train = data.train_set(run.encoder, run.size, run.seed)
         set_seed(run.seed)  # the head's initial weights follow the seed
         model = DWAttForTokenClassification.from_encoder_pretrained(
-            encoders[run.encoder], fusion=run.head, id2label=id2label, label2id={v: k for k, v in id2label.items()}
+            encoders[run.encoder], fusion=run.head, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            **run_settings.head_config,
         )
         result = common.train_and_select(
             model, tokenizer=tokenizer, collator=DataCollatorForTokenClassification(tokenizer),

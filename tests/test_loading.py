@@ -497,3 +497,46 @@ def test_real_minilm_encoder_loads_exactly_and_trains():
     assert "classifier.weight" in changed
     assert any(name.startswith("dwatt.fusion_classifier.") for name in changed)
     assert any(name.startswith("dwatt.encoder.encoder.layer.5.") for name in changed)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# zero_init_residual: a new head starts as the stock encoder's last layer; a saved one keeps its trained weights
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["dwatt", "concat"])
+@pytest.mark.parametrize("zero_init", [True, False], ids=["zero-init", "default-init"])
+def test_zero_init_residual_starts_as_the_stock_encoder(tmp_path, fusion, zero_init):
+    folder = tmp_path / "encoder"
+    source = _save_source(BertForMaskedLM, "bert", folder)
+    model = DWAttForTokenClassification.from_encoder_pretrained(
+        str(folder), fusion=fusion, num_labels=2, zero_init_residual=zero_init
+    ).eval()
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        expected = source.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        fused = model.dwatt(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if zero_init:
+        torch.testing.assert_close(fused, expected, rtol=0, atol=1e-6)
+    else:  # the default random fused term is of the order of z_L itself
+        assert (fused - expected).norm() > 0.1 * expected.norm()
+
+
+@pytest.mark.parametrize("fusion", ["dwatt", "concat"])
+def test_zero_init_residual_never_resets_a_saved_head(tmp_path, fusion):
+    folder = tmp_path / "encoder"
+    _save_source(BertModel, "bert", folder)
+    model = DWAttForTokenClassification.from_encoder_pretrained(
+        str(folder), fusion=fusion, num_labels=2, zero_init_residual=True
+    )
+    _perturb(model, seed=3)  # stands in for training: the zero-initialised weights are no longer zero
+    model.save_pretrained(tmp_path / "trained")
+    reloaded = DWAttForTokenClassification.from_pretrained(tmp_path / "trained")
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], tensor), f"{key} changed on reload"
+
+
+@pytest.mark.parametrize("fusion", ["scalar_mix", "deeper", "last"])
+def test_zero_init_residual_is_refused_by_heads_without_a_residual(fusion):
+    with pytest.raises(ValueError, match="zero_init_residual applies to .*dwatt, concat"):
+        DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion=fusion, zero_init_residual=True)

@@ -15,6 +15,8 @@ DWATT_CODE_VERSION = "0.1.0"
 
 FUSION_CHOICES = ("dwatt", "concat", "scalar_mix", "deeper", "last")
 POOLING_CHOICES = ("first", "mean", "last")
+# The heads of the form h = z_L + (fused term): `zero_init_residual` can start them as the identity.
+RESIDUAL_FUSIONS = ("dwatt", "concat")
 
 # Encoder families that read left to right: sequence classification pools their last real token, like the stock
 # `…ForSequenceClassification` classes of these models do.
@@ -105,6 +107,11 @@ class DWAttConfig(PretrainedConfig):
             elements, no affine). Statistics are taken per sequence, so a prediction never depends on its batchmates.
         deeper_num_layers (`int`, defaults to 1):
             Extra transformer layers of the `"deeper"` head.
+        zero_init_residual (`bool`, defaults to `False`):
+            Start the `"dwatt"` and `"concat"` heads as the identity on z_L: DWAtt's value LayerNorm scales and
+            Concat's output projection start at zero, so the classifier first sees the encoder's own last layer and
+            the fused term grows as training finds it useful (as in ResNet's zero-initialised residual branches).
+            Otherwise the randomly initialised fused term starts about as large as z_L itself.
         pooling (`str`, *optional*):
             How sequence classification pools tokens: `"first"` (first real token, [CLS]-style), `"mean"` (mean over
             real tokens) or `"last"` (last real token). Defaults to `"last"` for decoder-only encoder families and
@@ -139,6 +146,7 @@ class DWAttConfig(PretrainedConfig):
         concat_hidden_size: Optional[int] = None,
         scalar_mix_layer_norm: bool = False,
         deeper_num_layers: int = 1,
+        zero_init_residual: bool = False,
         pooling: Optional[str] = None,
         classifier_dropout: Optional[float] = None,
         classifier_activation: str = "tanh",
@@ -160,6 +168,11 @@ class DWAttConfig(PretrainedConfig):
             raise ValueError(f"dwatt_bottleneck_ratio must be positive, got {dwatt_bottleneck_ratio}.")
         if deeper_num_layers < 1:
             raise ValueError(f"deeper_num_layers must be at least 1, got {deeper_num_layers}.")
+        if zero_init_residual and fusion not in RESIDUAL_FUSIONS:
+            raise ValueError(
+                f"zero_init_residual applies to the heads that add a fused term to the last layer "
+                f"({', '.join(RESIDUAL_FUSIONS)}), not to fusion={fusion!r}: drop it or choose one of those heads."
+            )
         if isinstance(fusion_layers, tuple):
             fusion_layers = list(fusion_layers)
 
@@ -175,6 +188,7 @@ class DWAttConfig(PretrainedConfig):
         self.concat_hidden_size = concat_hidden_size
         self.scalar_mix_layer_norm = scalar_mix_layer_norm
         self.deeper_num_layers = deeper_num_layers
+        self.zero_init_residual = zero_init_residual
         self.classifier_dropout = classifier_dropout
         self.classifier_activation = classifier_activation
         self.classifier_dense = classifier_dense

@@ -35,6 +35,10 @@ class ModelArguments:
     concat_hidden_size: Optional[int] = field(default=None, metadata={"help": "Concat head MLP width (default d)."})
     scalar_mix_layer_norm: bool = field(default=False, metadata={"help": "Normalise each source before ScalarMix."})
     deeper_num_layers: int = field(default=1, metadata={"help": "Extra transformer layers of the 'deeper' head."})
+    zero_init_residual: bool = field(
+        default=False,
+        metadata={"help": "Start the dwatt/concat head as the identity on the last layer (fused term initialised to 0)."},
+    )
     pooling: Optional[str] = field(
         default=None,
         metadata={"help": f"Sequence pooling, one of {', '.join(POOLING_CHOICES)} (default: first; last for decoders)."},
@@ -112,6 +116,7 @@ class ModelArguments:
             "concat_hidden_size": self.concat_hidden_size,
             "scalar_mix_layer_norm": self.scalar_mix_layer_norm,
             "deeper_num_layers": self.deeper_num_layers,
+            "zero_init_residual": self.zero_init_residual,
             "pooling": self.pooling,
             "classifier_dropout": self.classifier_dropout,
         }

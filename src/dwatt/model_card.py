@@ -30,8 +30,8 @@ FUSION_DESCRIPTIONS = {
 # Keys of the Trainer's metric dicts that are bookkeeping, not quality.
 NON_QUALITY_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "samples"}
 HEAD_SETTINGS = {
-    "dwatt": ("dwatt_bottleneck_ratio", "dwatt_position_dim", "dwatt_num_heads", "dwatt_scale_scores", "dwatt_weight_dropout", "dwatt_shared_value_mlp"),
-    "concat": ("concat_hidden_size",),
+    "dwatt": ("dwatt_bottleneck_ratio", "dwatt_position_dim", "dwatt_num_heads", "dwatt_scale_scores", "dwatt_weight_dropout", "dwatt_shared_value_mlp", "zero_init_residual"),
+    "concat": ("concat_hidden_size", "zero_init_residual"),
     "scalar_mix": ("scalar_mix_layer_norm",),
     "deeper": ("deeper_num_layers",),
     "last": (),

@@ -210,6 +210,8 @@ class DepthWiseAttentionFusion(FusionHead):
             [BottleneckMLP(hidden_size, bottleneck, hidden_size, eps) for _ in range(num_value_mlps)]
         )
         self.value_norms = nn.ModuleList([nn.LayerNorm(hidden_size, eps=eps) for _ in range(num_sources)])
+        for norm in self.value_norms:  # zero_init_residual: v_n = 0 at the start, so h = z_L
+            norm._start_at_zero = config.zero_init_residual
         self.weight_dropout = nn.Dropout(config.dwatt_weight_dropout)
 
     def depth_weights(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
@@ -266,6 +268,7 @@ class ConcatFusion(FusionHead):
         self.num_sources = num_sources
         self.hidden_size = hidden_size
         self.mlp = BottleneckMLP(num_sources * hidden_size, width, hidden_size, _layer_norm_eps(encoder_config))
+        self.mlp.proj_out._start_at_zero = config.zero_init_residual  # zero_init_residual: g(·) = 0, so h = z_L
 
     def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
         if positions is not None:
@@ -465,12 +468,18 @@ class DWAttPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # Only the head's modules: the encoder is a PreTrainedModel and initialises itself (or is loaded).
         std = float(getattr(self.config.encoder_config, "initializer_range", None) or 0.02)
+        # Modules a head marked with `_start_at_zero` (zero_init_residual) get a zero weight, whatever the order in
+        # which transformers visits the modules (it skips modules without parameters of their own).
+        zero_weight = getattr(module, "_start_at_zero", False)
         if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
+            if zero_weight:
+                init.zeros_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
+            init.zeros_(module.weight) if zero_weight else init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, DepthWiseAttentionFusion):
             init.uniform_(module.depth_embeddings, 0.0, 1.0)

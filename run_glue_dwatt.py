@@ -31,7 +31,6 @@ from dwatt.data import (
     infer_text_columns,
     load_text_classification_data,
     normalize_glue_task_name,
-    select_few_shot,
 )
 from dwatt.metrics import make_glue_compute_metrics
 from dwatt.distributed import check_distributed_launch
@@ -42,6 +41,7 @@ from dwatt.script_utils import (
     dataset_id_for_card,
     finish_run,
     parse_arguments,
+    prepare_split,
     run_hyperparameters,
     setup_logging,
     train_evaluate_predict,
@@ -158,14 +158,10 @@ def main():
         return result
 
     def prepare(split: str, limit: Optional[int], few_shot: bool):
-        dataset = raw_datasets[split]
-        if limit is not None:
-            limit = min(len(dataset), limit)
-            dataset = select_few_shot(dataset, limit, data_args.few_shot_seed) if few_shot else dataset.select(range(limit))
-        with training_args.main_process_first(desc=f"{split} dataset map pre-processing"):
-            return dataset.map(
-                preprocess, batched=True, load_from_cache_file=not data_args.overwrite_cache, desc=f"Running tokenizer on {split} dataset"
-            )
+        return prepare_split(
+            raw_datasets[split], split, limit, data_args.few_shot_seed if few_shot else None, training_args, preprocess,
+            load_from_cache_file=not data_args.overwrite_cache,
+        )
 
     train_dataset = prepare("train", data_args.max_train_samples, few_shot=True) if training_args.do_train else None
     eval_datasets = {}

@@ -24,7 +24,7 @@ from datasets import ClassLabel
 from transformers import AutoConfig, DataCollatorForTokenClassification, TrainingArguments, set_seed
 
 from dwatt import DWAttForTokenClassification
-from dwatt.data import get_ner_label_list, load_ner_data, select_few_shot
+from dwatt.data import get_ner_label_list, load_ner_data
 from dwatt.metrics import align_ner_predictions, make_ner_compute_metrics
 from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, encoder_model_type, load_model, load_tokenizer
@@ -34,6 +34,7 @@ from dwatt.script_utils import (
     dataset_id_for_card,
     finish_run,
     parse_arguments,
+    prepare_split,
     run_hyperparameters,
     setup_logging,
     train_evaluate_predict,
@@ -186,19 +187,11 @@ def main():
         return tokenized
 
     def prepare(split: str, limit: Optional[int], few_shot: bool):
-        dataset = raw_datasets[split]
-        if limit is not None:
-            limit = min(len(dataset), limit)
-            dataset = select_few_shot(dataset, limit, data_args.few_shot_seed) if few_shot else dataset.select(range(limit))
-        with training_args.main_process_first(desc=f"{split} dataset map pre-processing"):
-            return dataset.map(
-                tokenize_and_align_labels,
-                batched=True,
-                num_proc=data_args.preprocessing_num_workers,
-                load_from_cache_file=not data_args.overwrite_cache,
-                remove_columns=dataset.column_names,
-                desc=f"Running tokenizer on {split} dataset",
-            )
+        return prepare_split(
+            raw_datasets[split], split, limit, data_args.few_shot_seed if few_shot else None, training_args,
+            tokenize_and_align_labels, num_proc=data_args.preprocessing_num_workers,
+            load_from_cache_file=not data_args.overwrite_cache, remove_columns=raw_datasets[split].column_names,
+        )
 
     train_dataset = prepare("train", data_args.max_train_samples, few_shot=True) if training_args.do_train else None
     eval_dataset = prepare("validation", data_args.max_eval_samples, few_shot=False) if training_args.do_eval else None

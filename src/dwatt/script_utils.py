@@ -9,6 +9,8 @@ import datasets
 import transformers
 from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
 
+from dwatt.data import select_few_shot
+
 
 def parse_arguments(dataclass_types: tuple) -> tuple:
     """Flags, or a single .json / .yaml file holding them, as the official example scripts accept."""
@@ -54,6 +56,21 @@ def check_splits(
             raise ValueError(f"--{flag} needs a {split} split, but the data has only {list(raw_datasets)}.")
         if len(raw_datasets[split]) == 0:
             raise ValueError(f"The {split} split is empty: --{flag} has nothing to work on.")
+
+
+def prepare_split(
+    dataset, split: str, limit: Optional[int], few_shot_seed: Optional[int], training_args: TrainingArguments,
+    function, **map_kwargs,
+):
+    """One split as the scripts feed it to the Trainer: at most `limit` examples — drawn at random with
+    `few_shot_seed` (training: a few-shot subset), else the first ones (evaluation, as run_glue.py does) — then
+    `dataset.map(function, batched=True, **map_kwargs)`, tokenised on the main process first so that the others
+    read its cache."""
+    if limit is not None:
+        limit = min(len(dataset), limit)
+        dataset = select_few_shot(dataset, limit, few_shot_seed) if few_shot_seed is not None else dataset.select(range(limit))
+    with training_args.main_process_first(desc=f"{split} dataset map pre-processing"):
+        return dataset.map(function, batched=True, desc=f"Running tokenizer on {split} dataset", **map_kwargs)
 
 
 def dataset_id_for_card(dataset_name: Optional[str], *files: Optional[str]) -> str:

@@ -108,10 +108,11 @@ class DWAttConfig(PretrainedConfig):
         deeper_num_layers (`int`, defaults to 1):
             Extra transformer layers of the `"deeper"` head.
         zero_init_residual (`bool`, defaults to `False`):
-            Start the `"dwatt"` and `"concat"` heads as the identity on z_L: DWAtt's value LayerNorm scales and
-            Concat's output projection start at zero, so the classifier first sees the encoder's own last layer and
-            the fused term grows as training finds it useful (as in ResNet's zero-initialised residual branches).
-            Otherwise the randomly initialised fused term starts about as large as z_L itself.
+            Start the `"dwatt"` and `"concat"` heads as the identity on z_L: the scales of the LayerNorms in the
+            fused path (DWAtt's value norms, Concat's bottleneck norm) start at zero, so the classifier first sees
+            the encoder's own last layer and the fused term grows as training finds it useful (as in ResNet's
+            zero-initialised residual branches). Otherwise the randomly initialised fused term starts about as large
+            as z_L itself.
         pooling (`str`, *optional*):
             How sequence classification pools tokens: `"first"` (first real token, [CLS]-style), `"mean"` (mean over
             real tokens) or `"last"` (last real token). Defaults to `"last"` for decoder-only encoder families and

@@ -539,8 +539,9 @@ def plot_vs_size(rows: Sequence[dict], panels: Sequence[tuple[str, str, str]], t
 
 
 def _finish_figure(plt, figure, axes, title: str, path: Path) -> Path:
-    """Legend on the first panel, the title, and the PNG."""
-    axes[0][0].legend(frameon=False)
+    """Legend on the first panel (unless there is one), the title, and the PNG."""
+    if axes[0][0].get_legend() is None:  # a plot may have placed its own legends
+        axes[0][0].legend(frameon=False)
     width_chars = figure.get_size_inches()[0] * 9  # about 9 title characters per inch at the default font size
     figure.suptitle(textwrap.fill(title, width=max(30, int(width_chars))))  # one-panel figures are narrow
     figure.tight_layout()
@@ -568,6 +569,24 @@ def plot_curves(rows: Sequence[dict], metric: str, label: str, title: str, path:
     return _finish_figure(plt, figure, axes, title, path)
 
 
+def plot_ablation_curves(rows: Sequence[dict], title: str, path: Path) -> Path:
+    """One panel per fused head: dev F1 against steps for each of its variants, dashed `last` for reference."""
+    plt = _pyplot()
+    heads = [h for h in head_order(r["head"] for r in rows) if h != "last"]
+    figure, axes = plt.subplots(1, len(heads), figsize=(5.6 * len(heads), 4.2), squeeze=False, sharey=True)
+    for axis, head in zip(axes[0], heads):
+        for (variant, name), cell in sorted(group_by((r for r in rows if r["head"] in (head, "last")), "variant", "head").items(),
+                                             key=lambda item: (item[0][1] != "last", item[0][0] != MAIN_GRID, item[0][0])):
+            steps, means, _ = mean_curve(cell, "f1")
+            axis.plot(steps, means, marker=".", linestyle="--" if name == "last" else "-", label=f"{name}: {variant}")
+        axis.set_title(head)
+        axis.set_xlabel("optimisation step")
+        axis.set_ylabel("dev F1")
+        axis.grid(alpha=0.3)
+        axis.legend(frameon=False, fontsize=8, loc="lower right")
+    return _finish_figure(plt, figure, axes, title, path)
+
+
 def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict], folder: Path,
                ablations: Sequence[dict] = ()) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -578,9 +597,9 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
         paths.append(plot_curves(rows, "f1", "dev F1", f"CoNLL-03 dev F1 during training, {encoder} (mean over seeds)",
                                  folder / f"ner_dev_curves_{encoder}.png"))
     for (encoder, size), rows in sorted(group_by(ablations, "encoder", "size").items()):
-        labelled = [{**r, "head": f"{r['head']} ({r['variant']})", "size": size} for r in rows]
-        paths.append(plot_curves(labelled, "f1", "dev F1", f"CoNLL-03 dev F1 during training, ablations, {encoder}, "
-                                 f"{size:,} sentences (mean over seeds)", folder / f"ablation_ner_curves_{encoder}_{size}.png"))
+        paths.append(plot_ablation_curves(rows, f"CoNLL-03 dev F1 during training, {encoder}, {size:,} sentences: each "
+                                          "head's variants against last (mean over seeds)",
+                                          folder / f"ablation_ner_curves_{encoder}_{size}.png"))
     for (task, encoder), rows in sorted(group_by(glue, "task", "encoder").items()):
         paths.append(plot_vs_size(rows, [("dev", "accuracy", "dev accuracy (selected step)"),
                                          ("final_dev", "accuracy", "dev accuracy (last step)")],

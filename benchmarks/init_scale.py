@@ -21,6 +21,7 @@ import torch
 from transformers import AutoTokenizer, set_seed
 
 from dwatt import DWAttForTokenClassification
+from dwatt.configuration_dwatt import RESIDUAL_FUSIONS
 from dwatt.data import CONLL2003_NER_LABELS, load_ner_data
 
 import fewshot_common as common
@@ -37,15 +38,13 @@ def measure(model: DWAttForTokenClassification, batch: dict) -> dict:
     """RMS of z_L and of the head's term over the real tokens of `batch` (and DWAtt's query/weights)."""
     base = model.dwatt
     states = base.encoder(**batch, output_hidden_states=True)
-    sources = list(states.hidden_states)  # (B, T, d) each, z_0 … z_L
     last = states.last_hidden_state  # (B, T, d)
     real = batch["attention_mask"].bool()  # (B, T)
     fused = base(**batch).last_hidden_state  # (B, T, d)
-    residual = base.config.fusion in ("dwatt", "concat")
+    residual = base.config.fusion in RESIDUAL_FUSIONS
     added = fused - last if residual else fused
     result = {"z_last_rms": rms(last[real]), "head_term_rms": rms(added[real]), "head_term_is": "h - z_L" if residual else "h"}
     result["ratio"] = result["head_term_rms"] / result["z_last_rms"]
-    result["source_rms"] = [rms(s[real]) for s in sources]
     if base.config.fusion == "dwatt":
         head = base.fusion_classifier
         query = 1.0 + torch.nn.functional.elu(last + head.query_mlp(last))  # (B, T, d), as in depth_weights
@@ -80,10 +79,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             set_seed(seed)  # as the few-shot runs do before building the model
             model = DWAttForTokenClassification.from_encoder_pretrained(folder, fusion=head, num_labels=len(CONLL2003_NER_LABELS))
             per_seed.append(measure(model.eval(), batch))
-        heads[head] = {key: statistics.mean(r[key] for r in per_seed) if isinstance(per_seed[0][key], float) else per_seed[0][key]
-                       for key in per_seed[0] if key != "source_rms"}
-        heads[head]["source_rms"] = per_seed[0]["source_rms"]
-        print(head, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in heads[head].items() if k != "source_rms"}))
+        heads[head] = {key: statistics.mean(r[key] for r in per_seed) if isinstance(value, float) else value
+                       for key, value in per_seed[0].items()}
+        print(head, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in heads[head].items()}))
     result = {
         "encoder": label, "sentences": len(words), "seeds": args.seeds, "heads": heads,
         **common.provenance("init_scale", argv, "cpu"),

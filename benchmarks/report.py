@@ -348,11 +348,9 @@ ABLATION_HEADER = ("encoder", "size", "variant", "head", "seeds", "dev F1", "tes
 MAIN_GRID = "main grid"
 
 
-def settings_key(settings: dict, ignore_head_config: bool = False) -> str:
-    """The settings that decide a result (as `settings_id` hashes them), optionally without the head's own config."""
-    fields = {k: v for k, v in settings.items()
-              if k != "eval_batch_size" and not (k == "head_config" and (ignore_head_config or not v))}
-    return json.dumps(fields, sort_keys=True)
+def settings_id(settings: dict, ignore_head_config: bool = False) -> str:
+    """A row's `settings_id`, recomputed from its settings, optionally as if the head had no config of its own."""
+    return common.TrainSettings(**{**settings, **({"head_config": {}} if ignore_head_config else {})}).settings_id()
 
 
 def variant_name(row: dict, main_settings: dict[tuple, dict]) -> str:
@@ -382,8 +380,8 @@ def ablation_baseline(cell: Sequence[dict], rows: Sequence[dict]) -> tuple[list[
     first = cell[0]
     lasts = [r for r in rows if r["head"] == "last" and (r["encoder"], r["size"]) == (first["encoder"], first["size"])]
     for ignore_head_config in (False, True):
-        key = settings_key(first["settings"], ignore_head_config)
-        chosen = [r for r in lasts if settings_key(r["settings"], ignore_head_config) == key]
+        key = settings_id(first["settings"], ignore_head_config)
+        chosen = [r for r in lasts if settings_id(r["settings"], ignore_head_config) == key]
         if chosen:
             return chosen, chosen[0]["variant"]
     return [], "—"

@@ -47,7 +47,7 @@ def measure(model: DWAttForTokenClassification, batch: dict) -> dict:
     result["ratio"] = result["head_term_rms"] / result["z_last_rms"]
     if base.config.fusion == "dwatt":
         head = base.fusion_classifier
-        query = 1.0 + torch.nn.functional.elu(last + head.query_mlp(last))  # (B, T, d), as in depth_weights
+        query = head.depth_query(last)  # (B, T, d)
         weights = head.depth_weights(last)[real]  # (tokens, H, n)
         result["query_norm_mean"] = query[real].norm(dim=-1).mean().item()
         result["depth_weight_max_mean"] = weights.max(dim=-1).values.mean().item()

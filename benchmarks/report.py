@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import fewshot_common as common
+from fewshot_glue import DEFAULT_HEADS as GLUE_HEADS
 
 BENCHMARKS = Path(__file__).resolve().parent
 
 # The grid the paper's claims are checked on (issue 5): what "complete" means for the claims section.
 PLANNED_NER = {"minilm": (50, 200, 1000), "mpnet": (50, 1000)}
+PLANNED_GLUE = {(task, "minilm"): (100, 1000) for task in ("sst2", "mrpc", "rte")}
 PLANNED_SEEDS = 3
 FUSION_HEADS = ("dwatt", "concat")  # "layer fusion" in the paper's claims
 PAPER_GAIN_RANGE = (3.68, 9.73)  # F1 points, few-shot CoNLL-03 (arXiv 2209.15168)
@@ -199,16 +201,28 @@ def ner_cells(rows: Sequence[dict]) -> list[tuple[str, int]]:
     return sorted(planned | {(row["encoder"], row["size"]) for row in rows})
 
 
+def coverage_table(rows: Sequence[dict], keys: Sequence[str], planned: Iterable[tuple], heads: Sequence[str]) -> str:
+    """Seeds per head for each cell (`keys` + size) of the planned grid and of the rows; which are incomplete."""
+    counts = {key: len(cell) for key, cell in group_by(rows, *keys, "size", "head").items()}
+    cells = sorted(set(planned) | {tuple(row[k] for k in (*keys, "size")) for row in rows})
+    lines = []
+    for cell in cells:
+        seeds = [counts.get((*cell, head), 0) for head in heads]
+        status = ("not measured yet" if not any(seeds) else
+                  "complete" if all(c >= PLANNED_SEEDS for c in seeds) else "incomplete")
+        lines.append((*cell[:-1], f"{cell[-1]:,}", *(f"{c}/{PLANNED_SEEDS}" for c in seeds), status))
+    return table((*keys, "size", *heads, "status"), lines, align="l" * (len(keys) + 1) + "r" * len(heads) + "l")
+
+
 def coverage(rows: Sequence[dict]) -> str:
     """Which planned NER cells (encoder, size, head) have how many seeds, and which are not measured yet."""
-    counts = {key: len(cell) for key, cell in group_by(rows, "encoder", "size", "head").items()}
-    lines = []
-    for encoder, size in ner_cells(rows):
-        cells = [counts.get((encoder, size, head), 0) for head in common.ALL_HEADS]
-        status = ("not measured yet" if not any(cells) else
-                  "complete" if all(c >= PLANNED_SEEDS for c in cells) else "incomplete")
-        lines.append((encoder, f"{size:,}", *(f"{c}/{PLANNED_SEEDS}" for c in cells), status))
-    return table(("encoder", "size", *common.ALL_HEADS, "status"), lines, align="ll" + "r" * 5 + "l")
+    return coverage_table(rows, ("encoder",), ner_cells(rows), common.ALL_HEADS)
+
+
+def glue_coverage(rows: Sequence[dict]) -> str:
+    """The same for the sentence tasks (task, encoder, size, head)."""
+    planned = [(task, encoder, size) for (task, encoder), sizes in PLANNED_GLUE.items() for size in sizes]
+    return coverage_table(rows, ("task", "encoder"), planned, GLUE_HEADS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -602,6 +616,8 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
         paths.append(plot_vs_size(rows, [("dev", "accuracy", "dev accuracy (selected step)"),
                                          ("final_dev", "accuracy", "dev accuracy (last step)")],
                                   f"{task}, {encoder}", folder / f"glue_{task}_{encoder}_vs_size.png"))
+        paths.append(plot_curves(rows, "accuracy", "dev accuracy", f"{task} dev accuracy during training, {encoder} "
+                                 "(mean over seeds)", folder / f"glue_{task}_{encoder}_dev_curves.png"))
     for (benchmark, task, encoder), rows in sorted(group_by(smoke, "benchmark", "task", "encoder").items()):
         metric = rows[0]["settings"]["selection_metric"]
         paths.append(plot_curves(rows, metric, f"dev {metric} (subsampled dev)",
@@ -662,6 +678,9 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "GLUE test labels are not public: the step is selected on dev and dev is reported there (optimistic); "
         "*last step* is dev at the end of the budget, with no selection. SST-2 and MRPC also have labelled test "
         "sets, evaluated at the selected step.",
+        "### Coverage of the planned grid",
+        glue_coverage(glue),
+        "### Dev accuracy",
         glue_table(glue) if glue else "Not measured yet.",
         images("glue_"),
         "## Cost: each head against the stock transformers classifier (cost.py)",

@@ -244,7 +244,11 @@ def test_report_tables_plots_and_claims(ner_run, glue_rows, workspace):
     assert "| token | minilm | 32 | 8 | dwatt | 5.00% | 1.040 | 1.061 | 1.100 | yes |" in text
     assert rows[0]["command"] in text
     names = sorted(p.name for p in plots.glob("*.png"))
-    assert names == ["glue_mrpc_tiny_vs_size.png", "ner_dev_curves_tiny.png", "ner_f1_vs_size_tiny.png",
+    # GLUE coverage: the tiny MRPC cell has 2 of 3 seeds for the two heads it ran; the planned MiniLM cells have none.
+    assert "| mrpc | tiny | 8 | 2/3 | 0/3 | 0/3 | 2/3 | incomplete |" in text
+    assert "| rte | minilm | 1,000 | 0/3 | 0/3 | 0/3 | 0/3 | not measured yet |" in text
+    assert names == ["glue_mrpc_tiny_dev_curves.png", "glue_mrpc_tiny_vs_size.png", "ner_dev_curves_tiny.png",
+                     "ner_f1_vs_size_tiny.png",
                      "smoke_fewshot_ner_conll2003_smokeenc_curves.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.glob("*.png"))
     for name in names:

@@ -214,10 +214,14 @@ class DepthWiseAttentionFusion(FusionHead):
             norm._start_at_zero = config.zero_init_residual
         self.weight_dropout = nn.Dropout(config.dwatt_weight_dropout)
 
+    def depth_query(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """The query over depth, q = 1 + elu(z_L + f_Q(z_L)): (B, T, d) -> (B, T, d), every entry > 0."""
+        return 1.0 + F.elu(last_hidden_state + self.query_mlp(last_hidden_state))
+
     def depth_weights(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
         """Softmax weights over the sources for each token and head: (B, T, d) -> (B, T, H, n)."""
         batch, length, hidden = last_hidden_state.shape
-        query = 1.0 + F.elu(last_hidden_state + self.query_mlp(last_hidden_state))  # (B, T, d), > 0
+        query = self.depth_query(last_hidden_state)  # (B, T, d)
         keys = self.key_proj(self.depth_embeddings)  # (n, d)
         query = query.view(batch, length, self.num_heads, self.head_dim)  # (B, T, H, h)
         keys = keys.view(self.num_sources, self.num_heads, self.head_dim)  # (n, H, h)

@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import fewshot_common as common
 from fewshot_glue import DEFAULT_HEADS as GLUE_HEADS
+from fewshot_glue import load_task as load_glue_task
 
 BENCHMARKS = Path(__file__).resolve().parent
 
@@ -193,6 +194,21 @@ def glue_table(rows: Sequence[dict]) -> str:
                 f"{cell[0]['parameters']['head']:,}", mean_of(cell, lambda r: r["wall_s"]["train"], 1),
             ))
     return table(GLUE_HEADER, lines, align="llll" + "r" * (len(GLUE_HEADER) - 4))
+
+
+def glue_majority_baseline(rows: Sequence[dict], glue_dir: Path) -> str:
+    """Dev accuracy of always predicting the most frequent dev label, per task of the rows: the floor to read the
+    accuracies against (RTE and MRPC dev sets are not balanced)."""
+    parts = []
+    for task in sorted({row["task"] for row in rows}):
+        try:
+            labels = load_glue_task(glue_dir, task)["validation"]["label"]
+        except (ValueError, KeyError):  # no such folder, or no dev file in it: say so rather than fail
+            parts.append(f"{task}: no dev set in {glue_dir}")
+            continue
+        most_frequent = max(labels.count(label) for label in set(labels))
+        parts.append(f"{task} {100 * most_frequent / len(labels):.2f} ({most_frequent}/{len(labels)})")
+    return "Majority-class dev accuracy (always the most frequent dev label): " + ", ".join(parts) + "." if parts else ""
 
 
 def ner_cells(rows: Sequence[dict]) -> list[tuple[str, int]]:
@@ -632,7 +648,8 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
 
 
 def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: list[Path], plots: list[Path],
-           out: Path, command: str, ablations: Sequence[dict] = (), init_scale_paths: Sequence[Path] = ()) -> str:
+           out: Path, command: str, ablations: Sequence[dict] = (), init_scale_paths: Sequence[Path] = (),
+           glue_majority: str = "") -> str:
     def images(prefix: str) -> str:
         chosen = [p for p in plots if p.name.startswith(prefix)]
         return "\n\n".join(f"![{p.stem}]({p.resolve().relative_to(out.resolve().parent)})" for p in chosen) or "No plot (no rows)."
@@ -681,6 +698,7 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "### Coverage of the planned grid",
         glue_coverage(glue),
         "### Dev accuracy",
+        glue_majority,
         glue_table(glue) if glue else "Not measured yet.",
         images("glue_"),
         "## Cost: each head against the stock transformers classifier (cost.py)",
@@ -721,6 +739,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="Smoke-run rows (default: benchmarks/results/smoke/*.jsonl).")
     parser.add_argument("--cost", nargs="*", type=Path, default=sorted(results.glob("cost_*.json")),
                         help="cost.py outputs (default: benchmarks/results/cost_*.json).")
+    parser.add_argument("--glue-dir", type=Path, default=common.SHARED_DATA / "glue",
+                        help="GLUE TSV folders, for the majority-class accuracy of each dev set.")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "RESULTS.md")
     parser.add_argument("--plots-dir", type=Path, default=results / "plots")
     return parser.parse_args(argv)
@@ -742,7 +762,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     ablations = with_variants([r for r in ablation_rows if not r.get("smoke")], ner)
     plots = make_plots(ner, glue, smoke, args.plots_dir, ablations)
     command = shlex.join(["python", "benchmarks/report.py", *argv])
-    args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command, ablations, list(args.init_scale)))
+    args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command, ablations, list(args.init_scale),
+                               glue_majority_baseline(glue, args.glue_dir)))
     print(f"wrote {args.out} and {len(plots)} plot(s) in {args.plots_dir}")
     return args.out
 

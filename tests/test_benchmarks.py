@@ -209,10 +209,14 @@ def test_report_tables_plots_and_claims(ner_run, glue_rows, workspace):
         {"task": "token", "encoder": "minilm", "seq_len": 32, "batch_size": 8, "fusion": "dwatt", "flop_fraction": 0.05,
          "inference_ratio": 1.04, "training_ratio": 1.061, "memory_ratio": 1.1, "meets_time_target": True}]}))
     out, plots = workspace / "RESULTS.md", workspace / "plots"
+    # A dev set with 3 of 4 labels positive: the majority-class line must say 75%.
+    unbalanced = workspace / "glue_unbalanced" / "MRPC"
+    unbalanced.mkdir(parents=True)
+    write_mrpc_tsv(unbalanced / "dev.tsv", [("good", 1), ("great", 1), ("fine", 1), ("bad", 0)])
     # The NER file twice: a row copied into two files must count once (seeds column = 2).
     report.main(["--results", str(ner_run["out"]), str(ner_run["out"]), str(workspace / "results" / "fewshot_glue.jsonl"),
                  "--smoke", str(smoke_file), "--cost", str(cost), "--ablations", "--init-scale", "--out", str(out),
-                 "--plots-dir", str(plots)])
+                 "--plots-dir", str(plots), "--glue-dir", str(unbalanced.parent)])
     text = out.read_text()
 
     assert "| " + " | ".join(report.NER_HEADER) + " |" in text
@@ -247,12 +251,18 @@ def test_report_tables_plots_and_claims(ner_run, glue_rows, workspace):
     # GLUE coverage: the tiny MRPC cell has 2 of 3 seeds for the two heads it ran; the planned MiniLM cells have none.
     assert "| mrpc | tiny | 8 | 2/3 | 0/3 | 0/3 | 2/3 | incomplete |" in text
     assert "| rte | minilm | 1,000 | 0/3 | 0/3 | 0/3 | 0/3 | not measured yet |" in text
+    assert "Majority-class dev accuracy (always the most frequent dev label): mrpc 75.00 (3/4)." in text
     assert names == ["glue_mrpc_tiny_dev_curves.png", "glue_mrpc_tiny_vs_size.png", "ner_dev_curves_tiny.png",
                      "ner_f1_vs_size_tiny.png",
                      "smoke_fewshot_ner_conll2003_smokeenc_curves.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.glob("*.png"))
     for name in names:
         assert f"(plots/{name})" in text
+
+
+def test_majority_baseline_says_when_the_data_is_missing(tmp_path):
+    assert report.glue_majority_baseline([{"task": "rte"}], tmp_path).endswith(f"rte: no dev set in {tmp_path}.")
+    assert report.glue_majority_baseline([], tmp_path) == ""
 
 
 def test_report_says_not_measured_for_missing_heads(ner_run, workspace):

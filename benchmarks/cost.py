@@ -5,14 +5,16 @@ one DWAtt model per head on the same random encoder weights, then times them in 
 (stock, head 1, …, stock, head 1, … for several rounds) so that machine noise hits all of them alike:
   - inference: forward latency in eval mode under `torch.no_grad()`;
   - training: one step = forward + backward + AdamW step;
-  - inference peak memory: CUDA's peak allocation above the loaded model (GPU only: on a CPU the process's peak
-    RSS is set by building the model, not by the forward, so no honest per-head number is available).
+  - inference peak memory: what one no-grad forward needs above the loaded model and its inputs at its peak — on
+    CUDA the allocator's peak, on a CPU the peak bytes of live tensors (tensor_memory.py; the process's peak RSS
+    is set by building the model, not by the forward, so it cannot tell one head from another).
 It reports ratios head / stock, the head's added FLOPs as a fraction of the encoder's (dwatt.accounting), and the
 target: overhead (ratio − 1) ≤ max(2%, 1.25 × FLOP fraction) and inference memory ≤ 1.15×.
 
 Usage:
   python benchmarks/cost.py --out benchmarks/results/cost_cpu.json            # the default grid
   python benchmarks/cost.py --encoders minilm --seq-lens 32 128 --batch-sizes 8 --rounds 5
+  python benchmarks/cost.py --memory-only --out benchmarks/results/cost_cpu_memory.json   # memory only, no timing
 """
 
 import argparse
@@ -32,6 +34,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.accounting import cost_summary
 from fewshot_common import git_commit, machine_info
+from tensor_memory import PeakTensorMemory
 
 ENCODERS = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -94,29 +97,45 @@ def time_training_step(model, batch, labels, optimizer, device) -> float:
     return time.perf_counter() - start
 
 
-def peak_inference_memory(task: str, encoder: str, head: str, batch_size: int, seq_len: int, device: str) -> Optional[int]:
-    """Bytes above the loaded model that one no-grad forward needs at its peak (CUDA); None on a CPU."""
+def peak_inference_memory(model: torch.nn.Module, batch: dict, device: str) -> tuple[int, str]:
+    """Bytes above what is allocated already (models, inputs) that one no-grad forward needs at its peak, and how
+    they were read."""
+    model.eval()
     if device == "cuda":
-        model = build(task, encoder, head, device).eval()
-        batch = make_batch(batch_size, seq_len, device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         with torch.no_grad():
             model(**batch)
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-        del model, batch
-        torch.cuda.empty_cache()
-        return peak
-    # On a CPU there is no allocator peak to read: the process's peak RSS is set by building the model (random init),
-    # not by the forward, so it cannot tell one head from another. Memory is measured on CUDA only.
-    return None
+        return torch.cuda.max_memory_allocated() - base, "CUDA allocator peak"
+    with torch.no_grad(), PeakTensorMemory() as memory:
+        model(**batch)
+    return memory.peak_bytes, "live tensor bytes"
 
 
-def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int, device: str, memory: bool) -> dict:
+def head_rows(task: str, encoder: str, seq_len: int, batch_size: int, models: dict) -> list[dict]:
+    """One row per head: shape, added parameters and the head's FLOPs relative to the encoder's."""
+    stock_parameters = sum(p.numel() for p in models["stock"].parameters())
+    rows = []
+    for head in HEADS:
+        cost = cost_summary(models[head], seq_len)
+        rows.append({
+            "task": task, "encoder": encoder, "seq_len": seq_len, "batch_size": batch_size, "fusion": head,
+            "added_parameters": sum(p.numel() for p in models[head].parameters()) - stock_parameters,
+            "head_parameters": cost["added_parameters"],
+            "head_flops_per_token": cost["flops_per_token"],
+            "encoder_flops_per_token": cost["encoder_flops_per_token"],
+            # The head's FLOPs relative to the encoder's, for the positions where it actually runs.
+            "flop_fraction": cost["pooled_flops_fraction"] if task == "sequence" else cost["flops_fraction"],
+        })
+    return rows
+
+
+def time_heads(rows: list[dict], models: dict, batch_size: int, seq_len: int, rounds: int, device: str) -> None:
+    """Adds the timing ratios head / stock to `rows`, measured interleaved in `rounds` rounds after a warm-up."""
+    task = rows[0]["task"]
     names = ["stock", *HEADS]
-    models = {name: build(task, encoder, name, device) for name in names}
     batch = make_batch(batch_size, seq_len, device)
     labels = torch.randint(0, NUM_LABELS, (batch_size, seq_len) if task == "token" else (batch_size,)).to(device)
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
@@ -130,49 +149,42 @@ def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int,
             inference[name].append(time_inference(models[name], batch, device))
         for name in names:
             training[name].append(time_training_step(models[name], batch, labels, optimizers[name], device))
-
-    stock_inference = statistics.median(inference["stock"])
-    stock_training = statistics.median(training["stock"])
-    stock_parameters = sum(p.numel() for p in models["stock"].parameters())
-    rows = []
-    for head in HEADS:
-        cost = cost_summary(models[head], seq_len)
-        # The head's FLOPs relative to the encoder's, for the positions where it actually runs.
-        flop_fraction = cost["pooled_flops_fraction"] if task == "sequence" else cost["flops_fraction"]
-        row = {
-            "task": task, "encoder": encoder, "seq_len": seq_len, "batch_size": batch_size, "fusion": head,
-            "added_parameters": sum(p.numel() for p in models[head].parameters()) - stock_parameters,
-            "head_parameters": cost["added_parameters"],
-            "head_flops_per_token": cost["flops_per_token"],
-            "encoder_flops_per_token": cost["encoder_flops_per_token"],
-            "flop_fraction": flop_fraction,
-            "inference_s": statistics.median(inference[head]), "stock_inference_s": stock_inference,
-            "training_step_s": statistics.median(training[head]), "stock_training_step_s": stock_training,
-        }
+    for row in rows:
+        head = row["fusion"]
+        row.update(
+            inference_s=statistics.median(inference[head]), stock_inference_s=statistics.median(inference["stock"]),
+            training_step_s=statistics.median(training[head]), stock_training_step_s=statistics.median(training["stock"]),
+        )
         # Paired by round (the stock model ran moments before in the same round): the median of the per-round
         # ratios is steadier on a shared CPU than the ratio of the two medians.
         row["inference_ratio"] = statistics.median(h / s for h, s in zip(inference[head], inference["stock"]))
         row["training_ratio"] = statistics.median(h / s for h, s in zip(training[head], training["stock"]))
-        row["target_overhead"] = max(0.02, 1.25 * flop_fraction)
-        rows.append(row)
-    del models, optimizers
-    gc.collect()
-    if memory and device == "cuda":
-        stock_memory = peak_inference_memory(task, encoder, "stock", batch_size, seq_len, device)
-        for row in rows:
-            row["inference_peak_bytes"] = peak_inference_memory(task, encoder, row["fusion"], batch_size, seq_len, device)
-            row["stock_inference_peak_bytes"] = stock_memory
-            row["memory_ratio"] = row["inference_peak_bytes"] / max(stock_memory, 1)
-    for row in rows:
+        row["target_overhead"] = max(0.02, 1.25 * row["flop_fraction"])
         row["meets_time_target"] = (row["inference_ratio"] - 1 <= row["target_overhead"]) and (
             row["training_ratio"] - 1 <= row["target_overhead"]
         )
-        if "memory_ratio" in row:
+
+
+def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int, device: str, memory: bool,
+            timing: bool = True) -> list[dict]:
+    models = {name: build(task, encoder, name, device) for name in ["stock", *HEADS]}
+    rows = head_rows(task, encoder, seq_len, batch_size, models)
+    if timing:
+        time_heads(rows, models, batch_size, seq_len, rounds, device)
+    if memory:
+        batch = make_batch(batch_size, seq_len, device)
+        stock_memory, method = peak_inference_memory(models["stock"], batch, device)
+        for row in rows:
+            row["inference_peak_bytes"], _ = peak_inference_memory(models[row["fusion"]], batch, device)
+            row.update(stock_inference_peak_bytes=stock_memory, memory_method=method)
+            row["memory_ratio"] = row["inference_peak_bytes"] / max(stock_memory, 1)
             row["meets_memory_target"] = row["memory_ratio"] <= 1.15
+    del models
+    gc.collect()
     return rows
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -180,10 +192,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--memory-only", action="store_true", help="measure peak memory only, no timing (fast, exact)")
     parser.add_argument("--max-tokens", type=int, default=None, help="skip shapes with batch x length above this")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    command = " ".join(["python", "benchmarks/cost.py", *(sys.argv[1:] if argv is None else argv)])
 
     shapes = [
         (task, encoder, seq_len, batch_size)
@@ -192,9 +206,10 @@ def main() -> None:
     ]
     rows = []
     for task, encoder, seq_len, batch_size in tqdm(shapes, desc="shapes"):
-        rows += measure(task, encoder, seq_len, batch_size, args.rounds, args.device, memory=not args.no_memory)
+        rows += measure(task, encoder, seq_len, batch_size, args.rounds, args.device, memory=not args.no_memory,
+                        timing=not args.memory_only)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": machine(args.device), "command": " ".join(["python", *sys.argv]), "rows": rows}, indent=1))
+        args.out.write_text(json.dumps({"machine": machine(args.device), "command": command, "rows": rows}, indent=1))
     print(f"wrote {args.out} ({len(rows)} rows)")
 
 

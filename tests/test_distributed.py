@@ -38,6 +38,9 @@ TRAINING = [
     "--report_to", "none", "--num_train_epochs", "2", "--learning_rate", "5e-3", "--seed", "0", "--save_strategy", "no",
     "--logging_steps", "1", "--per_device_eval_batch_size", "1", "--classifier_dropout", "0", "--use_cpu",
     "--ddp_find_unused_parameters", "False", "--do_train", "--do_eval",
+    # A collective that one process never joins raises after 3 minutes (with the stuck call in the traceback) instead
+    # of gloo's default 30; a whole launch takes ~15 s on 2 cores.
+    "--ddp_timeout", "180",
 ]
 # Loss per step and evaluation loss: relative; weights: absolute, after 4 AdamW steps of lr 5e-3. The two runs differ
 # only in the order of float additions (gradients all-reduced over 2 processes vs summed in one batch). Observed
@@ -79,10 +82,21 @@ def script_arguments(script: str, root: Path, output: Path) -> list[str]:
             "--max_seq_length", "16", "--fusion", "scalar_mix", *common]
 
 
+LAUNCH_TIMEOUT_S = 300  # above --ddp_timeout, so that a stuck collective reports itself first
+
+
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:  # show where it stopped, not just that it did
+        pytest.fail(f"{' '.join(command[:3])} … ran past {LAUNCH_TIMEOUT_S} s; last output:\n"
+                    f"{_text(error.stdout)[-3000:]}\n{_text(error.stderr)[-6000:]}")
+
+
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
 
 
 def launch(launcher: str, script: str, root: Path, output: Path, extra: list[str]) -> subprocess.CompletedProcess:

@@ -121,6 +121,34 @@ def test_sequence_pooling_matches_token_level_fusion(pooling, fusion):
         torch.testing.assert_close(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
 
 
+@pytest.mark.parametrize("model_class", TASK_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("fusion", ["dwatt", "concat", "scalar_mix", "scalar_mix_layer_norm"])
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_inference_fuses_sources_as_the_encoder_computes_them(family, fusion, model_class):
+    """Without gradients the sources are handed to the head layer by layer (hooks) instead of the encoder returning
+    all hidden states; logits and depth weights equal, bit for bit, those of the plain path, taken with
+    output_hidden_states=True and with gradients on."""
+    extra = {"scalar_mix_layer_norm": True} if fusion == "scalar_mix_layer_norm" else {}
+    model = make_model(model_class, family, fusion.replace("_layer_norm", ""), **extra).eval()
+    input_ids, attention_mask = make_batch()
+    # Left padding: the first real token of the padded row (pooling "first") is not at position 0.
+    input_ids, attention_mask = input_ids.flip(-1), attention_mask.flip(-1)
+    streamed = []
+    encode = model.dwatt._encode_streaming
+    model.dwatt._encode_streaming = lambda *args: streamed.append(encode(*args)) or streamed[-1]
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, output_fusion_weights=True)
+    with torch.no_grad():
+        fast = model(**inputs)
+        plain = model(**inputs, output_hidden_states=True)
+    with torch.enable_grad():
+        trained_path = model(**inputs)
+    assert len(streamed) == 1 and streamed[0] is not None  # only the no-grad call streamed, and it succeeded
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=0, atol=0)
+    torch.testing.assert_close(fast.logits, trained_path.logits.detach(), rtol=0, atol=0)
+    if fusion != "concat":
+        torch.testing.assert_close(fast.fusion_weights, plain.fusion_weights, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("pooling", ["first", "last"])
 def test_pooled_deeper_stack_matches_its_full_output(pooling):
     """With two extra layers only the last stops at the pooled position; the first still runs on every token."""

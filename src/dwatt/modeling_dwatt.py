@@ -10,7 +10,7 @@ This file is copied next to every saved checkpoint (Hugging Face remote code): i
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,67 @@ def pooling_positions(attention_mask: torch.Tensor, pooling: str) -> torch.Tenso
     raise ValueError(f"pooling {pooling!r} has no single position; use 'first' or 'last'.")
 
 
+def encoder_layers(encoder: nn.Module, num_layers: int) -> Optional[tuple[list[nn.Module], int]]:
+    """The encoder's `num_layers` transformer layers in order and the index of the hidden state in a layer's output
+    tuple; None when they cannot be told apart for sure.
+
+    Found through the class transformers 5 records `hidden_states` from (`_can_record_outputs`), else through a
+    `layer`/`layers` ModuleList of the right length (MPNet, DeBERTa-v2, transformers 4.x).
+    """
+    target = (getattr(encoder, "_can_record_outputs", None) or {}).get("hidden_states")
+    if target is not None:
+        layer_class = getattr(target, "target_class", target)  # a class, or an OutputRecorder naming one
+        if getattr(target, "layer_name", None) or not isinstance(layer_class, type):
+            return None
+        layers = [module for module in encoder.modules() if isinstance(module, layer_class)]
+        index = getattr(target, "index", 0) or 0
+    else:
+        lists = [module for name, module in encoder.named_modules()
+                 if name.split(".")[-1] in ("layer", "layers") and isinstance(module, nn.ModuleList)]
+        if len(lists) != 1:
+            return None
+        layers, index = list(lists[0]), 0
+    return (layers, index) if len(layers) == num_layers else None
+
+
+class HiddenStateHooks:
+    """While active, hands each hidden state to `on_state(index, hidden)` the moment the encoder computes it: the first
+    layer's input (index 0, the embedding output), then every layer's output (1 … L), each (B, T, d).
+
+    Inference uses it to fuse sources as they come (`FusionHead.source_stream`) instead of asking the encoder for
+    `output_hidden_states`, which keeps all L + 1 states alive to the end of its forward pass.
+    """
+
+    def __init__(self, layers: list[nn.Module], output_index: int, on_state: Callable[[int, torch.Tensor], None]):
+        self.layers, self.output_index, self.on_state = layers, output_index, on_state
+        self.count = 0  # hidden states handed over so far
+        self.failed = False  # a layer's input or output was not a (B, T, d) tensor
+        self._handles = []
+
+    def __enter__(self) -> "HiddenStateHooks":
+        self._handles.append(self.layers[0].register_forward_pre_hook(self._first_input, with_kwargs=True))
+        self._handles += [layer.register_forward_hook(self._output) for layer in self.layers]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _hand_over(self, hidden: object) -> None:
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and not self.failed:
+            self.on_state(self.count, hidden)
+        else:
+            self.failed = True
+        self.count += 1
+
+    def _first_input(self, module, args, kwargs) -> None:
+        if self.count == 0:
+            self._hand_over(args[0] if args else kwargs.get("hidden_states"))
+
+    def _output(self, module, args, output) -> None:
+        self._hand_over(output[self.output_index] if isinstance(output, (tuple, list)) else output)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Fusion heads. Each takes the last layer z_L (B, T, d), the sources [z_n] (each (B, T, d)) and the attention mask
 # (B, T); with `positions` (B,) it computes the fused state only there (B, 1, d). It returns (fused, weights or None)
@@ -129,6 +190,10 @@ def pooling_positions(attention_mask: torch.Tensor, pooling: str) -> torch.Tenso
 class FusionHead(nn.Module):
     """Interface of the fusion heads."""
 
+    # Whether `forward` reads `sources` besides the last hidden state. Heads that do not are run without asking the
+    # encoder for its hidden states, which it would otherwise keep alive to the end of the forward pass.
+    reads_intermediate_states = True
+
     def forward(
         self,
         last_hidden_state: torch.Tensor,
@@ -138,6 +203,11 @@ class FusionHead(nn.Module):
         output_weights: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError
+
+    def source_stream(self, attention_mask: torch.Tensor, positions: Optional[torch.Tensor] = None) -> "SourceStream":
+        """An accumulator that takes the sources one at a time (see SourceStream); heads whose fusion is a running sum
+        over the sources override it, the others keep the sources (at `positions` only, when given)."""
+        return StoredSources(self, attention_mask, positions)
 
     def num_added_parameters(self) -> int:
         """Parameters the head adds on top of the encoder and the classifier."""
@@ -152,8 +222,38 @@ class FusionHead(nn.Module):
         return self.flops_per_token(seq_len)  # heads that mix depth per token work at that position only
 
 
+class SourceStream:
+    """Fuses sources handed over one at a time, in order: `add(slot, source)` with slot = position of the source in
+    the head's source list and source (B, T, d); then `finish(last_hidden_state, output_weights)` gives what the
+    head's forward gives. Inference feeds it from HiddenStateHooks while the encoder runs."""
+
+    def add(self, slot: int, source: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def finish(self, last_hidden_state: torch.Tensor, output_weights: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+
+class StoredSources(SourceStream):
+    """Keeps each source (only its pooled position when `positions` is given) and runs the head's forward at the end."""
+
+    def __init__(self, head: FusionHead, attention_mask: torch.Tensor, positions: Optional[torch.Tensor]):
+        self.head, self.attention_mask, self.positions = head, attention_mask, positions
+        self.sources: list[torch.Tensor] = []
+
+    def add(self, slot: int, source: torch.Tensor) -> None:
+        self.sources.append(source if self.positions is None else _gather_positions(source, self.positions))
+
+    def finish(self, last_hidden_state, output_weights):
+        if self.positions is not None:
+            last_hidden_state = _gather_positions(last_hidden_state, self.positions)  # (B, 1, d)
+        return self.head(last_hidden_state, self.sources, self.attention_mask, positions=None, output_weights=output_weights)
+
+
 class LastLayerFusion(FusionHead):
     """The baseline: the encoder's final hidden state, unchanged."""
+
+    reads_intermediate_states = False
 
     def __init__(self, config: DWAttConfig, num_sources: int):
         super().__init__()
@@ -280,21 +380,39 @@ class ConcatFusion(FusionHead):
         self.mlp.norm._start_at_zero = config.zero_init_residual
 
     def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
-        if positions is not None:
-            last_hidden_state = _gather_positions(last_hidden_state, positions)
-            sources = [_gather_positions(source, positions) for source in sources]
-        proj_in = self.mlp.proj_in
-        # U's column blocks U_n as views (width, d) from one unbind: its backward writes all n weight-gradient blocks
-        # into one (width, n·d) tensor, where n column slices would each build (and add) a full-size gradient.
-        blocks = proj_in.weight.view(proj_in.out_features, self.num_sources, self.hidden_size).unbind(1)
-        hidden = proj_in.bias
-        for source, block in zip(sources, blocks):
-            hidden = hidden + F.linear(source, block)  # (B, T, width)
-        fused = last_hidden_state + self.mlp.proj_out(self.mlp.norm(F.gelu(hidden)))  # (B, T, d)
-        return fused, None
+        stream = self.source_stream(attention_mask, positions)
+        for slot, source in enumerate(sources):
+            stream.add(slot, source)
+        return stream.finish(last_hidden_state, output_weights)
+
+    def source_stream(self, attention_mask, positions=None) -> "ConcatSourceStream":
+        return ConcatSourceStream(self, positions)
 
     def flops_per_token(self, seq_len: int) -> int:
         return self.mlp.flops_per_token()
+
+
+class ConcatSourceStream(SourceStream):
+    """Concat as a running sum: U · [z_1; …; z_n] + b = b + Σ_n U_n · z_n, so only one (B, T', width) sum is kept."""
+
+    def __init__(self, head: ConcatFusion, positions: Optional[torch.Tensor]):
+        self.head, self.positions = head, positions
+        proj_in = head.mlp.proj_in
+        # U's column blocks U_n as views (width, d) from one unbind: its backward writes all n weight-gradient blocks
+        # into one (width, n·d) tensor, where n column slices would each build (and add) a full-size gradient.
+        self.blocks = proj_in.weight.view(proj_in.out_features, head.num_sources, head.hidden_size).unbind(1)
+        self.hidden = proj_in.bias
+
+    def add(self, slot, source):
+        if self.positions is not None:
+            source = _gather_positions(source, self.positions)  # (B, 1, d)
+        self.hidden = self.hidden + F.linear(source, self.blocks[slot])  # (B, T', width)
+
+    def finish(self, last_hidden_state, output_weights):
+        if self.positions is not None:
+            last_hidden_state = _gather_positions(last_hidden_state, self.positions)
+        mlp = self.head.mlp
+        return last_hidden_state + mlp.proj_out(mlp.norm(F.gelu(self.hidden))), None  # (B, T', d)
 
 
 class ScalarMixFusion(FusionHead):
@@ -318,25 +436,42 @@ class ScalarMixFusion(FusionHead):
         return mean, variance
 
     def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
-        weights = self.mix_logits.softmax(dim=0)  # (n,)
-        fused = None
-        for index, source in enumerate(sources):
-            if self.layer_norm:
-                mean, variance = self._masked_moments(source, attention_mask)  # statistics over the whole sequence
-            if positions is not None:
-                source = _gather_positions(source, positions)
-            if self.layer_norm:
-                source = (source - mean) / torch.sqrt(variance + 1e-12)
-            term = weights[index] * source
-            fused = term if fused is None else fused + term
-        fused = self.gamma * fused  # (B, T, d)
-        if not output_weights:
-            return fused, None
-        batch, length, _ = fused.shape
-        return fused, weights.view(1, 1, 1, -1).expand(batch, length, 1, self.num_sources)
+        stream = self.source_stream(attention_mask, positions)
+        for slot, source in enumerate(sources):
+            stream.add(slot, source)
+        return stream.finish(last_hidden_state, output_weights)
+
+    def source_stream(self, attention_mask, positions=None) -> "ScalarMixSourceStream":
+        return ScalarMixSourceStream(self, attention_mask, positions)
 
     def flops_per_token(self, seq_len: int) -> int:
         return 2 * self.num_sources * self.hidden_size
+
+
+class ScalarMixSourceStream(SourceStream):
+    """ScalarMix as a running sum Σ_n softmax(w)_n · z_n (each source normalised first with `scalar_mix_layer_norm`)."""
+
+    def __init__(self, head: ScalarMixFusion, attention_mask: torch.Tensor, positions: Optional[torch.Tensor]):
+        self.head, self.attention_mask, self.positions = head, attention_mask, positions
+        self.weights = head.mix_logits.softmax(dim=0)  # (n,)
+        self.fused: Optional[torch.Tensor] = None
+
+    def add(self, slot, source):
+        if self.head.layer_norm:  # statistics over the whole sequence, before any pooling
+            mean, variance = self.head._masked_moments(source, self.attention_mask)
+        if self.positions is not None:
+            source = _gather_positions(source, self.positions)  # (B, 1, d)
+        if self.head.layer_norm:
+            source = (source - mean) / torch.sqrt(variance + 1e-12)
+        term = self.weights[slot] * source
+        self.fused = term if self.fused is None else self.fused + term
+
+    def finish(self, last_hidden_state, output_weights):
+        fused = self.head.gamma * self.fused  # (B, T', d)
+        if not output_weights:
+            return fused, None
+        batch, length, _ = fused.shape
+        return fused, self.weights.view(1, 1, 1, -1).expand(batch, length, 1, self.head.num_sources)
 
 
 class TransformerLayer(nn.Module):
@@ -399,6 +534,8 @@ class TransformerLayer(nn.Module):
 
 class DeeperFusion(FusionHead):
     """The paper's parameter-matched control: extra randomly initialised layer(s) of the encoder's shape on z_L."""
+
+    reads_intermediate_states = False
 
     def __init__(self, config: DWAttConfig, num_sources: int):
         super().__init__()
@@ -609,6 +746,12 @@ class DWAttModel(DWAttPreTrainedModel):
         self.fusion_classifier = build_fusion_head(config)
         self._source_indices = config.fusion_source_indices
         self._num_states = config.num_encoder_layers + 1
+        # Read here, before PEFT may wrap the head. Without intermediate sources the encoder need not keep its hidden
+        # states (an inference-memory saving).
+        self._head_reads_sources = self.fusion_classifier.reads_intermediate_states
+        self._needs_hidden_states = self._head_reads_sources and any(
+            index != self._num_states - 1 for index in self._source_indices
+        )
         self._encoder_takes_use_cache = _accepts_argument(self.encoder.forward, "use_cache")
         self.post_init()
 
@@ -626,6 +769,28 @@ class DWAttModel(DWAttPreTrainedModel):
             "flops_per_token": self.fusion_classifier.flops_per_token(seq_len),
             "flops_per_pooled_sequence": self.fusion_classifier.flops_per_pooled_sequence(seq_len),
         }
+
+    def _encode_streaming(self, encoder_inputs: dict, stream: SourceStream):
+        """Runs the encoder without `output_hidden_states`, handing each source to `stream` as it is computed
+        (HiddenStateHooks). Returns the encoder's output, or None when its layers cannot be found or hooked; the
+        stream is then incomplete and the caller takes the plain path, which gives the same values."""
+        found = encoder_layers(self.encoder, self._num_states - 1)
+        if found is None:
+            return None
+        last = self._num_states - 1
+        slots = {index: slot for slot, index in enumerate(self._source_indices)}
+
+        def on_state(index: int, hidden: torch.Tensor) -> None:
+            if index in slots and index != last:  # source L is the final output, after any final norm: added below
+                stream.add(slots[index], hidden)
+
+        with HiddenStateHooks(*found, on_state) as hooks:
+            encoder_outputs = self.encoder(**encoder_inputs, output_hidden_states=False, return_dict=True)
+        if hooks.failed or hooks.count != self._num_states:
+            return None
+        if last in slots:
+            stream.add(slots[last], encoder_outputs.last_hidden_state)
+        return encoder_outputs
 
     def forward(
         self,
@@ -664,10 +829,26 @@ class DWAttModel(DWAttPreTrainedModel):
             encoder_inputs["output_attentions"] = True
         if self._encoder_takes_use_cache:
             encoder_inputs["use_cache"] = False
-        encoder_outputs = self.encoder(**encoder_inputs, output_hidden_states=True, return_dict=True)
+        # Inference: fuse the sources as the encoder computes them, so that it need not keep all of its hidden states
+        # (pooled classifiers keep one position of each; Concat and ScalarMix only a running sum). Training takes the
+        # plain path, whose hidden states the backward pass needs anyway; so does a head PEFT has wrapped.
+        if (self._needs_hidden_states and not output_hidden_states and not torch.is_grad_enabled()
+                and isinstance(self.fusion_classifier, FusionHead)):
+            stream = self.fusion_classifier.source_stream(attention_mask, fusion_positions)
+            encoder_outputs = self._encode_streaming(encoder_inputs, stream)
+            if encoder_outputs is not None:
+                fused, weights = stream.finish(encoder_outputs.last_hidden_state, bool(output_fusion_weights))
+                output = DWAttModelOutput(
+                    last_hidden_state=fused,
+                    attentions=getattr(encoder_outputs, "attentions", None) if output_attentions else None,
+                    fusion_weights=weights,
+                )
+                return output if return_dict else output.to_tuple()
 
-        hidden_states = getattr(encoder_outputs, "hidden_states", None)
-        if hidden_states is None or len(hidden_states) != self._num_states:
+        request_states = self._needs_hidden_states or bool(output_hidden_states)
+        encoder_outputs = self.encoder(**encoder_inputs, output_hidden_states=request_states, return_dict=True)
+        hidden_states = getattr(encoder_outputs, "hidden_states", None) if request_states else None
+        if request_states and (hidden_states is None or len(hidden_states) != self._num_states):
             found = "no hidden_states" if hidden_states is None else f"{len(hidden_states)} hidden states"
             raise ValueError(
                 f"The encoder {type(self.encoder).__name__} returned {found} with output_hidden_states=True; dwatt needs "
@@ -677,7 +858,9 @@ class DWAttModel(DWAttPreTrainedModel):
         last_hidden_state = encoder_outputs.last_hidden_state  # (B, T, d), after any final norm
         # Source L is the encoder's final output, which for some families (ModernBERT) follows a final norm that the
         # raw hidden_states[L] has not been through.
-        sources = [last_hidden_state if i == self._num_states - 1 else hidden_states[i] for i in self._source_indices]
+        sources = [
+            last_hidden_state if i == self._num_states - 1 else hidden_states[i] for i in self._source_indices
+        ] if self._head_reads_sources else []
         fused, weights = self.fusion_classifier(
             last_hidden_state, sources, attention_mask, positions=fusion_positions, output_weights=bool(output_fusion_weights)
         )

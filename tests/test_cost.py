@@ -108,8 +108,9 @@ def test_memory_only_run_and_its_report(tmp_path, monkeypatch):
     for fusion in ("scalar_mix", "concat", "dwatt"):
         sequence = rows["sequence", fusion]
         assert 0 < sequence["inference_peak_bytes"] - sequence["stock_inference_peak_bytes"] <= 5 * (2 * 64 * FLOAT + 2 * 8)
-    # Sequence `deeper` runs its last layer's query and FFN at the pooled position only: below its token version.
-    assert rows["sequence", "deeper"]["inference_peak_bytes"] < rows["token", "deeper"]["inference_peak_bytes"]
+    # `deeper`'s extra layer peaks in its FFN like an encoder layer, with its attention's q/k/v freed by then.
+    for task in cost.TASKS:
+        assert rows[task, "deeper"]["memory_ratio"] <= 1.001, rows[task, "deeper"]
     assert data["command"].startswith("python benchmarks/cost.py --memory-only")
 
     text = report.cost_section([out])

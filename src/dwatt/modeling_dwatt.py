@@ -497,28 +497,36 @@ class TransformerLayer(nn.Module):
 
         Keys and values always come from every real token, so the row at a position is the same either way.
         """
+        residual = hidden_states if positions is None else _gather_positions(hidden_states, positions)  # (B, T', d)
+        drop = self.dropout if self.training else 0.0
+        # The attention's projections are locals of _attention, freed before the FFN runs (inference memory).
+        attended = self.attn_out(self._attention(hidden_states, attention_mask, positions))  # (B, T', d)
+        hidden_states = self.attn_norm(residual + F.dropout(attended, drop, self.training))
+        del residual, attended
+        feed_forward = self.ffn_out(self.ffn_act(self.ffn_in(hidden_states)))
+        return self.ffn_norm(hidden_states + F.dropout(feed_forward, drop, self.training))
+
+    def _attention(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, positions: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Multi-head self-attention before the output projection: (B, T, d) -> (B, T', d)."""
         batch, length, hidden = hidden_states.shape
         if positions is None:
-            residual = hidden_states  # (B, T, d)
             qkv = self.attn_qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, h)
         else:
-            residual = _gather_positions(hidden_states, positions)  # (B, 1, d)
             # attn_qkv's rows are [W_Q; W_K; W_V]: project the queries at the positions, keys and values everywhere.
             weight_q, weight_kv = self.attn_qkv.weight.split([hidden, 2 * hidden])
             bias_q, bias_kv = self.attn_qkv.bias.split([hidden, 2 * hidden])
-            query = F.linear(residual, weight_q, bias_q).view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2)
+            pooled = _gather_positions(hidden_states, positions)  # (B, 1, d)
+            query = F.linear(pooled, weight_q, bias_q).view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2)
             kv = F.linear(hidden_states, weight_kv, bias_kv).view(batch, length, 2, self.num_heads, self.head_dim)
             key, value = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, T, h); query (B, H, 1, h)
         key_mask = attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, T)
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T', h)
-        attended = attended.transpose(1, 2).reshape(batch, query.shape[2], hidden)  # (B, T', d)
-        drop = self.dropout if self.training else 0.0
-        hidden_states = self.attn_norm(residual + F.dropout(self.attn_out(attended), drop, self.training))
-        feed_forward = self.ffn_out(self.ffn_act(self.ffn_in(hidden_states)))
-        return self.ffn_norm(hidden_states + F.dropout(feed_forward, drop, self.training))
+        return attended.transpose(1, 2).reshape(batch, query.shape[2], hidden)  # (B, T', d)
 
     def flops_per_token(self, seq_len: int) -> int:
         hidden = self.num_heads * self.head_dim

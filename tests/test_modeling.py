@@ -149,6 +149,36 @@ def test_inference_fuses_sources_as_the_encoder_computes_them(family, fusion, mo
         torch.testing.assert_close(fast.fusion_weights, plain.fusion_weights, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fusion", ["concat", "dwatt"])
+def test_streamed_inference_is_thread_safe(fusion):
+    """Two threads run one model on batches of different shapes at once (a server, nn.DataParallel): each thread's
+    hooks see only its own forward pass, so both get the single-threaded logits."""
+    import threading
+
+    model = make_model(DWAttForTokenClassification, "bert", fusion).eval()
+    batches = [make_batch(3, 9)[0], make_batch(5, 6)[0]]
+    with torch.no_grad():
+        expected = [model(input_ids=ids).logits for ids in batches]
+    errors, start = [], threading.Barrier(2)
+
+    def work(index: int) -> None:
+        start.wait()
+        try:
+            for _ in range(30):
+                with torch.no_grad():
+                    logits = model(input_ids=batches[index]).logits
+                torch.testing.assert_close(logits, expected[index], rtol=0, atol=0)
+        except Exception as error:  # noqa: BLE001 - reported below, with the thread that raised it
+            errors.append(f"thread {index}: {error!r}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
 @pytest.mark.parametrize("pooling", ["first", "last"])
 def test_pooled_deeper_stack_matches_its_full_output(pooling):
     """With two extra layers only the last stops at the pooled position; the first still runs on every token."""

@@ -9,6 +9,7 @@ This file is copied next to every saved checkpoint (Hugging Face remote code): i
 """
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -154,6 +155,9 @@ class HiddenStateHooks:
         self.count = 0  # hidden states handed over so far
         self.failed = False  # a layer's input or output was not a (B, T, d) tensor
         self._handles = []
+        # Hooks are seen by every thread that runs these layers meanwhile (another request in a server, replicas of
+        # nn.DataParallel sharing hook dicts): only the forward pass of the thread that set them up is recorded.
+        self._thread = threading.get_ident()
 
     def __enter__(self) -> "HiddenStateHooks":
         self._handles.append(self.layers[0].register_forward_pre_hook(self._first_input, with_kwargs=True))
@@ -172,11 +176,12 @@ class HiddenStateHooks:
         self.count += 1
 
     def _first_input(self, module, args, kwargs) -> None:
-        if self.count == 0:
+        if self.count == 0 and threading.get_ident() == self._thread:
             self._hand_over(args[0] if args else kwargs.get("hidden_states"))
 
     def _output(self, module, args, output) -> None:
-        self._hand_over(output[self.output_index] if isinstance(output, (tuple, list)) else output)
+        if threading.get_ident() == self._thread:
+            self._hand_over(output[self.output_index] if isinstance(output, (tuple, list)) else output)
 
 
 # ----------------------------------------------------------------------------------------------------------------

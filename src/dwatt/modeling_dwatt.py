@@ -4,8 +4,9 @@
 Notation used in the shape comments: B batch, T tokens (T' = 1 when a sequence classifier fuses only at its pooled
 position), d hidden size, n fusion sources, H depth-attention heads, h = d / H.
 
-This file is copied next to every saved checkpoint (Hugging Face remote code): it imports only torch, public
-`transformers` names and `.configuration_dwatt`, and must keep working on transformers 4.57 and 5.x.
+This file is copied next to every saved checkpoint (Hugging Face remote code): it imports only the Python standard
+library, torch, public `transformers` names and `.configuration_dwatt`, and must keep working on transformers 4.57
+and 5.x.
 """
 
 import math

@@ -179,6 +179,49 @@ def test_streamed_inference_is_thread_safe(fusion):
     assert not errors, errors
 
 
+def test_streamed_inference_ignores_a_half_registered_hook_of_another_thread():
+    """register_forward_pre_hook(with_kwargs=True) fills two dicts one after the other (and remove() empties them in
+    turn): a forward pass of another thread in between calls the hook as hook(module, args), without kwargs. Recreated
+    deterministically: while the main thread's pass is inside layer 0, the kwargs flags are hidden and a second thread
+    runs the model."""
+    import threading
+
+    model = make_model(DWAttForTokenClassification, "bert", "dwatt").eval()
+    first_layer = model.dwatt.encoder.encoder.layer[0]
+    ids = [make_batch(3, 7)[0], make_batch(2, 5)[0]]
+    with torch.no_grad():
+        expected = [model(input_ids=batch).logits for batch in ids]
+    main_thread, results, errors = threading.get_ident(), {}, []
+
+    def other_thread() -> None:
+        try:
+            with torch.no_grad():
+                results["other"] = model(input_ids=ids[1]).logits
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+
+    def interleave(module, args, output) -> None:
+        if threading.get_ident() != main_thread or "other" in results or errors:
+            return
+        flags = module._forward_pre_hooks_with_kwargs
+        hidden = dict(flags)
+        flags.clear()  # the main thread's streaming pre-hook is registered, its with_kwargs flag not (yet)
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        flags.update(hidden)
+
+    handle = first_layer.register_forward_hook(interleave)
+    try:
+        with torch.no_grad():
+            results["main"] = model(input_ids=ids[0]).logits
+    finally:
+        handle.remove()
+    assert not errors, errors
+    torch.testing.assert_close(results["main"], expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(results["other"], expected[1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("pooling", ["first", "last"])
 def test_pooled_deeper_stack_matches_its_full_output(pooling):
     """With two extra layers only the last stops at the pooled position; the first still runs on every token."""

@@ -176,9 +176,11 @@ class HiddenStateHooks:
             self.failed = True
         self.count += 1
 
-    def _first_input(self, module, args, kwargs) -> None:
+    def _first_input(self, module, args, kwargs=None) -> None:
+        # `kwargs` may be missing in another thread's call: register_forward_pre_hook(with_kwargs=True) and the
+        # handle's remove() update two dicts one after the other, and a forward pass in between calls hook(module, args).
         if self.count == 0 and threading.get_ident() == self._thread:
-            self._hand_over(args[0] if args else kwargs.get("hidden_states"))
+            self._hand_over(args[0] if args else (kwargs or {}).get("hidden_states"))
 
     def _output(self, module, args, output) -> None:
         if threading.get_ident() == self._thread:

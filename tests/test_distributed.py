@@ -38,7 +38,7 @@ NER_SENTENCES = CONLL_SENTENCES + [
 TRAINING = [
     "--report_to", "none", "--num_train_epochs", "2", "--learning_rate", "5e-3", "--seed", "0", "--save_strategy", "no",
     "--logging_steps", "1", "--per_device_eval_batch_size", "1", "--classifier_dropout", "0", "--use_cpu",
-    "--ddp_find_unused_parameters", "False", "--do_train", "--do_eval",
+    "--ddp_find_unused_parameters", "False", "--ddp_timeout", "240", "--do_train", "--do_eval",
 ]
 # Loss per step and evaluation loss: relative; weights: absolute, after 4 AdamW steps of lr 5e-3. The two runs differ
 # only in the order of float additions (gradients all-reduced over 2 processes vs summed in one batch). Observed
@@ -80,8 +80,8 @@ def script_arguments(script: str, root: Path, output: Path) -> list[str]:
             "--max_seq_length", "16", "--fusion", "scalar_mix", *common]
 
 
-# A whole launch takes ~15 s on 2 cores. --ddp_timeout would not help here: with --use_cpu, transformers 5.24 does not
-# pass it on to the process group (gloo waits its default 30 minutes in a collective that a process never joins).
+# A whole launch takes ~15 s on 2 cores. A collective that one process never joins fails after --ddp_timeout (240 s,
+# honoured on CPU by the scripts' own process-group setup); anything else stuck is stopped here, with its stacks.
 LAUNCH_TIMEOUT_S = 300
 
 
@@ -188,3 +188,33 @@ def test_multi_process_launch_on_cpu_without_use_cpu_fails_clearly(workspace, tm
     assert result.returncode != 0
     assert "pass --use_cpu" in result.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("launcher,form", [("torchrun", "flags"), ("accelerate", "json")])
+def test_ddp_timeout_holds_on_cpu(tmp_path, launcher, form):
+    """transformers passes --ddp_timeout on only for GPUs; the scripts' parsing joins the gloo group with it first.
+
+    Process 1 never enters the barrier: with a 5 s timeout process 0's barrier must fail within seconds. Without
+    the fix it waits ~60 s, until process 1 gives up and exits."""
+    settings = {"output_dir": str(tmp_path / "out"), "use_cpu": True, "ddp_timeout": 5, "report_to": "none"}
+    if form == "json":
+        (tmp_path / "args.json").write_text(json.dumps(settings))
+        arguments = [str(tmp_path / "args.json")]
+    else:
+        arguments = ["--output_dir", settings["output_dir"], "--use_cpu", "--ddp_timeout", "5", "--report_to", "none"]
+    if launcher == "torchrun":
+        command = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port())]
+    else:
+        command = [str(BIN / "accelerate"), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port",
+                   str(free_port())]
+    os.environ["DDP_TIMEOUT_CHECK_DONE_FILE"] = str(tmp_path / "done")
+    try:
+        result = run([*command, str(REPO / "tests" / "ddp_timeout_check.py"), *arguments], tmp_path)
+    finally:
+        del os.environ["DDP_TIMEOUT_CHECK_DONE_FILE"]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("DDP_TIMEOUT_CHECK ")]
+    assert result.returncode == 0 and len(lines) == 1, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    report = json.loads(lines[0].removeprefix("DDP_TIMEOUT_CHECK "))
+    assert report["world_size"] == 2 and report["backend"] == "gloo"
+    assert report["outcome"].startswith("raised"), report
+    assert 4 <= report["elapsed_s"] <= 25, report

@@ -8,9 +8,37 @@ distributed types, so on a CPU-only machine the FSDP options are dropped and Tra
 """
 
 import os
+from datetime import timedelta
+from typing import Optional
 
+import torch.distributed as dist
 from torch import nn
 from transformers import TrainingArguments
+
+# The variables of an env:// rendezvous, which torchrun and `accelerate launch` set for every process.
+RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def join_cpu_process_group(use_cpu: bool, ddp_timeout: int, ddp_backend: Optional[str]) -> bool:
+    """Joins a multi-process CPU launch's gloo group with `--ddp_timeout` before transformers does; True if it did.
+
+    transformers (5.24) hands `ddp_timeout` to accelerate only when training on GPUs: with `--use_cpu` the gloo group
+    gets torch's default of 30 minutes, so a process whose partner died or never reaches a collective waits half an
+    hour. accelerate does not create a group when one exists, so creating it first — same backend, same env://
+    rendezvous — changes nothing but the timeout. Call before `TrainingArguments` is built (it sets up the devices
+    in `__post_init__`). Leaves every other case (GPUs, one process, MPI/oneCCL backends) to accelerate.
+    """
+    use_cpu = use_cpu or os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if not (use_cpu and launched > 1 and all(name in os.environ for name in RENDEZVOUS_VARIABLES)):
+        return False
+    # accelerate's own choice on CPU: MPI when torch has it and no backend was named, else gloo.
+    if ddp_backend not in (None, "gloo") or (ddp_backend is None and dist.is_mpi_available()):
+        return False
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="gloo", init_method="env://", timeout=timedelta(seconds=ddp_timeout))
+    return True
 
 
 def check_distributed_launch(training_args: TrainingArguments) -> None:

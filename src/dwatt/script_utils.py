@@ -1,25 +1,43 @@
 """The plumbing that run_glue_dwatt.py and run_ner_dwatt.py share (argument files, logging, split checks, cards)."""
 
+import dataclasses
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 import datasets
 import transformers
+import yaml
 from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
 
 from dwatt.data import select_few_shot
+from dwatt.distributed import join_cpu_process_group
 
 
 def parse_arguments(dataclass_types: tuple) -> tuple:
-    """Flags, or a single .json / .yaml file holding them, as the official example scripts accept."""
+    """Flags, or a single .json / .yaml file holding them, as the official example scripts accept.
+
+    A multi-process CPU launch joins its process group here, before `TrainingArguments` is built, so that
+    `--ddp_timeout` holds on CPU too (see `join_cpu_process_group`).
+    """
     parser = HfArgumentParser(dataclass_types)
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-    if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(sys.argv[1]))
+    settings_file = sys.argv[1] if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")) else None
+    if settings_file is not None:
+        text = Path(settings_file).read_text()
+        settings = json.loads(text) if settings_file.endswith(".json") else yaml.safe_load(text)
+        given = {**TRAINING_DEFAULTS, **settings}
+    else:
+        given = vars(parser.parse_known_args()[0])  # every flag, defaults filled in
+    join_cpu_process_group(bool(given["use_cpu"]), int(given["ddp_timeout"]), given["ddp_backend"])
+    if settings_file is not None:
+        return parser.parse_dict(settings)
     return parser.parse_args_into_dataclasses()
+
+
+TRAINING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainingArguments) if field.init}
 
 
 def setup_logging(training_args: TrainingArguments, logger: logging.Logger) -> None:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -90,22 +91,42 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     env.pop("PYTHONPATH", None)
-    # A session of its own, so that a stuck launch can be signalled as a whole: launcher and worker processes.
+    # A session of its own: the signals sent to a stuck launch (below) cannot reach pytest.
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        # Signal the workers themselves: they may sit in sessions of their own, and one that outlives its launcher
+        # keeps the output pipes open, so that reading them would never end (seen: a worker deadlocked at exit).
+        stuck = launch_processes(process.pid)
         # SIGABRT makes faulthandler (PYTHONFAULTHANDLER) print every thread's stack before the process dies.
-        os.killpg(process.pid, signal.SIGABRT)
+        signal_all(stuck, signal.SIGABRT)
         try:
             stdout, stderr = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
+            signal_all(stuck, signal.SIGKILL)
+            stdout, stderr = process.communicate(timeout=30)
         pytest.fail(f"{' '.join(command[:3])} … ran past {LAUNCH_TIMEOUT_S} s; the stacks at that moment and the output "
                     f"before:\n{stdout[-3000:]}\n{stderr[-12000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def launch_processes(launcher_pid: int) -> list[psutil.Process]:
+    """The launcher and all its descendants (torchrun starts its workers in sessions of their own)."""
+    try:
+        launcher = psutil.Process(launcher_pid)
+        return [launcher, *launcher.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def signal_all(processes: list[psutil.Process], signum: int) -> None:
+    for target in processes:
+        try:
+            target.send_signal(signum)
+        except psutil.Error:
+            pass
 
 
 def launch(launcher: str, script: str, root: Path, output: Path, extra: list[str]) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -153,4 +154,13 @@ def finish_run(trainer, training_args: TrainingArguments) -> None:
     # the process group still alive, and gloo's teardown at interpreter exit can abort them ("terminate called
     # without an active exception", seen once in CI), which fails the whole launch although every file was written.
     trainer.accelerator.wait_for_everyone()
+    if training_args.world_size > 1:
+        # torch's gloo worker thread frees a finished collective (and the earlier ones' tensors it still points to)
+        # while holding the process group's work lock, and needs the GIL for it. If the main thread, holding the GIL,
+        # tears the process group down at that moment (here, or when DDP's reducer is freed after main() returns), it
+        # waits for that lock: a deadlock at exit (seen in a local CI run; py-spy: ~ProcessGroupGloo in
+        # pthread_mutex_lock, the worker thread in ~AsyncBarrierWork -> gil_scoped_acquire; pytorch/pytorch#56297
+        # describes this blocking destructor). Half a second without the GIL after the last collective lets the
+        # worker threads finish first.
+        time.sleep(0.5)
     trainer.accelerator.end_training()  # destroys the process group (a no-op in a single process)

@@ -212,7 +212,7 @@ def test_multi_process_launch_on_cpu_without_use_cpu_fails_clearly(workspace, tm
 
 
 @pytest.mark.parametrize("launcher,form", [("torchrun", "flags"), ("accelerate", "json")])
-def test_ddp_timeout_holds_on_cpu(tmp_path, launcher, form):
+def test_ddp_timeout_holds_on_cpu(tmp_path, monkeypatch, launcher, form):
     """transformers passes --ddp_timeout on only for GPUs; the scripts' parsing joins the gloo group with it first.
 
     Process 1 never enters the barrier: with a 5 s timeout process 0's barrier must fail within seconds. Without
@@ -228,11 +228,8 @@ def test_ddp_timeout_holds_on_cpu(tmp_path, launcher, form):
     else:
         command = [str(BIN / "accelerate"), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port",
                    str(free_port())]
-    os.environ["DDP_TIMEOUT_CHECK_DONE_FILE"] = str(tmp_path / "done")
-    try:
-        result = run([*command, str(REPO / "tests" / "ddp_timeout_check.py"), *arguments], tmp_path)
-    finally:
-        del os.environ["DDP_TIMEOUT_CHECK_DONE_FILE"]
+    monkeypatch.setenv("DDP_TIMEOUT_CHECK_DONE_FILE", str(tmp_path / "done"))  # run() passes os.environ on
+    result = run([*command, str(REPO / "tests" / "ddp_timeout_check.py"), *arguments], tmp_path)
     lines = [line for line in result.stdout.splitlines() if line.startswith("DDP_TIMEOUT_CHECK ")]
     assert result.returncode == 0 and len(lines) == 1, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     report = json.loads(lines[0].removeprefix("DDP_TIMEOUT_CHECK "))

@@ -121,15 +121,27 @@ def test_sequence_pooling_matches_token_level_fusion(pooling, fusion):
         torch.testing.assert_close(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
 
 
+# Head settings that change what the streamed inference path keeps: DWAtt keeps each source's value-MLP bottleneck
+# (one shared MLP, or z_n itself when the bottleneck is no smaller than d); ScalarMix with per-sequence LayerNorm.
+STREAMED_HEADS = {
+    "dwatt": ("dwatt", {}),
+    "dwatt_shared_value_mlp": ("dwatt", {"dwatt_shared_value_mlp": True}),
+    "dwatt_wide_bottleneck": ("dwatt", {"dwatt_bottleneck_ratio": 1.0}),
+    "concat": ("concat", {}),
+    "scalar_mix": ("scalar_mix", {}),
+    "scalar_mix_layer_norm": ("scalar_mix", {"scalar_mix_layer_norm": True}),
+}
+
+
 @pytest.mark.parametrize("model_class", TASK_CLASSES, ids=lambda c: c.__name__)
-@pytest.mark.parametrize("fusion", ["dwatt", "concat", "scalar_mix", "scalar_mix_layer_norm"])
+@pytest.mark.parametrize("variant", list(STREAMED_HEADS))
 @pytest.mark.parametrize("family", ENCODER_FAMILIES)
-def test_inference_fuses_sources_as_the_encoder_computes_them(family, fusion, model_class):
+def test_inference_fuses_sources_as_the_encoder_computes_them(family, variant, model_class):
     """Without gradients the sources are handed to the head layer by layer (hooks) instead of the encoder returning
     all hidden states; logits and depth weights equal, bit for bit, those of the plain path, taken with
     output_hidden_states=True and with gradients on."""
-    extra = {"scalar_mix_layer_norm": True} if fusion == "scalar_mix_layer_norm" else {}
-    model = make_model(model_class, family, fusion.replace("_layer_norm", ""), **extra).eval()
+    fusion, extra = STREAMED_HEADS[variant]
+    model = make_model(model_class, family, fusion, **extra).eval()
     input_ids, attention_mask = make_batch()
     # Left padding: the first real token of the padded row (pooling "first") is not at position 0.
     input_ids, attention_mask = input_ids.flip(-1), attention_mask.flip(-1)

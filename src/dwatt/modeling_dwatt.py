@@ -12,7 +12,7 @@ and 5.x.
 import math
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -284,8 +284,12 @@ class BottleneckMLP(nn.Module):
         self.norm = nn.LayerNorm(hidden_features, eps=eps)
         self.proj_out = nn.Linear(hidden_features, out_features)
 
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """LN(gelu(U · x)): (..., d_in) -> (..., d_hidden), the part of f before its output projection."""
+        return self.norm(F.gelu(self.proj_in(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(self.norm(F.gelu(self.proj_in(x))))
+        return self.proj_out(self.bottleneck(x))
 
     def flops_per_token(self) -> int:
         return 2 * (self.proj_in.in_features * self.proj_in.out_features + self.proj_out.in_features * self.proj_out.out_features)
@@ -338,31 +342,66 @@ class DepthWiseAttentionFusion(FusionHead):
             scores = scores / math.sqrt(self.head_dim)
         return scores.softmax(dim=-1)
 
+    def value_mlp(self, index: int) -> BottleneckMLP:
+        """f_V,n of source `index` (one MLP for all sources with dwatt_shared_value_mlp)."""
+        return self.value_mlps[0 if len(self.value_mlps) == 1 else index]
+
     def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
         if positions is not None:
             last_hidden_state = _gather_positions(last_hidden_state, positions)
             sources = [_gather_positions(source, positions) for source in sources]
+        # A generator: each source's bottleneck is computed when the weighted sum reaches it.
+        bottlenecks = (self.value_mlp(index).bottleneck(source) for index, source in enumerate(sources))
+        return self.fuse(last_hidden_state, bottlenecks, output_weights)
+
+    def fuse(
+        self, last_hidden_state: torch.Tensor, bottlenecks: Iterable[torch.Tensor], output_weights: bool
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """h = z_L + Σ_n a_n v_n from z_L (B, T, d) and each source's value-MLP bottleneck LN(gelu(U_n z_n)) (B, T, γd),
+        in source order; v_n = LN_n(W_n · bottleneck_n)."""
         batch, length, hidden = last_hidden_state.shape
         weights = self.depth_weights(last_hidden_state)  # (B, T, H, n)
         dropped = self.weight_dropout(weights)
 
         # A running sum over the sources: no stacked (n, B, T, d) copy of the hidden states.
         fused = last_hidden_state.view(batch, length, self.num_heads, self.head_dim)  # (B, T, H, h)
-        for index, source in enumerate(sources):
-            mlp = self.value_mlps[0 if len(self.value_mlps) == 1 else index]
-            value = self.value_norms[index](mlp(source))  # (B, T, d)
+        for index, bottleneck in enumerate(bottlenecks):
+            value = self.value_norms[index](self.value_mlp(index).proj_out(bottleneck))  # (B, T, d)
             fused = fused + dropped[..., index : index + 1] * value.view(batch, length, self.num_heads, self.head_dim)
         fused = fused.reshape(batch, length, hidden)  # (B, T, d)
         return fused, (weights if output_weights else None)
 
+    def source_stream(self, attention_mask, positions=None) -> SourceStream:
+        if self.value_mlp(0).proj_in.out_features >= self.head_dim * self.num_heads:
+            return super().source_stream(attention_mask, positions)  # a bottleneck no smaller than z_n: keep z_n
+        return DepthWiseAttentionSourceStream(self, positions)
+
     def flops_per_token(self, seq_len: int) -> int:
         hidden = self.head_dim * self.num_heads
-        mlps = self.query_mlp.flops_per_token() + sum(
-            self.value_mlps[0 if len(self.value_mlps) == 1 else i].flops_per_token() for i in range(self.num_sources)
-        )
+        mlps = self.query_mlp.flops_per_token() + sum(self.value_mlp(i).flops_per_token() for i in range(self.num_sources))
         scores = 2 * self.num_sources * hidden
         weighted_sum = 2 * self.num_sources * hidden
         return mlps + scores + weighted_sum
+
+
+class DepthWiseAttentionSourceStream(SourceStream):
+    """DWAtt's weights over depth need the query from z_L, the last source, so every source's value must wait for
+    it. What waits is the value MLP's bottleneck LN(gelu(U_n z_n)), (B, T, γd), instead of z_n, (B, T, d): with the
+    default γ = 0.5 half the memory, and the same operations on the same numbers as the head's forward."""
+
+    def __init__(self, head: DepthWiseAttentionFusion, positions: Optional[torch.Tensor]):
+        self.head, self.positions = head, positions
+        self.bottlenecks: list[torch.Tensor] = []
+
+    def add(self, slot, source):
+        if self.positions is not None:
+            source = _gather_positions(source, self.positions)  # (B, 1, d)
+        self.bottlenecks.append(self.head.value_mlp(slot).bottleneck(source))  # (B, T, γd)
+
+    def finish(self, last_hidden_state, output_weights):
+        if self.positions is not None:
+            last_hidden_state = _gather_positions(last_hidden_state, self.positions)
+        return self.head.fuse(last_hidden_state, self.bottlenecks, output_weights)
 
 
 class ConcatFusion(FusionHead):

@@ -235,11 +235,17 @@ class SourceStream:
     the head's source list and source (B, T, d); then `finish(last_hidden_state, output_weights)` gives what the
     head's forward gives. Inference feeds it from HiddenStateHooks while the encoder runs."""
 
+    positions: Optional[torch.Tensor] = None  # (B,) pooled position of each sequence; None fuses every token
+
     def add(self, slot: int, source: torch.Tensor) -> None:
         raise NotImplementedError
 
     def finish(self, last_hidden_state: torch.Tensor, output_weights: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError
+
+    def at_positions(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, 1, d) at the pooled positions when the stream pools; unchanged otherwise."""
+        return states if self.positions is None else _gather_positions(states, self.positions)
 
 
 class StoredSources(SourceStream):
@@ -250,12 +256,10 @@ class StoredSources(SourceStream):
         self.sources: list[torch.Tensor] = []
 
     def add(self, slot: int, source: torch.Tensor) -> None:
-        self.sources.append(source if self.positions is None else _gather_positions(source, self.positions))
+        self.sources.append(self.at_positions(source))  # (B, T', d)
 
     def finish(self, last_hidden_state, output_weights):
-        if self.positions is not None:
-            last_hidden_state = _gather_positions(last_hidden_state, self.positions)  # (B, 1, d)
-        return self.head(last_hidden_state, self.sources, self.attention_mask, positions=None, output_weights=output_weights)
+        return self.head(self.at_positions(last_hidden_state), self.sources, self.attention_mask, positions=None, output_weights=output_weights)
 
 
 class LastLayerFusion(FusionHead):
@@ -394,14 +398,10 @@ class DepthWiseAttentionSourceStream(SourceStream):
         self.bottlenecks: list[torch.Tensor] = []
 
     def add(self, slot, source):
-        if self.positions is not None:
-            source = _gather_positions(source, self.positions)  # (B, 1, d)
-        self.bottlenecks.append(self.head.value_mlp(slot).bottleneck(source))  # (B, T, γd)
+        self.bottlenecks.append(self.head.value_mlp(slot).bottleneck(self.at_positions(source)))  # (B, T', γd)
 
     def finish(self, last_hidden_state, output_weights):
-        if self.positions is not None:
-            last_hidden_state = _gather_positions(last_hidden_state, self.positions)
-        return self.head.fuse(last_hidden_state, self.bottlenecks, output_weights)
+        return self.head.fuse(self.at_positions(last_hidden_state), self.bottlenecks, output_weights)
 
 
 class ConcatFusion(FusionHead):
@@ -451,15 +451,11 @@ class ConcatSourceStream(SourceStream):
         self.hidden = proj_in.bias
 
     def add(self, slot, source):
-        if self.positions is not None:
-            source = _gather_positions(source, self.positions)  # (B, 1, d)
-        self.hidden = self.hidden + F.linear(source, self.blocks[slot])  # (B, T', width)
+        self.hidden = self.hidden + F.linear(self.at_positions(source), self.blocks[slot])  # (B, T', width)
 
     def finish(self, last_hidden_state, output_weights):
-        if self.positions is not None:
-            last_hidden_state = _gather_positions(last_hidden_state, self.positions)
         mlp = self.head.mlp
-        return last_hidden_state + mlp.proj_out(mlp.norm(F.gelu(self.hidden))), None  # (B, T', d)
+        return self.at_positions(last_hidden_state) + mlp.proj_out(mlp.norm(F.gelu(self.hidden))), None  # (B, T', d)
 
 
 class ScalarMixFusion(FusionHead):
@@ -506,8 +502,7 @@ class ScalarMixSourceStream(SourceStream):
     def add(self, slot, source):
         if self.head.layer_norm:  # statistics over the whole sequence, before any pooling
             mean, variance = self.head._masked_moments(source, self.attention_mask)
-        if self.positions is not None:
-            source = _gather_positions(source, self.positions)  # (B, 1, d)
+        source = self.at_positions(source)  # (B, T', d)
         if self.head.layer_norm:
             source = (source - mean) / torch.sqrt(variance + 1e-12)
         term = self.weights[slot] * source

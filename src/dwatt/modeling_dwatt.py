@@ -259,7 +259,10 @@ class StoredSources(SourceStream):
         self.sources.append(self.at_positions(source))  # (B, T', d)
 
     def finish(self, last_hidden_state, output_weights):
-        return self.head(self.at_positions(last_hidden_state), self.sources, self.attention_mask, positions=None, output_weights=output_weights)
+        return self.head(
+            self.at_positions(last_hidden_state), self.sources, self.attention_mask, positions=None,
+            output_weights=output_weights,
+        )
 
 
 class LastLayerFusion(FusionHead):

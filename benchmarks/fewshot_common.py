@@ -254,16 +254,51 @@ class TrainSettings:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def settings_for_size(args: argparse.Namespace, size: int, steps: dict[int, int], eval_every: dict[int, int],
-                      selection_metric: str) -> TrainSettings:
-    if steps[size] % eval_every[size]:
-        raise SystemExit(f"Size {size}: --eval-every {eval_every[size]} does not divide --steps {steps[size]}.")
-    return TrainSettings(
-        steps=steps[size], eval_every=eval_every[size], batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size, encoder_lr=args.encoder_lr, head_lr=args.head_lr,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
-        max_eval=args.max_eval, selection_metric=selection_metric, head_config=dict(args.head_config),
-    )
+@dataclasses.dataclass(frozen=True)
+class GridSetup:
+    """What a benchmark's command line decides before any data loads: the device, the encoders' folders, and each
+    training size's step budget and evaluation interval. Shared by fewshot_ner.py and fewshot_glue.py."""
+
+    args: argparse.Namespace
+    device: str
+    encoders: dict[str, str]  # label -> local folder
+    steps: dict[int, int]  # training size -> optimisation steps
+    eval_every: dict[int, int]  # training size -> steps between dev evaluations
+    selection_metric: str  # the dev metric that picks the checkpoint restored for test
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, selection_metric: str) -> GridSetup:
+        """Checks the command line (a bad head setting fails here, before any data loads) and quiets the libraries."""
+        args.head_config = parse_head_config(args.head_config, args.heads)
+        quiet_libraries()
+        return cls(
+            args=args,
+            device=resolve_device(args.device),
+            encoders=resolve_encoders(args.encoders, args.mpnet_path),
+            steps=parse_size_table(args.steps, args.sizes, "steps"),
+            eval_every=parse_size_table(args.eval_every, args.sizes, "eval-every"),
+            selection_metric=selection_metric,
+        )
+
+    def settings(self, run: Run) -> TrainSettings:
+        """The same settings for every head of a training size."""
+        args, steps, eval_every = self.args, self.steps[run.size], self.eval_every[run.size]
+        if steps % eval_every:
+            raise SystemExit(f"Size {run.size}: --eval-every {eval_every} does not divide --steps {steps}.")
+        return TrainSettings(
+            steps=steps, eval_every=eval_every, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+            encoder_lr=args.encoder_lr, head_lr=args.head_lr, weight_decay=args.weight_decay,
+            warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length, max_eval=args.max_eval,
+            selection_metric=self.selection_metric, head_config=dict(args.head_config),
+        )
+
+    def run_grid(self, runs: Sequence[Run], execute: Callable[[Run, TrainSettings], dict], benchmark: str,
+                 argv: Sequence[str]) -> list[dict]:
+        """`run_grid` with this command line's output file, shard and time budget; rows carry its provenance."""
+        return run_grid(
+            runs, self.settings, execute, out=self.args.out, shard=self.args.shard,
+            time_budget_s=self.args.time_budget_s, common_fields=provenance(benchmark, argv, self.device),
+        )
 
 
 def read_rows(path: Path) -> list[dict]:

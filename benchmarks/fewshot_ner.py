@@ -95,40 +95,30 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     """Runs the grid (or what is left of it); returns the rows written by this call."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    args.head_config = common.parse_head_config(args.head_config, args.heads)  # fails before any data loads
-    common.quiet_libraries()
-    device = common.resolve_device(args.device)
-    encoders = common.resolve_encoders(args.encoders, args.mpnet_path)
-    steps = common.parse_size_table(args.steps, args.sizes, "steps")
-    eval_every = common.parse_size_table(args.eval_every, args.sizes, "eval-every")
-    data = NerData(args.data_dir, encoders, args.max_seq_length, args.max_eval)
+    setup = common.GridSetup.from_args(args, selection_metric="f1")
+    data = NerData(args.data_dir, setup.encoders, args.max_seq_length, args.max_eval)
     compute_metrics = make_ner_compute_metrics(data.label_list)
     id2label = dict(enumerate(data.label_list))
 
-    def settings(run: common.Run) -> common.TrainSettings:
-        return common.settings_for_size(args, run.size, steps, eval_every, selection_metric="f1")
-
     def execute(run: common.Run, run_settings: common.TrainSettings) -> dict:
+        encoder_path = setup.encoders[run.encoder]
         tokenizer = data.tokenizer(run.encoder)
         dev, test = data.eval_sets(run.encoder)
         train = data.train_set(run.encoder, run.size, run.seed)
         set_seed(run.seed)  # the head's initial weights follow the seed
         model = DWAttForTokenClassification.from_encoder_pretrained(
-            encoders[run.encoder], fusion=run.head, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            encoder_path, fusion=run.head, id2label=id2label, label2id={v: k for k, v in id2label.items()},
             **run_settings.head_config,
         )
         result = common.train_and_select(
             model, tokenizer=tokenizer, collator=DataCollatorForTokenClassification(tokenizer),
             train_dataset=train, dev_dataset=dev, test_dataset=test, compute_metrics=compute_metrics,
-            settings=run_settings, seed=run.seed, device=device, verify_restore=args.verify_restore,
+            settings=run_settings, seed=run.seed, device=setup.device, verify_restore=args.verify_restore,
         )
-        return {**result, "encoder_path": encoders[run.encoder]}
+        return {**result, "encoder_path": encoder_path}
 
-    runs = common.build_grid([TASK], encoders, args.sizes, args.seeds, args.heads)
-    return common.run_grid(
-        runs, settings, execute, out=args.out, shard=args.shard, time_budget_s=args.time_budget_s,
-        common_fields=common.provenance("fewshot_ner", argv, device),
-    )
+    runs = common.build_grid([TASK], setup.encoders, args.sizes, args.seeds, args.heads)
+    return setup.run_grid(runs, execute, "fewshot_ner", argv)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,13 @@ def test_step_tables_must_cover_every_size():
         fewshot_common.parse_size_table(["50:200"], [50, 200], "steps")
 
 
+def test_eval_interval_must_divide_the_step_budget(workspace, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    with pytest.raises(SystemExit, match="--eval-every 7 does not divide --steps 30"):
+        fewshot_ner.main(ner_argv(workspace, out, "--steps", "30", "--eval-every", "7"))
+    assert not out.exists() or not out.read_text()  # refused before any run
+
+
 def test_param_groups_split_encoder_from_head(workspace):
     model = DWAttForTokenClassification.from_encoder_pretrained(str(workspace / "encoder"), fusion="dwatt", num_labels=3)
     encoder_group, head_group = fewshot_common.optimizer_param_groups(model, 1e-5, 1e-3, 0.0)

@@ -708,8 +708,8 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "## Ablations: why does fusion trail the baseline here?",
         "The NER grid's heads with one setting changed, each against the `last` runs it is paired with (the same "
         "seeds and training subsets; the variant's own `last` where it changes `last` too, such as the head learning "
-        "rate). Hypotheses they test: (a) at step 0 the randomly initialised fused term is about as large as z_L "
-        "itself (table below), so the classifier starts from a noisy representation — `zero_init_residual=true` "
+        "rate). Hypotheses they test: (a) at step 0 the randomly initialised fused term is as large as z_L itself or "
+        "larger (*term / z_L*, table below), so the classifier starts from a noisy representation — `zero_init_residual=true` "
         "starts DWAtt and Concat as exactly the baseline; (b) the head learning rate (1e-3) is too high for a "
         "randomly initialised head on few sentences; (c) the unscaled depth-attention scores (large |q|, table below) "
         "let the softmax over depth collapse to one layer — `dwatt_scale_scores=true` divides them by √d. "

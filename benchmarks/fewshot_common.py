@@ -4,7 +4,11 @@ One *run* = one (task, encoder, training size, seed, head). Every run of a size 
 steps, the same encoder learning rate and the same head learning rate (fusion head + classifier, a separate AdamW
 parameter group), and is trained by the real `transformers.Trainer` (dwatt's `DWAttTrainer` subclass). Dev is
 evaluated every `eval_every` steps (the curve is kept); the weights of the best dev evaluation are kept in memory
-(never written to disk) and restored for the test evaluation, so model selection sees dev only.
+and restored for the test evaluation, so model selection sees dev only.
+
+With `--checkpoint-dir`, a run also saves a Trainer checkpoint at every dev evaluation (with the curve and the best
+weights so far beside it) and a run that was stopped resumes from its newest checkpoint, with the result it would
+have had uninterrupted: for hour-long runs on machines that are taken away. Without it nothing is written to disk.
 
 Results go to a JSON-lines file, one row per run, appended (under a file lock) as soon as the run ends: an
 interrupted grid continues where it stopped when the same command is run again, and several shards (`--shard i/n`)
@@ -27,6 +31,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -36,12 +41,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import safetensors.torch
 import torch
 import transformers
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import dwatt
 from dwatt.data import select_few_shot
@@ -139,6 +146,11 @@ def add_common_arguments(
     runs.add_argument("--time-budget-s", type=float, default=None,
                       help="Start no new run once this many seconds have passed (or the next would overrun them); "
                       "run the same command again to continue.")
+    runs.add_argument("--checkpoint-dir", type=Path, default=None,
+                      help="Save a checkpoint at every dev evaluation under DIR/<run id>/<settings id> and resume a "
+                      "stopped run from its newest one (same result as uninterrupted; wall time counts the finished "
+                      "segments). A run's folder is deleted when the run ends. Needs about 8x the model's size on "
+                      "disk: two checkpoints, each with the optimiser's state and the best weights so far.")
     runs.add_argument("--verify-restore", action="store_true",
                       help="Re-evaluate dev after restoring the best weights and store it (a self-check; costs one "
                       "evaluation per run).")
@@ -279,6 +291,12 @@ class GridSetup:
             eval_every=parse_size_table(args.eval_every, args.sizes, "eval-every"),
             selection_metric=selection_metric,
         )
+
+    def checkpoint_dir(self, run: Run, settings: TrainSettings) -> Optional[Path]:
+        """Where `run` keeps its checkpoints under `--checkpoint-dir` (None without it)."""
+        if self.args.checkpoint_dir is None:
+            return None
+        return self.args.checkpoint_dir / run.run_id / settings.settings_id()
 
     def settings(self, run: Run) -> TrainSettings:
         """The same settings for every head of a training size."""
@@ -497,7 +515,14 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
 
 
 class DevSelection(TrainerCallback):
-    """Records every dev evaluation and keeps in memory the weights of the best one (the earliest on ties)."""
+    """Records every dev evaluation and keeps in memory the weights of the best one (the earliest on ties).
+
+    When the Trainer saves a checkpoint, this writes its own state beside it (`dev_selection.json`, and the best
+    weights as `dev_best.safetensors`), so that a resumed run selects exactly as an uninterrupted one.
+    """
+
+    STATE_FILE = "dev_selection.json"
+    BEST_WEIGHTS_FILE = "dev_best.safetensors"
 
     def __init__(self, metric: str):
         self.metric = metric
@@ -507,6 +532,12 @@ class DevSelection(TrainerCallback):
         self.best_state: Optional[dict] = None
         self._train_loss: Optional[float] = None
         self.active = True  # off after training: the test (and re-check) evaluations are not part of the curve
+        self.earlier_train_loop_s = 0.0  # wall time of the training loop in segments before a resume
+        self.resumed_from_steps: list[int] = []
+        self._segment_began = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._segment_began = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # Trainer logs the training loss just before it evaluates at the same step.
@@ -524,6 +555,42 @@ class DevSelection(TrainerCallback):
             self.best_value, self.best_step = value, state.global_step
             # A copy on the model's device: cheap, and no checkpoint on disk.
             self.best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if self.best_state is not None:
+            best = {name: tensor.contiguous() for name, tensor in self.best_state.items()}
+            safetensors.torch.save_file(best, str(folder / self.BEST_WEIGHTS_FILE))
+        record = {
+            "curve": self.curve, "best_value": self.best_value, "best_step": self.best_step,
+            "train_loss": self._train_loss, "resumed_from_steps": self.resumed_from_steps,
+            "train_loop_s": self.earlier_train_loop_s + time.monotonic() - self._segment_began,
+        }
+        # Written last: a checkpoint folder without it was cut off while saving and is not resumed from.
+        (folder / self.STATE_FILE).write_text(json.dumps(record))
+
+    def restore(self, checkpoint: Path, step: int) -> None:
+        """Takes up the state saved with `checkpoint` (at `step`)."""
+        record = json.loads((checkpoint / self.STATE_FILE).read_text())
+        self.curve, self.best_value, self.best_step = record["curve"], record["best_value"], record["best_step"]
+        self._train_loss = record["train_loss"]
+        self.earlier_train_loop_s = record["train_loop_s"]
+        self.resumed_from_steps = [*record["resumed_from_steps"], step]
+        if self.best_step is not None:
+            self.best_state = safetensors.torch.load_file(str(checkpoint / self.BEST_WEIGHTS_FILE))
+
+
+def newest_complete_checkpoint(folder: Path) -> Optional[tuple[Path, int]]:
+    """The newest `checkpoint-<step>` in `folder` whose save finished (its DevSelection state is there), and its step."""
+    found = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rsplit("-", 1)[1]
+        if step.isdigit() and (path / DevSelection.STATE_FILE).is_file():
+            found.append((int(step), path))
+    if not found:
+        return None
+    step, path = max(found)
+    return path, step
 
 
 def strip_prefix(metrics: dict, prefix: str) -> dict:
@@ -548,18 +615,32 @@ def train_and_select(
     seed: int,
     device: str,
     verify_restore: bool = False,
+    checkpoint_dir: Optional[Path] = None,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Trains for exactly `settings.steps` steps, evaluating dev every `settings.eval_every`; restores the best dev
-    weights and evaluates test there. Returns the row's measurements."""
+    weights and evaluates test there. Returns the row's measurements.
+
+    With `checkpoint_dir`, saves a checkpoint there at every dev evaluation, resumes from the newest complete one if
+    the folder has one, and deletes the folder at the end. `callbacks` are added after dwatt's own (tests use them).
+    """
     began = time.monotonic()
     selection = DevSelection(settings.selection_metric)
     model.to(torch.device(device))  # before the optimiser is built on its parameters
     optimizer = torch.optim.AdamW(
         optimizer_param_groups(model, settings.encoder_lr, settings.head_lr, settings.weight_decay)
     )
-    with tempfile.TemporaryDirectory(prefix="dwatt-fewshot-") as scratch:  # save_strategy="no": stays empty
+    resume_from = None
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        newest = newest_complete_checkpoint(checkpoint_dir)
+        if newest is not None:
+            resume_from, step = newest
+            selection.restore(resume_from, step)
+            print(f"Resuming from {resume_from} (step {step} of {settings.steps}).", flush=True)
+    with tempfile.TemporaryDirectory(prefix="dwatt-fewshot-") as scratch:  # without checkpoint_dir: stays empty
         args = TrainingArguments(
-            output_dir=scratch,
+            output_dir=str(checkpoint_dir) if checkpoint_dir is not None else scratch,
             max_steps=settings.steps,
             per_device_train_batch_size=settings.batch_size,
             per_device_eval_batch_size=settings.eval_batch_size,
@@ -569,7 +650,10 @@ def train_and_select(
             eval_strategy="steps",
             eval_steps=settings.eval_every,
             logging_steps=settings.eval_every,
-            save_strategy="no",
+            # Saved after the evaluation of the same step, so DevSelection's state beside it includes that step.
+            save_strategy="steps" if checkpoint_dir is not None else "no",
+            save_steps=settings.eval_every,
+            save_total_limit=2,  # the newest may be cut off mid-save; the one before it is then resumed from
             report_to="none",
             seed=seed,
             use_cpu=device == "cpu",
@@ -584,10 +668,10 @@ def train_and_select(
             data_collator=collator,
             compute_metrics=compute_metrics,
             optimizers=(optimizer, None),
-            callbacks=[selection],
+            callbacks=[selection, *callbacks],
             log_depth_weights=False,
         )
-        train_output = trainer.train()
+        train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         selection.active = False
         trained_steps = trainer.state.global_step
         if selection.best_state is None:  # every dev value was NaN: the final weights, reported as the best step
@@ -609,6 +693,8 @@ def train_and_select(
             "dev_examples": len(dev_dataset),
             "test_examples": len(test_dataset) if test_dataset is not None else 0,
         }
+        if selection.resumed_from_steps:
+            result["resumed_from_steps"] = selection.resumed_from_steps
         after_began = time.monotonic()
         if test_dataset is not None:
             result["test"] = strip_prefix(trainer.evaluate(test_dataset, metric_key_prefix="test"), "test_")
@@ -616,15 +702,20 @@ def train_and_select(
             result["dev_after_restore"] = strip_prefix(trainer.evaluate(dev_dataset, metric_key_prefix="dev"), "dev_")
         result["depth_weights"] = depth_weights(model, dev_dataset, collator, settings.eval_batch_size)
         eval_s = sum(point["eval_runtime"] or 0.0 for point in selection.curve)
+        # A resumed run counts the training loop of its earlier segments up to their last save (work after it was
+        # redone and is counted once).
+        train_loop_s = selection.earlier_train_loop_s + float(train_output.metrics["train_runtime"])
         result["wall_s"] = {
-            "train_loop": float(train_output.metrics["train_runtime"]),  # training + its dev evaluations
-            "train": float(train_output.metrics["train_runtime"]) - eval_s,  # optimisation steps alone
+            "train_loop": train_loop_s,  # training + its dev evaluations
+            "train": train_loop_s - eval_s,  # optimisation steps alone
             "dev_evals": eval_s,
             "after_training": time.monotonic() - after_began,  # test, the optional re-check, depth weights
-            "total": time.monotonic() - began,
+            "total": selection.earlier_train_loop_s + time.monotonic() - began,
         }
     del trainer, optimizer
     release_memory()
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir)
     return result
 
 

@@ -128,6 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
             model, tokenizer=tokenizer, collator=DataCollatorWithPadding(tokenizer), train_dataset=train,
             dev_dataset=dev, test_dataset=test, compute_metrics=make_glue_compute_metrics(run.task, is_regression=False),
             settings=run_settings, seed=run.seed, device=setup.device, verify_restore=args.verify_restore,
+            checkpoint_dir=setup.checkpoint_dir(run, run_settings),
         )
         return {**result, "encoder_path": encoder_path}
 

@@ -114,6 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
             model, tokenizer=tokenizer, collator=DataCollatorForTokenClassification(tokenizer),
             train_dataset=train, dev_dataset=dev, test_dataset=test, compute_metrics=compute_metrics,
             settings=run_settings, seed=run.seed, device=setup.device, verify_restore=args.verify_restore,
+            checkpoint_dir=setup.checkpoint_dir(run, run_settings),
         )
         return {**result, "encoder_path": encoder_path}
 

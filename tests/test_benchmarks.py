@@ -11,6 +11,8 @@ import pytest
 import torch
 from script_fixtures import CONLL_SENTENCES, SENTIMENT, tiny_encoder_folder, write_conll, write_mrpc_tsv
 
+from transformers import TrainerCallback
+
 from dwatt import DWAttForTokenClassification
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +138,64 @@ def test_other_settings_refuse_to_mix_into_the_same_file(ner_run, workspace):
     argv[argv.index("--head-lr") + 1] = "1e-3"
     with pytest.raises(SystemExit, match="with other settings"):
         fewshot_ner.main(argv)
+
+
+class MachineTakenAway(Exception):
+    pass
+
+
+class TakeTheMachineAwayAfterSaving(TrainerCallback):
+    """Stands in for a session that ends mid-run: stops the process right after the checkpoint of `step` is saved."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise MachineTakenAway
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_with_the_uninterrupted_result(workspace, tmp_path, monkeypatch):
+    def argv(out: Path, *extra: str) -> list[str]:
+        return [
+            "--encoders", f"tiny={workspace / 'encoder'}", "--data-dir", str(workspace / "conll"), "--sizes", "6",
+            "--seeds", "2", "--heads", "dwatt", "--steps", "8", "--eval-every", "2", "--batch-size", "4",
+            "--eval-batch-size", "8", "--encoder-lr", "3e-2", "--head-lr", "3e-2", "--device", "cpu",
+            "--out", str(out), *extra,
+        ]
+
+    (straight,) = fewshot_ner.main(argv(tmp_path / "straight.jsonl"))
+    out, checkpoints = tmp_path / "resumed.jsonl", tmp_path / "checkpoints"
+    train_and_select = fewshot_common.train_and_select
+    monkeypatch.setattr(
+        fewshot_common, "train_and_select",
+        lambda *args, **kwargs: train_and_select(*args, **kwargs, callbacks=[TakeTheMachineAwayAfterSaving(6)]),
+    )
+    with pytest.raises(MachineTakenAway):
+        fewshot_ner.main(argv(out, "--checkpoint-dir", str(checkpoints)))
+    monkeypatch.undo()
+    assert not out.exists()  # no row for a run that did not finish
+    (run_folder,) = (checkpoints / "conll2003" / "tiny" / "n6" / "seed2" / "dwatt").iterdir()
+    assert sorted(path.name for path in run_folder.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    # As if the process had died while step 6 was being saved: that checkpoint is incomplete, step 4 is resumed from.
+    (run_folder / "checkpoint-6" / fewshot_common.DevSelection.STATE_FILE).unlink()
+
+    (resumed,) = fewshot_ner.main(argv(out, "--checkpoint-dir", str(checkpoints)))
+    assert resumed["resumed_from_steps"] == [4] and "resumed_from_steps" not in straight
+    assert not run_folder.exists()
+    assert fewshot_common.read_rows(out) == [resumed]
+
+    def without_timings(curve: list[dict]) -> list[dict]:
+        return [{k: v for k, v in point.items() if k != "eval_runtime"} for point in curve]
+
+    # Same data order, dropout, optimiser and schedule after the resume: the same curve, selection and test score.
+    assert [point["step"] for point in resumed["curve"]] == [2, 4, 6, 8]
+    for point, expected in zip(without_timings(resumed["curve"]), without_timings(straight["curve"])):
+        assert point == pytest.approx(expected, rel=1e-5)
+    assert resumed["best_step"] == straight["best_step"]
+    assert resumed["test"] == pytest.approx(straight["test"], rel=1e-5)
+    assert resumed["depth_weights"] == pytest.approx(straight["depth_weights"], rel=1e-4)
+    assert resumed["settings_id"] == straight["settings_id"]
 
 
 def test_shards_split_the_grid_without_overlap():

@@ -749,7 +749,8 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "## Running the full grid",
         "The grid needs a GPU (on a 2-core CPU one MiniLM training step takes seconds). From the repository root, "
         "with `../shared/data` beside it; each command resumes where an earlier one stopped (`--time-budget-s` "
-        "stops it cleanly), and shards append to the same file under a lock:",
+        "stops it cleanly; with `--checkpoint-dir DIR` a run cut off mid-way resumes from its last dev evaluation), "
+        "and shards append to the same file under a lock:",
         f"```bash\n{FULL_GRID_COMMANDS}\n```",
     ]
     return "\n\n".join(sections) + "\n"

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from interruptions import Crash, CrashAtStep
 from script_fixtures import CONLL_SENTENCES, SENTIMENT, tiny_encoder_folder, write_conll, write_mrpc_tsv
-
-from transformers import TrainerCallback
 
 from dwatt import DWAttForTokenClassification
 
@@ -140,21 +139,6 @@ def test_other_settings_refuse_to_mix_into_the_same_file(ner_run, workspace):
         fewshot_ner.main(argv)
 
 
-class MachineTakenAway(Exception):
-    pass
-
-
-class TakeTheMachineAwayAfterSaving(TrainerCallback):
-    """Stands in for a session that ends mid-run: stops the process right after the checkpoint of `step` is saved."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise MachineTakenAway
-
-
 def test_a_stopped_run_resumes_from_its_checkpoint_with_the_uninterrupted_result(workspace, tmp_path, monkeypatch):
     def argv(out: Path, *extra: str) -> list[str]:
         return [
@@ -169,9 +153,9 @@ def test_a_stopped_run_resumes_from_its_checkpoint_with_the_uninterrupted_result
     train_and_select = fewshot_common.train_and_select
     monkeypatch.setattr(
         fewshot_common, "train_and_select",
-        lambda *args, **kwargs: train_and_select(*args, **kwargs, callbacks=[TakeTheMachineAwayAfterSaving(6)]),
+        lambda *args, **kwargs: train_and_select(*args, **kwargs, callbacks=[CrashAtStep(6)]),
     )
-    with pytest.raises(MachineTakenAway):
+    with pytest.raises(Crash):
         fewshot_ner.main(argv(out, "--checkpoint-dir", str(checkpoints)))
     monkeypatch.undo()
     assert not out.exists()  # no row for a run that did not finish

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, Trainer, TrainerCallback, TrainingArguments
+from transformers import BertConfig, Trainer, TrainingArguments
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.trainer import DWAttTrainer
 
+from interruptions import Crash, CrashAtStep
 from tiny_encoders import VOCAB_SIZE
 
 NUM_LABELS = 3
@@ -203,21 +204,6 @@ def test_adamw_accumulation_matches_too(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # Resuming
 # --------------------------------------------------------------------------------------------------------------------
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAtStep(TrainerCallback):
-    """Simulates a killed job: raises at the start of a step, after the previous step's checkpoint was written."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Crash(f"interrupted at step {self.step}")
 
 
 @pytest.mark.parametrize("fusion", ["dwatt", "scalar_mix"])

@@ -553,7 +553,7 @@ class DevSelection(TrainerCallback):
         value = point[self.metric]
         if value > self.best_value:  # strict: the earliest step wins a tie; NaN never wins
             self.best_value, self.best_step = value, state.global_step
-            # A copy on the model's device: cheap, and no checkpoint on disk.
+            # A copy on the model's device: cheap; on disk only beside a checkpoint (`--checkpoint-dir`).
             self.best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
     def on_save(self, args, state, control, **kwargs):

@@ -8,6 +8,9 @@ one DWAtt model per head on the same random encoder weights, then times them in 
   - inference peak memory: what one no-grad forward needs above the loaded model and its inputs at its peak — on
     CUDA the allocator's peak, on a CPU the peak bytes of live tensors (tensor_memory.py; the process's peak RSS
     is set by building the model, not by the forward, so it cannot tell one head from another).
+  - dispatched operators (--ops-only): how many aten operators one no-grad forward and one training step dispatch.
+    On a GPU each is a kernel launch plus some microseconds of Python and dispatcher time however small its work,
+    so where kernels are short (small batches and sequences) this count, not the FLOPs, sets the time.
 It reports ratios head / stock, the head's added FLOPs as a fraction of the encoder's (dwatt.accounting), and the
 target: overhead (ratio − 1) ≤ max(2%, 1.25 × FLOP fraction) and inference memory ≤ 1.15×.
 
@@ -15,6 +18,7 @@ Usage:
   python benchmarks/cost.py --out benchmarks/results/cost_cpu.json            # the default grid
   python benchmarks/cost.py --encoders minilm --seq-lens 32 128 --batch-sizes 8 --rounds 5
   python benchmarks/cost.py --memory-only --out benchmarks/results/cost_cpu_memory.json   # memory only, no timing
+  python benchmarks/cost.py --ops-only --seq-lens 32 --batch-sizes 8 --out benchmarks/results/cost_ops.json
 """
 
 import argparse
@@ -114,6 +118,51 @@ def peak_inference_memory(model: torch.nn.Module, batch: dict, device: str) -> t
     return memory.peak_bytes, "live tensor bytes"
 
 
+def dispatched_ops(model: torch.nn.Module, batch: dict, labels: Optional[torch.Tensor] = None,
+                   optimizer: Optional[torch.optim.Optimizer] = None) -> int:
+    """Operators one no-grad forward dispatches or, with `labels` and `optimizer`, one training step (forward,
+    backward, optimizer step): aten operators called from Python or autograd, not those they call in turn. The
+    profiler counts them on any device; the same code (and the same optimizer implementation) dispatches the same
+    operators on a CPU and a GPU."""
+
+    def run() -> None:
+        if labels is None:
+            model.eval()
+            with torch.no_grad():
+                model(**batch)
+            return
+        model.train()
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    run()  # warm-up: lazy initialisation and the optimizer's state are not part of a step
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        run()
+    return sum(
+        1 for event in profiler.events()
+        if event.name.startswith("aten::") and not (event.cpu_parent and event.cpu_parent.name.startswith("aten::"))
+    )
+
+
+def count_heads_ops(rows: list[dict], models: dict, batch_size: int, seq_len: int, device: str) -> None:
+    """Adds the dispatched-operator counts of every head and of the stock classifier, and their ratios, to `rows`."""
+    task = rows[0]["task"]
+    batch = make_batch(batch_size, seq_len, device)
+    labels = torch.randint(0, NUM_LABELS, (batch_size, seq_len) if task == "token" else (batch_size,)).to(device)
+    counts = {}
+    for name, model in models.items():
+        # foreach=True: the multi-tensor AdamW that torch picks by default for CUDA parameters (on a CPU it would
+        # pick the per-parameter loop, a dozen operators for each parameter tensor).
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
+        counts[name] = dispatched_ops(model, batch), dispatched_ops(model, batch, labels, optimizer)
+    for row in rows:
+        (inference, training), (stock_inference, stock_training) = counts[row["fusion"]], counts["stock"]
+        row.update(inference_ops=inference, stock_inference_ops=stock_inference, training_ops=training,
+                   stock_training_ops=stock_training, inference_ops_ratio=inference / stock_inference,
+                   training_ops_ratio=training / stock_training)
+
+
 def head_rows(task: str, encoder: str, seq_len: int, batch_size: int, models: dict) -> list[dict]:
     """One row per head: shape, added parameters and the head's FLOPs relative to the encoder's."""
     stock_parameters = sum(p.numel() for p in models["stock"].parameters())
@@ -166,9 +215,11 @@ def time_heads(rows: list[dict], models: dict, batch_size: int, seq_len: int, ro
 
 
 def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int, device: str, memory: bool,
-            timing: bool = True) -> list[dict]:
+            timing: bool = True, ops: bool = False) -> list[dict]:
     models = {name: build(task, encoder, name, device) for name in ["stock", *HEADS]}
     rows = head_rows(task, encoder, seq_len, batch_size, models)
+    if ops:
+        count_heads_ops(rows, models, batch_size, seq_len, device)
     if timing:
         time_heads(rows, models, batch_size, seq_len, rounds, device)
     if memory:
@@ -193,6 +244,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--memory-only", action="store_true", help="measure peak memory only, no timing (fast, exact)")
+    parser.add_argument("--ops-only", action="store_true",
+                        help="count the operators a forward and a training step dispatch, no timing or memory (exact)")
     parser.add_argument("--max-tokens", type=int, default=None, help="skip shapes with batch x length above this")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, required=True)
@@ -206,8 +259,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     ]
     rows = []
     for task, encoder, seq_len, batch_size in tqdm(shapes, desc="shapes"):
-        rows += measure(task, encoder, seq_len, batch_size, args.rounds, args.device, memory=not args.no_memory,
-                        timing=not args.memory_only)
+        rows += measure(task, encoder, seq_len, batch_size, args.rounds, args.device,
+                        memory=not (args.no_memory or args.ops_only), timing=not (args.memory_only or args.ops_only),
+                        ops=args.ops_only)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": machine(args.device), "command": command, "rows": rows}, indent=1))
     print(f"wrote {args.out} ({len(rows)} rows)")

@@ -4,10 +4,12 @@
 
 Reads the JSON-lines rows of fewshot_ner.py / fewshot_glue.py (benchmarks/results/*.jsonl), the ablations (NER runs
 with one setting changed, benchmarks/results/ablations/*.jsonl), the smoke runs
-(benchmarks/results/smoke/*.jsonl, and any row made with --max-eval-sentences/--max-eval-examples) and the output of
-cost.py (benchmarks/results/cost_*.json). Every number written comes from those rows, each of which records the
-command and commit that produced it; parts of the planned grid without rows are reported as "not measured yet".
-Smoke rows appear only in their own, labelled section and never in a result table, plot of results, or claim.
+(benchmarks/results/smoke/*.jsonl, and any row made with --max-eval-sentences/--max-eval-examples), result rows
+repeated on another device (benchmarks/results/device_check/*.jsonl: shown beside the rows they repeat, never
+averaged in) and the output of cost.py (benchmarks/results/cost_*.json). Every number written comes from those rows,
+each of which records the command and commit that produced it; parts of the planned grid without rows are reported
+as "not measured yet". Smoke rows appear only in their own, labelled section and never in a result table, plot of
+results, or claim.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ for i in 0 1 2; do python benchmarks/fewshot_ner.py --encoders mpnet --mpnet-pat
 # 3. SST-2, MRPC, RTE on MiniLM: 2 sizes x 3 seeds x 4 heads per task (72 runs).
 for i in 0 1 2; do python benchmarks/fewshot_glue.py --shard $i/3 & done; wait
 # 4. Cost ratios (issue 5), then this report.
-python benchmarks/cost.py --out benchmarks/results/cost_gpu.json
+python benchmarks/cost.py --rounds 20 --out benchmarks/results/cost_gpu.json
+python benchmarks/cost.py --ops-only --seq-lens 32 --batch-sizes 8 --out benchmarks/results/cost_ops.json
 python benchmarks/report.py"""
 
 
@@ -164,9 +167,19 @@ def ner_table(rows: Sequence[dict]) -> str:
                 fmt([value(r, "test", "f1") for r in cell]), *gains,
                 f"{mean_of(cell, lambda r: r['best_step'])} / {cell[0]['steps']}",
                 f"{cell[0]['parameters']['head']:,}", f"{cell[0]['parameters']['total']:,}",
-                mean_of(cell, lambda r: r["wall_s"]["train"], 1), mean_of(cell, lambda r: r["wall_s"]["total"], 1),
+                wall_time(cell, "train"), wall_time(cell, "total"),
             ))
     return table(NER_HEADER, lines)
+
+
+def wall_time(cell: Sequence[dict], part: str) -> str:
+    """Mean seconds per run; a cell whose runs ran on different devices gets one mean per device, since a GPU run
+    takes a small fraction of a CPU run's time."""
+    by_device = group_by(({**r, "_device": describe_device(r)} for r in cell), "_device")
+    if len(by_device) == 1:
+        return mean_of(cell, lambda r: r["wall_s"][part], 1)
+    return "; ".join(f"{mean_of(rows, lambda r: r['wall_s'][part], 1)} ({device}, {len(rows)})"
+                     for (device,), rows in sorted(by_device.items()))
 
 
 GLUE_HEADER = ("task", "encoder", "size", "head", "seeds", "dev acc (selected step)", "dev acc (last step)",
@@ -470,17 +483,57 @@ def ablation_table(rows: Sequence[dict]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+DEVICE_CHECK_HEADER = ("run", "head", "result on", "repeat on", "dev F1", "repeat dev F1", "test F1",
+                       "repeat test F1", "test Δ", "best step (result / repeat)")
+
+
+def describe_device(row: dict) -> str:
+    machine = row.get("machine", {})
+    return machine.get("gpu") or f"CPU ({machine.get('torch_threads', '?')} threads)"
+
+
+def device_check_section(checks: Sequence[dict], rows: Sequence[dict]) -> str:
+    """Runs repeated on another device (same run id and settings): how far the device alone moves a result. A repeat
+    without the row it repeats is listed as such; repeats never enter the tables above."""
+    if not checks:
+        return "No repeats on another device."
+    originals = {(r["run_id"], r["settings_id"]): r for r in rows}
+    lines, missing = [], []
+    for check in sorted(checks, key=lambda r: r["run_id"]):
+        original = originals.get((check["run_id"], check["settings_id"]))
+        if original is None:
+            missing.append(check["run_id"])
+            continue
+        metric = original["settings"]["selection_metric"]
+        dev, test = (value(original, s, metric) for s in ("dev", "test"))
+        check_dev, check_test = (value(check, s, metric) for s in ("dev", "test"))
+        lines.append((original["run_id"], original["head"], describe_device(original), describe_device(check),
+                      f"{dev:.2f}", f"{check_dev:.2f}", f"{test:.2f}", f"{check_test:.2f}", f"{check_test - test:+.2f}",
+                      f"{original['best_step']} / {check['best_step']}"))
+    parts = []
+    if lines:
+        parts.append(table(DEVICE_CHECK_HEADER, lines, align="llll" + "r" * 6))
+    if missing:
+        parts.append("Repeats of runs with no result row (not compared): " + ", ".join(f"`{m}`" for m in missing) + ".")
+    return "\n\n".join(parts)
+
+
 def cost_section(paths: Sequence[Path]) -> str:
     """The ratios head / stock classifier measured by cost.py, one table per file."""
     if not paths:
         return "Not measured yet: run `python benchmarks/cost.py --out benchmarks/results/cost_<device>.json`."
+    files = [(path, json.loads(path.read_text())) for path in paths]
+    gpu_files = [data for _, data in files if data.get("machine", {}).get("gpu")]
+    gpu_timings = [r for data in gpu_files for r in data["rows"] if "inference_ratio" in r]
+    gpu_commits = sorted({str(data["machine"].get("git_commit")) for data in gpu_files})
     parts = []
-    for path in paths:
-        data = json.loads(path.read_text())
+    for path, data in files:
         rows = data["rows"]
         source = f"**{path.name}** — `{data.get('command', '?')}` on {describe_machine(data.get('machine', {}))}."
         if all("inference_ratio" in r for r in rows):
             parts += timing_table(source, rows)
+        elif all("inference_ops_ratio" in r for r in rows):
+            parts += ops_table(source, rows, gpu_timings, gpu_commits, str(data.get("machine", {}).get("git_commit")))
         else:
             parts += memory_table(source, rows)
     return "\n\n".join(parts)
@@ -501,6 +554,44 @@ def timing_table(source: str, rows: list[dict]) -> list[str]:
               f"{r['memory_ratio']:.3f}" if "memory_ratio" in r else "—", "yes" if r.get("meets_time_target") else "no")
              for r in rows],
             align="llrrl" + "r" * 5,
+        ),
+    ]
+
+
+def ops_table(source: str, rows: list[dict], gpu_timings: Sequence[dict], gpu_commits: Sequence[str] = (),
+              commit: str = "") -> list[str]:
+    """Dispatched operators per head against the stock classifier, beside the GPU's time ratios at its smallest
+    shape of the same (task, encoder, head), where short kernels leave the operator count to set the time."""
+    same_code = not gpu_timings or list(gpu_commits) == [commit]
+    commits_note = "" if same_code else (
+        f" The GPU ratios were measured at commit {', '.join(gpu_commits)} and the operators counted at {commit}: "
+        "where the code changed in between, the two need not agree."
+    )
+    def smallest_gpu_shape(row: dict) -> Optional[dict]:
+        same = [t for t in gpu_timings if (t["task"], t["encoder"], t["fusion"]) == (row["task"], row["encoder"], row["fusion"])]
+        return min(same, key=lambda t: (t["batch_size"] * t["seq_len"], t["seq_len"]), default=None)
+
+    lines = []
+    for r in rows:
+        gpu = smallest_gpu_shape(r)
+        lines.append((r["task"], r["encoder"], r["fusion"], f"{100 * r['flop_fraction']:.2f}%",
+                      f"{r['stock_inference_ops']} → {r['inference_ops']}", f"{r['inference_ops_ratio']:.3f}",
+                      f"{r['stock_training_ops']} → {r['training_ops']}", f"{r['training_ops_ratio']:.3f}",
+                      "—" if gpu is None else f"{gpu['batch_size']}×{gpu['seq_len']}",
+                      "—" if gpu is None else f"{gpu['inference_ratio']:.3f}",
+                      "—" if gpu is None else f"{gpu['training_ratio']:.3f}"))
+    return [
+        f"{source} Aten operators dispatched by one no-grad forward and by one training step (forward, backward, "
+        "AdamW step), stock → head, counted by torch's profiler (exact; the same code dispatches the same operators "
+        "on any device). On a GPU each operator costs a kernel launch and some microseconds of Python and "
+        "dispatcher time however little it computes, so where the kernels are short the time ratio follows the "
+        "operator ratio, not the FLOP fraction; the last columns are the GPU's measured ratios at its smallest shape "
+        f"(batch × sequence length), from the GPU timing table above.{commits_note}\n",
+        table(
+            ("task", "encoder", "head", "head FLOPs / encoder FLOPs", "forward ops", "forward ops ×",
+             "training-step ops", "training-step ops ×", "GPU shape", "GPU inference ×", "GPU training step ×"),
+            lines,
+            align="lll" + "r" * 8,
         ),
     ]
 
@@ -678,7 +769,7 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
 
 def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: list[Path], plots: list[Path],
            out: Path, command: str, ablations: Sequence[dict] = (), init_scale_paths: Sequence[Path] = (),
-           glue_majority: str = "") -> str:
+           glue_majority: str = "", device_checks: Sequence[dict] = ()) -> str:
     def images(prefix: str) -> str:
         chosen = [p for p in plots if p.name.startswith(prefix)]
         return "\n\n".join(f"![{p.stem}]({p.resolve().relative_to(out.resolve().parent)})" for p in chosen) or "No plot (no rows)."
@@ -730,6 +821,11 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         glue_majority,
         glue_table(glue) if glue else "Not measured yet.",
         images("glue_"),
+        "## The same runs on another device",
+        "A few result rows run again, with the same settings, seed and training subset, on a different device (CPU "
+        "against GPU: other kernels, other rounding, so other weights by the end of training). The difference is the noise "
+        "a row carries from the device it ran on; compare it with the seed spread in the tables above.",
+        device_check_section(device_checks, ner + glue),
         "## Cost: each head against the stock transformers classifier (cost.py)",
         cost_section(cost_paths),
         "## Training settings of the rows",
@@ -769,6 +865,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="Smoke-run rows (default: benchmarks/results/smoke/*.jsonl).")
     parser.add_argument("--cost", nargs="*", type=Path, default=sorted(results.glob("cost_*.json")),
                         help="cost.py outputs (default: benchmarks/results/cost_*.json).")
+    parser.add_argument("--device-checks", nargs="*", type=Path,
+                        default=sorted((results / "device_check").glob("*.jsonl")),
+                        help="Result rows repeated on another device (default: benchmarks/results/device_check/*.jsonl).")
     parser.add_argument("--glue-dir", type=Path, default=common.SHARED_DATA / "glue",
                         help="GLUE TSV folders, for the majority-class accuracy of each dev set.")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "RESULTS.md")
@@ -793,7 +892,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     plots = make_plots(ner, glue, smoke, args.plots_dir, ablations)
     command = shlex.join(["python", "benchmarks/report.py", *argv])
     args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command, ablations, list(args.init_scale),
-                               glue_majority_baseline(glue, args.glue_dir)))
+                               glue_majority_baseline(glue, args.glue_dir), load_rows(args.device_checks)))
     print(f"wrote {args.out} and {len(plots)} plot(s) in {args.plots_dir}")
     return args.out
 

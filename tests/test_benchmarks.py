@@ -311,6 +311,37 @@ def test_report_tables_plots_and_claims(ner_run, glue_rows, workspace):
         assert f"(plots/{name})" in text
 
 
+def test_report_shows_repeats_on_another_device_beside_their_rows_only(ner_run, workspace):
+    """A row run again on a GPU is compared with the row it repeats (same run id and settings) and never averaged
+    into the tables; a repeat of a run that has no row is named, not compared."""
+    rows = fewshot_common.read_rows(ner_run["out"])
+    original = next(r for r in rows if r["head"] == "dwatt")
+    repeat = {**original, "machine": {**original["machine"], "device": "cuda", "gpu": "Some GPU"},
+              "test": {**original["test"], "f1": original["test"]["f1"] - 0.0123}, "best_step": 4}
+    orphan = {**original, "run_id": "conll2003/tiny/n999/seed1/dwatt"}
+    checks = workspace / "device_check.jsonl"
+    checks.write_text(json.dumps(repeat) + "\n" + json.dumps(orphan) + "\n")
+    out = workspace / "DEVICE.md"
+    report.main(["--results", str(ner_run["out"]), "--device-checks", str(checks), "--smoke", "--cost", "--ablations",
+                 "--init-scale", "--out", str(out), "--plots-dir", str(workspace / "p3")])
+    text = out.read_text()
+
+    dev, test = 100 * original["dev"]["f1"], 100 * original["test"]["f1"]
+    line = table_row(text, original["run_id"], "dwatt", f"CPU ({original['machine']['torch_threads']} threads)", "Some GPU")
+    assert line == (f"| {original['run_id']} | dwatt | CPU ({original['machine']['torch_threads']} threads) | Some GPU | "
+                    f"{dev:.2f} | {dev:.2f} | {test:.2f} | {test - 1.23:.2f} | -1.23 | {original['best_step']} / 4 |")
+    assert "Repeats of runs with no result row (not compared): `conll2003/tiny/n999/seed1/dwatt`." in text
+    # The repeat is not a seed: the main table still counts the seeds of the results file alone.
+    table_row(text.split("## The paper's claims")[0], "tiny", f"{original['size']:,}", "dwatt", str(len(SEEDS)))
+
+
+def test_wall_time_is_averaged_per_device():
+    cpu = {"machine": {"device": "cpu", "torch_threads": 2}, "wall_s": {"total": 3000.0}}
+    gpu = {"machine": {"device": "cuda", "gpu": "Some GPU"}, "wall_s": {"total": 100.0}}
+    assert report.wall_time([cpu, {**cpu, "wall_s": {"total": 3100.0}}], "total") == "3,050.0"
+    assert report.wall_time([cpu, gpu], "total") == "3,000.0 (CPU (2 threads), 1); 100.0 (Some GPU, 1)"
+
+
 def test_majority_baseline_says_when_the_data_is_missing(tmp_path):
     assert report.glue_majority_baseline([{"task": "rte"}], tmp_path).endswith(f"rte: no dev set in {tmp_path}.")
     assert report.glue_majority_baseline([], tmp_path) == ""

@@ -1,9 +1,10 @@
-"""Inference peak memory (benchmarks/tensor_memory.py, cost.py --memory-only) against analytic byte counts and the
-stock transformers classifiers: the memory a forward needs above the loaded model is exact, so it is tested exactly."""
+"""Inference peak memory (benchmarks/tensor_memory.py, cost.py --memory-only) and dispatched operators (cost.py
+--ops-only) against analytic counts and the stock transformers classifiers: both are exact, so they are tested exactly."""
 
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -154,3 +155,57 @@ def test_real_minilm_inference_streams_with_the_plain_outputs_and_stock_memory(f
         assert stock < ours <= stock + 7 * 8 * 64 * 192 * FLOAT
     else:  # a running sum
         assert ours <= 1.15 * stock
+
+
+class LinearReLU(torch.nn.Module):
+    """Two operators per forward (linear, relu) as written; the optional loss adds a third."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, input_ids, labels=None):
+        logits = torch.relu(self.linear(input_ids))
+        return SimpleNamespace(logits=logits, loss=None if labels is None else torch.nn.functional.cross_entropy(logits, labels))
+
+
+def test_dispatched_ops_counts_the_operators_the_code_calls():
+    model, batch = LinearReLU(), {"input_ids": torch.randn(2, 4)}
+    # linear's own addmm and transpose are not counted: they are what linear calls.
+    assert cost.dispatched_ops(model, batch) == 2
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    assert cost.dispatched_ops(model, batch, torch.tensor([0, 2]), optimizer) > 3  # plus the loss, backward and AdamW
+
+
+def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
+    monkeypatch.setitem(cost.ENCODERS, "tiny", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64))
+    out = tmp_path / "cost_ops.json"
+    cost.main(["--ops-only", "--encoders", "tiny", "--seq-lens", "16", "--batch-sizes", "2", "--device", "cpu", "--out", str(out)])
+    data = json.loads(out.read_text())
+    rows = {(r["task"], r["fusion"]): r for r in data["rows"]}
+    assert set(rows) == {(task, head) for task in cost.TASKS for head in cost.HEADS}
+    assert not any("inference_ratio" in r or "memory_ratio" in r for r in data["rows"])  # counts only
+    # The token `last` head computes what the stock classifier computes, operator for operator.
+    assert rows["token", "last"]["inference_ops"] == rows["token", "last"]["stock_inference_ops"]
+    for row in data["rows"]:
+        assert row["inference_ops_ratio"] == row["inference_ops"] / row["stock_inference_ops"]
+        assert row["training_ops_ratio"] == row["training_ops"] / row["stock_training_ops"]
+    # DWAtt runs each of the 5 sources through U, gelu, LayerNorm, W and LayerNorm_n: at least 5 operators a source.
+    dwatt = rows["token", "dwatt"]
+    assert dwatt["inference_ops"] - dwatt["stock_inference_ops"] >= 5 * 5
+    assert dwatt["training_ops"] > dwatt["stock_training_ops"]
+
+    # The report puts each head's counts beside the GPU's ratios at its smallest shape.
+    gpu = tmp_path / "cost_gpu.json"
+    timing = {"task": "token", "encoder": "tiny", "fusion": "dwatt", "flop_fraction": 0.1, "memory_ratio": 1.2,
+              "meets_time_target": False}
+    gpu.write_text(json.dumps({"command": "python benchmarks/cost.py", "machine": {"device": "cuda", "gpu": "Some GPU", "git_commit": "abc123"},
+                               "rows": [{**timing, "seq_len": 32, "batch_size": 8, "inference_ratio": 1.5, "training_ratio": 1.4},
+                                        {**timing, "seq_len": 512, "batch_size": 8, "inference_ratio": 1.1, "training_ratio": 1.1}]}))
+    text = report.cost_section([gpu, out])
+    assert (f"| token | tiny | dwatt | {100 * dwatt['flop_fraction']:.2f}% | {dwatt['stock_inference_ops']} → "
+            f"{dwatt['inference_ops']} | {dwatt['inference_ops_ratio']:.3f} | {dwatt['stock_training_ops']} → "
+            f"{dwatt['training_ops']} | {dwatt['training_ops_ratio']:.3f} | 8×32 | 1.500 | 1.400 |") in text
+    assert "| sequence | tiny | dwatt |" in text and text.count("| — | — | — |") == len(data["rows"]) - 1
+    # Timings and counts from different commits are flagged, since the code may have changed in between.
+    assert f"measured at commit abc123 and the operators counted at {data['machine']['git_commit']}" in text

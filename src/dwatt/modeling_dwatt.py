@@ -105,9 +105,14 @@ def _accepts_argument(function, name: str) -> bool:
     return name in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
 
 
+def _position_index(positions: torch.Tensor, hidden_size: int) -> torch.Tensor:
+    """The index that `states.gather(1, index)` takes the pooled positions with: (B,) -> (B, 1, d), a view."""
+    return positions.view(-1, 1, 1).expand(-1, 1, hidden_size)
+
+
 def _gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     # (B, T, d), (B,) -> (B, 1, d)
-    return states[torch.arange(states.shape[0], device=states.device), positions].unsqueeze(1)
+    return states.gather(1, _position_index(positions, states.shape[-1]))
 
 
 def pooling_positions(attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -236,6 +241,7 @@ class SourceStream:
     head's forward gives. Inference feeds it from HiddenStateHooks while the encoder runs."""
 
     positions: Optional[torch.Tensor] = None  # (B,) pooled position of each sequence; None fuses every token
+    _position_index: Optional[torch.Tensor] = None  # (B, 1, d), made once: each operator counts on a GPU (cost.py)
 
     def add(self, slot: int, source: torch.Tensor) -> None:
         raise NotImplementedError
@@ -245,7 +251,11 @@ class SourceStream:
 
     def at_positions(self, states: torch.Tensor) -> torch.Tensor:
         """(B, T, d) -> (B, 1, d) at the pooled positions when the stream pools; unchanged otherwise."""
-        return states if self.positions is None else _gather_positions(states, self.positions)
+        if self.positions is None:
+            return states
+        if self._position_index is None:
+            self._position_index = _position_index(self.positions, states.shape[-1])
+        return states.gather(1, self._position_index)
 
 
 class StoredSources(SourceStream):
@@ -355,8 +365,9 @@ class DepthWiseAttentionFusion(FusionHead):
 
     def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
         if positions is not None:
-            last_hidden_state = _gather_positions(last_hidden_state, positions)
-            sources = [_gather_positions(source, positions) for source in sources]
+            index = _position_index(positions, last_hidden_state.shape[-1])  # (B, 1, d)
+            last_hidden_state = last_hidden_state.gather(1, index)
+            sources = [source.gather(1, index) for source in sources]
         # A generator: each source's bottleneck is computed when the weighted sum reaches it.
         bottlenecks = (self.value_mlp(index).bottleneck(source) for index, source in enumerate(sources))
         return self.fuse(last_hidden_state, bottlenecks, output_weights)
@@ -370,11 +381,15 @@ class DepthWiseAttentionFusion(FusionHead):
         weights = self.depth_weights(last_hidden_state)  # (B, T, H, n)
         dropped = self.weight_dropout(weights)
 
+        # Every source's weights as a view from one unbind, where a slice per source would dispatch n operators:
+        # on a GPU at small shapes each operator costs about as much as a kernel's work (cost.py --ops-only).
+        source_weights = dropped.permute(3, 0, 1, 2).unsqueeze(-1).unbind(0)  # n x (B, T, H, 1)
         # A running sum over the sources: no stacked (n, B, T, d) copy of the hidden states.
         fused = last_hidden_state.view(batch, length, self.num_heads, self.head_dim)  # (B, T, H, h)
         for index, bottleneck in enumerate(bottlenecks):
             value = self.value_norms[index](self.value_mlp(index).proj_out(bottleneck))  # (B, T, d)
-            fused = fused + dropped[..., index : index + 1] * value.view(batch, length, self.num_heads, self.head_dim)
+            value = value.view(batch, length, self.num_heads, self.head_dim)  # (B, T, H, h)
+            fused = torch.addcmul(fused, source_weights[index], value)  # fused + a_n · v_n, one operator
         fused = fused.reshape(batch, length, hidden)  # (B, T, d)
         return fused, (weights if output_weights else None)
 
@@ -500,6 +515,7 @@ class ScalarMixSourceStream(SourceStream):
     def __init__(self, head: ScalarMixFusion, attention_mask: torch.Tensor, positions: Optional[torch.Tensor]):
         self.head, self.attention_mask, self.positions = head, attention_mask, positions
         self.weights = head.mix_logits.softmax(dim=0)  # (n,)
+        self.source_weights = self.weights.unbind(0)  # n x (), views from one operator instead of n
         self.fused: Optional[torch.Tensor] = None
 
     def add(self, slot, source):
@@ -508,8 +524,8 @@ class ScalarMixSourceStream(SourceStream):
         source = self.at_positions(source)  # (B, T', d)
         if self.head.layer_norm:
             source = (source - mean) / torch.sqrt(variance + 1e-12)
-        term = self.weights[slot] * source
-        self.fused = term if self.fused is None else self.fused + term
+        weight = self.source_weights[slot]
+        self.fused = weight * source if self.fused is None else torch.addcmul(self.fused, weight, source)  # (B, T', d)
 
     def finish(self, last_hidden_state, output_weights):
         fused = self.head.gamma * self.fused  # (B, T', d)

@@ -366,7 +366,16 @@ def machine_info(device: str) -> dict:
 
 
 def git_commit() -> Optional[str]:
-    """The checkout's commit (read only), with '+dirty' when tracked files differ from it; None outside git."""
+    """The checkout's commit (read only), with '+dirty' when tracked files differ from it; None outside git.
+    $DWATT_GIT_COMMIT, when set, is taken instead: for machines that get a copy of the files whose git metadata
+    is not that of the files (a remote GPU given the working tree)."""
+    return os.environ.get("DWATT_GIT_COMMIT") or _checkout_commit()
+
+
+@functools.lru_cache(maxsize=None)
+def _checkout_commit() -> Optional[str]:
+    # Read once per process, before it writes a result: the results files are tracked, so the first row written
+    # would otherwise mark every later one '+dirty'.
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,

@@ -523,9 +523,9 @@ def cost_section(paths: Sequence[Path]) -> str:
     if not paths:
         return "Not measured yet: run `python benchmarks/cost.py --out benchmarks/results/cost_<device>.json`."
     files = [(path, json.loads(path.read_text())) for path in paths]
-    gpu_files = [data for _, data in files if data.get("machine", {}).get("gpu")]
-    gpu_timings = [r for data in gpu_files for r in data["rows"] if "inference_ratio" in r]
-    gpu_commits = sorted({str(data["machine"].get("git_commit")) for data in gpu_files})
+    # GPU timing rows with the commit they ran, for the operator tables.
+    gpu_timings = [{**r, "git_commit": str(data["machine"].get("git_commit"))} for _, data in files
+                   if data.get("machine", {}).get("gpu") for r in data["rows"] if "inference_ratio" in r]
     parts = []
     for path, data in files:
         rows = data["rows"]
@@ -533,7 +533,7 @@ def cost_section(paths: Sequence[Path]) -> str:
         if all("inference_ratio" in r for r in rows):
             parts += timing_table(source, rows)
         elif all("inference_ops_ratio" in r for r in rows):
-            parts += ops_table(source, rows, gpu_timings, gpu_commits, str(data.get("machine", {}).get("git_commit")))
+            parts += ops_table(source, rows, gpu_timings, str(data.get("machine", {}).get("git_commit")))
         else:
             parts += memory_table(source, rows)
     return "\n\n".join(parts)
@@ -558,12 +558,15 @@ def timing_table(source: str, rows: list[dict]) -> list[str]:
     ]
 
 
-def ops_table(source: str, rows: list[dict], gpu_timings: Sequence[dict], gpu_commits: Sequence[str] = (),
-              commit: str = "") -> list[str]:
+def ops_table(source: str, rows: list[dict], gpu_timings: Sequence[dict], commit: str = "") -> list[str]:
     """Dispatched operators per head against the stock classifier, beside the GPU's time ratios at its smallest
-    shape of the same (task, encoder, head), where short kernels leave the operator count to set the time."""
-    same_code = not gpu_timings or list(gpu_commits) == [commit]
-    commits_note = "" if same_code else (
+    shape of the same (task, encoder, head), where short kernels leave the operator count to set the time. GPU rows
+    of the same commit are preferred; otherwise the table says that the code may differ."""
+    # '+dirty' left aside: runs before 2026-12-04 marked themselves dirty by writing their own (tracked) results file.
+    same_commit = [t for t in gpu_timings if t["git_commit"].split("+")[0] == commit.split("+")[0]]
+    gpu_timings = same_commit or gpu_timings
+    gpu_commits = sorted({t["git_commit"] for t in gpu_timings})
+    commits_note = "" if same_commit or not gpu_timings else (
         f" The GPU ratios were measured at commit {', '.join(gpu_commits)} and the operators counted at {commit}: "
         "where the code changed in between, the two need not agree."
     )

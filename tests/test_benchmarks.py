@@ -4,6 +4,7 @@ checked against statistics recomputed here from the rows."""
 
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -449,3 +450,12 @@ def test_report_ablations_pair_each_variant_with_its_baseline(ablation_files, ne
     assert text.index("| tiny | 6 | main grid | last |") < text.index("| tiny | 6 | concat_hidden_size=8")
     plot = workspace / "p3" / "ablation_ner_curves_tiny_6.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "ablation_ner_curves_tiny_6.png)" in text
+
+
+def test_recorded_commit_is_the_checkouts_unless_given(monkeypatch):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=fewshot_common.REPO, capture_output=True, text=True)
+    monkeypatch.delenv("DWATT_GIT_COMMIT", raising=False)
+    if head.returncode == 0:  # a checkout with its git history
+        assert fewshot_common.git_commit().split("+")[0] == head.stdout.strip()
+    monkeypatch.setenv("DWATT_GIT_COMMIT", "0123abc")
+    assert fewshot_common.git_commit() == "0123abc"

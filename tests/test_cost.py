@@ -89,13 +89,19 @@ def test_last_head_still_returns_hidden_states_when_asked():
     assert model(input_ids=input_ids).hidden_states is None
 
 
-def test_memory_only_run_and_its_report(tmp_path, monkeypatch):
+def run_tiny_cost(mode: str, out: Path, monkeypatch) -> tuple[dict, dict]:
+    """cost.py in `mode` on a tiny BERT (4 layers, d = 64; B = 2, T = 16): its output and rows by (task, head)."""
     monkeypatch.setitem(cost.ENCODERS, "tiny", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64))
-    out = tmp_path / "cost_cpu_memory.json"
-    cost.main(["--memory-only", "--encoders", "tiny", "--seq-lens", "16", "--batch-sizes", "2", "--device", "cpu", "--out", str(out)])
+    cost.main([mode, "--encoders", "tiny", "--seq-lens", "16", "--batch-sizes", "2", "--device", "cpu", "--out", str(out)])
     data = json.loads(out.read_text())
     rows = {(r["task"], r["fusion"]): r for r in data["rows"]}
     assert set(rows) == {(task, head) for task in cost.TASKS for head in cost.HEADS}
+    return data, rows
+
+
+def test_memory_only_run_and_its_report(tmp_path, monkeypatch):
+    out = tmp_path / "cost_cpu_memory.json"
+    data, rows = run_tiny_cost("--memory-only", out, monkeypatch)
     assert "inference_ratio" not in rows["token", "dwatt"]  # no timing in a memory-only run
     assert rows["token", "last"]["inference_peak_bytes"] == rows["token", "last"]["stock_inference_peak_bytes"]
     # Pooled: plus the (B,) int64 pooling positions.
@@ -178,12 +184,8 @@ def test_dispatched_ops_counts_the_operators_the_code_calls():
 
 
 def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
-    monkeypatch.setitem(cost.ENCODERS, "tiny", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64))
     out = tmp_path / "cost_ops.json"
-    cost.main(["--ops-only", "--encoders", "tiny", "--seq-lens", "16", "--batch-sizes", "2", "--device", "cpu", "--out", str(out)])
-    data = json.loads(out.read_text())
-    rows = {(r["task"], r["fusion"]): r for r in data["rows"]}
-    assert set(rows) == {(task, head) for task in cost.TASKS for head in cost.HEADS}
+    data, rows = run_tiny_cost("--ops-only", out, monkeypatch)
     assert not any("inference_ratio" in r or "memory_ratio" in r for r in data["rows"])  # counts only
     # The token `last` head computes what the stock classifier computes, operator for operator.
     assert rows["token", "last"]["inference_ops"] == rows["token", "last"]["stock_inference_ops"]
@@ -209,3 +211,10 @@ def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
     assert "| sequence | tiny | dwatt |" in text and text.count("| — | — | — |") == len(data["rows"]) - 1
     # Timings and counts from different commits are flagged, since the code may have changed in between.
     assert f"measured at commit abc123 and the operators counted at {data['machine']['git_commit']}" in text
+    # A GPU run of the counted commit is preferred, and then nothing needs flagging.
+    same = tmp_path / "cost_gpu_same_commit.json"
+    same.write_text(json.dumps({"command": "python benchmarks/cost.py", "rows": [
+        {**timing, "seq_len": 32, "batch_size": 8, "inference_ratio": 1.25, "training_ratio": 1.2}],
+        "machine": {"device": "cuda", "gpu": "Some GPU", "git_commit": data["machine"]["git_commit"]}}))
+    text = report.cost_section([gpu, same, out])
+    assert f"| {dwatt['training_ops_ratio']:.3f} | 8×32 | 1.250 | 1.200 |" in text and "need not agree" not in text

@@ -241,7 +241,7 @@ class SourceStream:
     head's forward gives. Inference feeds it from HiddenStateHooks while the encoder runs."""
 
     positions: Optional[torch.Tensor] = None  # (B,) pooled position of each sequence; None fuses every token
-    _position_index: Optional[torch.Tensor] = None  # (B, 1, d), made once: each operator counts on a GPU (cost.py)
+    _gather_index: Optional[torch.Tensor] = None  # (B, 1, d), made once: each operator counts on a GPU (cost.py)
 
     def add(self, slot: int, source: torch.Tensor) -> None:
         raise NotImplementedError
@@ -253,9 +253,9 @@ class SourceStream:
         """(B, T, d) -> (B, 1, d) at the pooled positions when the stream pools; unchanged otherwise."""
         if self.positions is None:
             return states
-        if self._position_index is None:
-            self._position_index = _position_index(self.positions, states.shape[-1])
-        return states.gather(1, self._position_index)
+        if self._gather_index is None:
+            self._gather_index = _position_index(self.positions, states.shape[-1])
+        return states.gather(1, self._gather_index)
 
 
 class StoredSources(SourceStream):
@@ -365,9 +365,9 @@ class DepthWiseAttentionFusion(FusionHead):
 
     def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
         if positions is not None:
-            index = _position_index(positions, last_hidden_state.shape[-1])  # (B, 1, d)
-            last_hidden_state = last_hidden_state.gather(1, index)
-            sources = [source.gather(1, index) for source in sources]
+            gather_index = _position_index(positions, last_hidden_state.shape[-1])  # (B, 1, d)
+            last_hidden_state = last_hidden_state.gather(1, gather_index)
+            sources = [source.gather(1, gather_index) for source in sources]
         # A generator: each source's bottleneck is computed when the weighted sum reaches it.
         bottlenecks = (self.value_mlp(index).bottleneck(source) for index, source in enumerate(sources))
         return self.fuse(last_hidden_state, bottlenecks, output_weights)

@@ -161,6 +161,26 @@ def test_inference_fuses_sources_as_the_encoder_computes_them(family, variant, m
         torch.testing.assert_close(fast.fusion_weights, plain.fusion_weights, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("model_class", TASK_CLASSES, ids=lambda c: c.__name__)
+def test_compiled_inference_takes_the_plain_path(model_class, monkeypatch):
+    """Under torch.compile the no-grad forward asks the encoder for its hidden states instead of hooking its layers:
+    hooks that call back into Python break the graph at every layer. The logits are those of eager inference."""
+    model = make_model(model_class, "bert", "dwatt").eval()
+    input_ids, attention_mask = make_batch()
+    with torch.no_grad():
+        eager = model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def no_hooks(self):
+        raise AssertionError("HiddenStateHooks entered while compiling")
+
+    monkeypatch.setattr(dwatt.modeling_dwatt.HiddenStateHooks, "__enter__", no_hooks)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="eager")(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("fusion", ["concat", "dwatt"])
 def test_streamed_inference_is_thread_safe(fusion):
     """Two threads run one model on batches of different shapes at once (a server, nn.DataParallel): each thread's

@@ -110,6 +110,12 @@ def _position_index(positions: torch.Tensor, hidden_size: int) -> torch.Tensor:
     return positions.view(-1, 1, 1).expand(-1, 1, hidden_size)
 
 
+def _is_compiling() -> bool:
+    """Whether torch.compile is tracing this call (torch.compiler.is_compiling is public from torch 2.3 on)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
+
+
 def _gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     # (B, T, d), (B,) -> (B, 1, d)
     return states.gather(1, _position_index(positions, states.shape[-1]))
@@ -900,9 +906,10 @@ class DWAttModel(DWAttPreTrainedModel):
             encoder_inputs["use_cache"] = False
         # Inference: fuse the sources as the encoder computes them, so that it need not keep all of its hidden states
         # (pooled classifiers keep one position of each; Concat and ScalarMix only a running sum). Training takes the
-        # plain path, whose hidden states the backward pass needs anyway; so does a head PEFT has wrapped.
+        # plain path, whose hidden states the backward pass needs anyway; so does a head PEFT has wrapped, and so does
+        # a forward torch.compile traces (hooks that call back into Python would break its graph at every layer).
         if (self._needs_hidden_states and not output_hidden_states and not torch.is_grad_enabled()
-                and isinstance(self.fusion_classifier, FusionHead)):
+                and isinstance(self.fusion_classifier, FusionHead) and not _is_compiling()):
             stream = self.fusion_classifier.source_stream(attention_mask, fusion_positions)
             encoder_outputs = self._encode_streaming(encoder_inputs, stream)
             if encoder_outputs is not None:

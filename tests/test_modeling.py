@@ -183,8 +183,8 @@ def test_compiled_inference_takes_the_plain_path(model_class, monkeypatch):
 
 @pytest.mark.parametrize("fusion", ["concat", "dwatt"])
 def test_streamed_inference_is_thread_safe(fusion):
-    """Two threads run one model on batches of different shapes at once (a server, nn.DataParallel): each thread's
-    hooks see only its own forward pass, so both get the single-threaded logits."""
+    """Two threads run one model on batches of different shapes at once (a server, nn.DataParallel): hooks that saw
+    the other thread's pass make their own pass take the plain path, so both get the single-threaded logits."""
     import threading
 
     model = make_model(DWAttForTokenClassification, "bert", fusion).eval()

@@ -10,7 +10,6 @@ and 5.x.
 """
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Union
 
@@ -160,16 +159,26 @@ class HiddenStateHooks:
 
     Inference uses it to fuse sources as they come (`FusionHead.source_stream`) instead of asking the encoder for
     `output_hidden_states`, which keeps all L + 1 states alive to the end of its forward pass.
+
+    The hooks see every forward pass through these layers while they are registered, another thread's too (another
+    request in a server; nn.DataParallel replicas share hook dicts). Such a pass adds calls, so `complete` is then
+    False and the caller discards what was handed over and takes the plain path: right values, computed twice.
+    States of another shape than this pass's (B, T) are never handed over.
     """
 
-    def __init__(self, layers: list[nn.Module], output_index: int, on_state: Callable[[int, torch.Tensor], None]):
-        self.layers, self.output_index, self.on_state = layers, output_index, on_state
-        self.count = 0  # hidden states handed over so far
-        self.failed = False  # a layer's input or output was not a (B, T, d) tensor
+    def __init__(self, layers: list[nn.Module], output_index: int, batch_shape: torch.Size,
+                 on_state: Callable[[int, torch.Tensor], None]):
+        self.layers, self.output_index, self.batch_shape, self.on_state = layers, output_index, batch_shape, on_state
+        # One entry per hook call, by list.append: atomic across threads, where a counter's `+= 1` can lose a call.
+        self._input_calls: list[None] = []  # the first layer's pre-hook: once for this pass alone
+        self._output_calls: list[None] = []  # the layers' forward hooks: L times for this pass alone
+        self.failed = False  # a hidden state was not a (B, T, d) tensor of this pass's (B, T)
         self._handles = []
-        # Hooks are seen by every thread that runs these layers meanwhile (another request in a server, replicas of
-        # nn.DataParallel sharing hook dicts): only the forward pass of the thread that set them up is recorded.
-        self._thread = threading.get_ident()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every hidden state of one forward pass, and nothing else, was handed over."""
+        return not self.failed and len(self._input_calls) == 1 and len(self._output_calls) == len(self.layers)
 
     def __enter__(self) -> "HiddenStateHooks":
         self._handles.append(self.layers[0].register_forward_pre_hook(self._first_input, with_kwargs=True))
@@ -180,22 +189,26 @@ class HiddenStateHooks:
         for handle in self._handles:
             handle.remove()
 
-    def _hand_over(self, hidden: object) -> None:
-        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and not self.failed:
-            self.on_state(self.count, hidden)
+    def _hand_over(self, index: int, hidden: object) -> None:
+        if self.failed:
+            return
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and hidden.shape[:2] == self.batch_shape:
+            self.on_state(index, hidden)
         else:
             self.failed = True
-        self.count += 1
 
     def _first_input(self, module, args, kwargs=None) -> None:
         # `kwargs` may be missing in another thread's call: register_forward_pre_hook(with_kwargs=True) and the
         # handle's remove() update two dicts one after the other, and a forward pass in between calls hook(module, args).
-        if self.count == 0 and threading.get_ident() == self._thread:
-            self._hand_over(args[0] if args else (kwargs or {}).get("hidden_states"))
+        self._input_calls.append(None)
+        if len(self._input_calls) == 1:
+            self._hand_over(0, args[0] if args else (kwargs or {}).get("hidden_states"))
 
     def _output(self, module, args, output) -> None:
-        if threading.get_ident() == self._thread:
-            self._hand_over(output[self.output_index] if isinstance(output, (tuple, list)) else output)
+        self._output_calls.append(None)
+        index = len(self._output_calls)
+        if index <= len(self.layers):
+            self._hand_over(index, output[self.output_index] if isinstance(output, (tuple, list)) else output)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -847,8 +860,9 @@ class DWAttModel(DWAttPreTrainedModel):
 
     def _encode_streaming(self, encoder_inputs: dict, stream: SourceStream):
         """Runs the encoder without `output_hidden_states`, handing each source to `stream` as it is computed
-        (HiddenStateHooks). Returns the encoder's output, or None when its layers cannot be found or hooked; the
-        stream is then incomplete and the caller takes the plain path, which gives the same values."""
+        (HiddenStateHooks). Returns the encoder's output, or None when its layers cannot be found or hooked or
+        another thread's pass went through them meanwhile; the stream is then unusable and the caller takes the plain
+        path, which gives the same values."""
         found = encoder_layers(self.encoder, self._num_states - 1)
         if found is None:
             return None
@@ -859,9 +873,10 @@ class DWAttModel(DWAttPreTrainedModel):
             if index in slots and index != last:  # source L is the final output, after any final norm: added below
                 stream.add(slots[index], hidden)
 
-        with HiddenStateHooks(*found, on_state) as hooks:
+        batch_shape = encoder_inputs["attention_mask"].shape  # (B, T)
+        with HiddenStateHooks(*found, batch_shape, on_state) as hooks:
             encoder_outputs = self.encoder(**encoder_inputs, output_hidden_states=False, return_dict=True)
-        if hooks.failed or hooks.count != self._num_states:
+        if not hooks.complete:
             return None
         if last in slots:
             stream.add(slots[last], encoder_outputs.last_hidden_state)

@@ -74,6 +74,12 @@ def make_batch(batch_size: int, seq_len: int, device: str) -> dict:
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
+def make_labels(task: str, batch_size: int, seq_len: int, device: str) -> torch.Tensor:
+    """Random labels: (B, T) for token classification, (B,) for sequence classification."""
+    shape = (batch_size, seq_len) if task == "token" else (batch_size,)
+    return torch.randint(0, NUM_LABELS, shape).to(device)
+
+
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -149,7 +155,7 @@ def count_heads_ops(rows: list[dict], models: dict, batch_size: int, seq_len: in
     """Adds the dispatched-operator counts of every head and of the stock classifier, and their ratios, to `rows`."""
     task = rows[0]["task"]
     batch = make_batch(batch_size, seq_len, device)
-    labels = torch.randint(0, NUM_LABELS, (batch_size, seq_len) if task == "token" else (batch_size,)).to(device)
+    labels = make_labels(task, batch_size, seq_len, device)
     counts = {}
     for name, model in models.items():
         # foreach=True: the multi-tensor AdamW that torch picks by default for CUDA parameters (on a CPU it would
@@ -186,7 +192,7 @@ def time_heads(rows: list[dict], models: dict, batch_size: int, seq_len: int, ro
     task = rows[0]["task"]
     names = ["stock", *HEADS]
     batch = make_batch(batch_size, seq_len, device)
-    labels = torch.randint(0, NUM_LABELS, (batch_size, seq_len) if task == "token" else (batch_size,)).to(device)
+    labels = make_labels(task, batch_size, seq_len, device)
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
     inference = {name: [] for name in names}
     training = {name: [] for name in names}

@@ -175,11 +175,13 @@ def ner_table(rows: Sequence[dict]) -> str:
 def wall_time(cell: Sequence[dict], part: str) -> str:
     """Mean seconds per run; a cell whose runs ran on different devices gets one mean per device, since a GPU run
     takes a small fraction of a CPU run's time."""
-    by_device = group_by(({**r, "_device": describe_device(r)} for r in cell), "_device")
+    by_device: dict[str, list[dict]] = defaultdict(list)
+    for row in cell:
+        by_device[describe_device(row)].append(row)
     if len(by_device) == 1:
         return mean_of(cell, lambda r: r["wall_s"][part], 1)
     return "; ".join(f"{mean_of(rows, lambda r: r['wall_s'][part], 1)} ({device}, {len(rows)})"
-                     for (device,), rows in sorted(by_device.items()))
+                     for device, rows in sorted(by_device.items()))
 
 
 GLUE_HEADER = ("task", "encoder", "size", "head", "seeds", "dev acc (selected step)", "dev acc (last step)",

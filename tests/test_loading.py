@@ -573,3 +573,64 @@ def test_real_minilm_zero_init_residual_starts_as_the_stock_model_and_leaves_it(
     with torch.no_grad():
         moved = model.dwatt(**batch).last_hidden_state
     assert (moved[real] - expected[real]).abs().max() > 1e-4
+
+
+def _per_source_state_dict(state_dict: dict) -> dict:
+    """The state dict as dwatt 0.1 saved it, written out here by hand: one value MLP (value_mlps.<n>.proj_in.weight,
+    …) and one LayerNorm (value_norms.<n>.weight, …) per source instead of the stacked value_transforms.*."""
+    names = {"proj_in_weight": "value_mlps.{}.proj_in.weight", "proj_in_bias": "value_mlps.{}.proj_in.bias",
+             "norm_weight": "value_mlps.{}.norm.weight", "norm_bias": "value_mlps.{}.norm.bias",
+             "proj_out_weight": "value_mlps.{}.proj_out.weight", "proj_out_bias": "value_mlps.{}.proj_out.bias",
+             "value_norm_weight": "value_norms.{}.weight", "value_norm_bias": "value_norms.{}.bias"}
+    old = {}
+    for key, tensor in state_dict.items():
+        prefix, _, name = key.rpartition("value_transforms.")
+        if not prefix:
+            old[key] = tensor
+            continue
+        for index in range(tensor.shape[0]):
+            old[prefix + names[name].format(index)] = tensor[index].clone()
+    return old
+
+
+@pytest.mark.parametrize("shared_value_mlp", [False, True], ids=["per-source-mlps", "shared-mlp"])
+def test_checkpoint_of_dwatt_0_1_is_refused_then_converted(tmp_path, shared_value_mlp):
+    """dwatt 0.1 saved one value module per source. from_pretrained refuses such a checkpoint (transformers would leave
+    the head random with a warning); torch's load_state_dict (Trainer's resume) and the documented conversion stack
+    them, and the converted model gives the saved model's logits."""
+    torch.manual_seed(0)
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", num_labels=3,
+                         dwatt_shared_value_mlp=shared_value_mlp)
+    model = DWAttForTokenClassification(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    old = _per_source_state_dict(model.state_dict())
+    assert "dwatt.fusion_classifier.value_norms.3.weight" in old and not any("value_transforms" in key for key in old)
+    assert ("dwatt.fusion_classifier.value_mlps.1.proj_in.weight" in old) is not shared_value_mlp
+
+    converted = dwatt.modeling_dwatt.stack_per_source_value_mlps(old)
+    assert converted.keys() == model.state_dict().keys()
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(converted[key], tensor), key
+
+    torch.manual_seed(1)
+    resumed = DWAttForTokenClassification(config).eval()
+    resumed.load_state_dict(old)  # strict: every stacked parameter was filled, no key left over
+    with torch.no_grad():
+        assert torch.equal(resumed(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
+
+    model.save_pretrained(tmp_path)
+    save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})  # as dwatt 0.1 wrote it
+    with pytest.raises(ValueError, match=r"saved by dwatt 0\.1.*stack_per_source_value_mlps"):
+        DWAttForTokenClassification.from_pretrained(tmp_path)
+    # The conversion in stack_per_source_value_mlps' docstring.
+    path = str(tmp_path / "model.safetensors")
+    save_file(dwatt.modeling_dwatt.stack_per_source_value_mlps(load_file(path)), path, metadata={"format": "pt"})
+    reloaded, info = DWAttForTokenClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(input_ids=input_ids, attention_mask=attention_mask).logits, expected)

@@ -138,8 +138,9 @@ STREAMED_HEADS = {
 @pytest.mark.parametrize("family", ENCODER_FAMILIES)
 def test_inference_fuses_sources_as_the_encoder_computes_them(family, variant, model_class):
     """Without gradients the sources are handed to the head layer by layer (hooks) instead of the encoder returning
-    all hidden states; logits and depth weights equal, bit for bit, those of the plain path, taken with
-    output_hidden_states=True and with gradients on."""
+    all hidden states; logits and depth weights equal those of the plain path, taken with output_hidden_states=True
+    and with gradients on: bit for bit, except where DWAtt sums its values one source at a time while streaming
+    every token (the forward pass sums all sources in one operator: the same terms, summed in another order)."""
     fusion, extra = STREAMED_HEADS[variant]
     model = make_model(model_class, family, fusion, **extra).eval()
     input_ids, attention_mask = make_batch()
@@ -155,8 +156,10 @@ def test_inference_fuses_sources_as_the_encoder_computes_them(family, variant, m
     with torch.enable_grad():
         trained_path = model(**inputs)
     assert len(streamed) == 1 and streamed[0] is not None  # only the no-grad call streamed, and it succeeded
-    torch.testing.assert_close(fast.logits, plain.logits, rtol=0, atol=0)
-    torch.testing.assert_close(fast.logits, trained_path.logits.detach(), rtol=0, atol=0)
+    sums_in_another_order = fusion == "dwatt" and model_class is DWAttForTokenClassification and variant != "dwatt_wide_bottleneck"
+    tolerance = dict(rtol=1e-5, atol=1e-6) if sums_in_another_order else dict(rtol=0, atol=0)
+    torch.testing.assert_close(fast.logits, plain.logits, **tolerance)
+    torch.testing.assert_close(fast.logits, trained_path.logits.detach(), **tolerance)
     if fusion != "concat":
         torch.testing.assert_close(fast.fusion_weights, plain.fusion_weights, rtol=0, atol=0)
 
@@ -181,10 +184,15 @@ def test_compiled_inference_takes_the_plain_path(model_class, monkeypatch):
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
 
 
+# How closely a token classifier's streamed inference agrees with its plain path (a pass that falls back to it).
+STREAM_VS_PLAIN = {"concat": dict(rtol=0, atol=0), "dwatt": dict(rtol=1e-5, atol=1e-6)}
+
+
 @pytest.mark.parametrize("fusion", ["concat", "dwatt"])
 def test_streamed_inference_is_thread_safe(fusion):
     """Two threads run one model on batches of different shapes at once (a server, nn.DataParallel): hooks that saw
-    the other thread's pass make their own pass take the plain path, so both get the single-threaded logits."""
+    the other thread's pass make their own pass take the plain path, so both get the single-threaded logits (to
+    rounding for DWAtt, whose plain path sums the sources in another order than its stream)."""
     import threading
 
     model = make_model(DWAttForTokenClassification, "bert", fusion).eval()
@@ -199,7 +207,7 @@ def test_streamed_inference_is_thread_safe(fusion):
             for _ in range(30):
                 with torch.no_grad():
                     logits = model(input_ids=batches[index]).logits
-                torch.testing.assert_close(logits, expected[index], rtol=0, atol=0)
+                torch.testing.assert_close(logits, expected[index], **STREAM_VS_PLAIN[fusion])
         except Exception as error:  # noqa: BLE001 - reported below, with the thread that raised it
             errors.append(f"thread {index}: {error!r}")
 
@@ -250,8 +258,8 @@ def test_streamed_inference_ignores_a_half_registered_hook_of_another_thread():
     finally:
         handle.remove()
     assert not errors, errors
-    torch.testing.assert_close(results["main"], expected[0], rtol=0, atol=0)
-    torch.testing.assert_close(results["other"], expected[1], rtol=0, atol=0)
+    torch.testing.assert_close(results["main"], expected[0], **STREAM_VS_PLAIN["dwatt"])
+    torch.testing.assert_close(results["other"], expected[1], **STREAM_VS_PLAIN["dwatt"])
 
 
 @pytest.mark.parametrize("pooling", ["first", "last"])

@@ -37,6 +37,16 @@ def bottleneck_mlp_vector(mlp, x):
     return mlp.proj_out.weight @ hidden + mlp.proj_out.bias
 
 
+def dwatt_value_vector(transforms, mlp_index, source_index, x):
+    """v_n = LN_n(W_n · LN'_n(gelu(U_n · x))) for one vector, from source n's slices of the stacked parameters."""
+    m, n = mlp_index, source_index
+    hidden = F.gelu(transforms.proj_in_weight[m] @ x + transforms.proj_in_bias[m])
+    hidden = layer_norm(hidden.tolist(), transforms.norm_weight[m].tolist(), transforms.norm_bias[m].tolist(), transforms.eps)
+    v = transforms.proj_out_weight[m] @ torch.tensor(hidden) + transforms.proj_out_bias[m]
+    weight, bias = transforms.value_norm_weight[n].tolist(), transforms.value_norm_bias[n].tolist()
+    return torch.tensor(layer_norm(v.tolist(), weight, bias, transforms.eps))
+
+
 @pytest.mark.parametrize(
     "settings",
     [
@@ -46,7 +56,8 @@ def bottleneck_mlp_vector(mlp, x):
     ],
     ids=["paper-defaults", "2-heads-scaled", "shared-value-mlp"],
 )
-def test_dwatt_matches_a_per_layer_loop(settings):
+@pytest.mark.parametrize("grad", [False, True], ids=["streamed-inference", "batched-forward"])
+def test_dwatt_matches_a_per_layer_loop(settings, grad):
     config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", **settings)
     model = DWAttModel(config).eval()
     head = model.fusion_classifier
@@ -54,13 +65,15 @@ def test_dwatt_matches_a_per_layer_loop(settings):
         for p in head.parameters():
             p.add_(0.3 * torch.randn_like(p))
     input_ids, attention_mask = batch()
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):  # no grad: inference streams the sources; with grad: the training forward
         fused = model(input_ids=input_ids, attention_mask=attention_mask, output_fusion_weights=True)
+    with torch.no_grad():
         states = encoder_states(model, input_ids, attention_mask)
+    fused = type(fused)(**{key: value.detach() for key, value in fused.items()})
     sources = [states[i] for i in config.fusion_source_indices]
     heads = config.dwatt_num_heads
     head_dim = 32 // heads
-    keys = [head.key_proj.weight @ head.depth_embeddings[n] for n in range(len(sources))]  # k_n = W_K p_n
+    keys = [(head.key_proj.weight @ head.depth_embeddings[n]).detach() for n in range(len(sources))]  # k_n = W_K p_n
 
     for b in range(2):
         for t in range(7):
@@ -68,10 +81,8 @@ def test_dwatt_matches_a_per_layer_loop(settings):
             query = 1 + F.elu(z_last + bottleneck_mlp_vector(head.query_mlp, z_last))
             values = []
             for n, source in enumerate(sources):
-                mlp = head.value_mlps[0 if settings.get("dwatt_shared_value_mlp") else n]
-                norm = head.value_norms[n]
-                v = bottleneck_mlp_vector(mlp, source[b, t])
-                values.append(torch.tensor(layer_norm(v.tolist(), norm.weight.tolist(), norm.bias.tolist(), norm.eps)))
+                mlp_index = 0 if settings.get("dwatt_shared_value_mlp") else n
+                values.append(dwatt_value_vector(head.value_transforms, mlp_index, n, source[b, t]))
             expected = z_last.clone()
             for h in range(heads):
                 part = slice(h * head_dim, (h + 1) * head_dim)

@@ -10,8 +10,9 @@ and 5.x.
 """
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -331,6 +332,143 @@ class BottleneckMLP(nn.Module):
         return 2 * (self.proj_in.in_features * self.proj_in.out_features + self.proj_out.in_features * self.proj_out.out_features)
 
 
+# dwatt 0.1 kept one module per source in the DWAtt head: value_mlps.<n>.{proj_in,norm,proj_out}.{weight,bias} and
+# value_norms.<n>.{weight,bias}. Their stacked names in SourceValueTransforms (`value_transforms.`):
+_PER_SOURCE_NAMES = {
+    ("value_mlps", "proj_in.weight"): "proj_in_weight",
+    ("value_mlps", "proj_in.bias"): "proj_in_bias",
+    ("value_mlps", "norm.weight"): "norm_weight",
+    ("value_mlps", "norm.bias"): "norm_bias",
+    ("value_mlps", "proj_out.weight"): "proj_out_weight",
+    ("value_mlps", "proj_out.bias"): "proj_out_bias",
+    ("value_norms", "weight"): "value_norm_weight",
+    ("value_norms", "bias"): "value_norm_bias",
+}
+_PER_SOURCE_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<modules>value_mlps|value_norms)\.(?P<index>\d+)\.(?P<name>.+)$")
+
+
+def is_per_source_value_key(key: str) -> bool:
+    """Whether `key` names a parameter of dwatt 0.1's per-source value modules (see stack_per_source_value_mlps)."""
+    return _PER_SOURCE_KEY.match(key) is not None
+
+
+def stack_per_source_value_mlps(state_dict: dict) -> dict:
+    """Converts a state dict saved by dwatt 0.1, whose DWAtt head kept one value MLP and one LayerNorm per source
+    (`…fusion_classifier.value_mlps.<n>.proj_in.weight`, `…value_norms.<n>.weight`, …), to this version's stacked
+    parameters (`…fusion_classifier.value_transforms.proj_in_weight` of shape (n, γd, d), …). Other keys pass
+    through unchanged. Convert a saved checkpoint once with:
+
+        from safetensors.torch import load_file, save_file
+        path = "checkpoint/model.safetensors"
+        save_file(stack_per_source_value_mlps(load_file(path)), path, metadata={"format": "pt"})
+    """
+    converted, stacks = {}, {}
+    for key, tensor in state_dict.items():
+        match = _PER_SOURCE_KEY.match(key)
+        if match is None:
+            converted[key] = tensor
+            continue
+        name = _PER_SOURCE_NAMES.get((match["modules"], match["name"]))
+        if name is None:
+            raise ValueError(f"{key} is not a parameter of dwatt 0.1's value modules; cannot convert it.")
+        stacks.setdefault(f"{match['prefix']}value_transforms.{name}", {})[int(match["index"])] = tensor
+    for key, by_source in stacks.items():
+        if sorted(by_source) != list(range(len(by_source))):
+            raise ValueError(f"{key}: the checkpoint has sources {sorted(by_source)}, not 0 … {len(by_source) - 1}.")
+        converted[key] = torch.stack([by_source[index] for index in range(len(by_source))])
+    return converted
+
+
+class SingleSourceValue(NamedTuple):
+    """One source's slices of SourceValueTransforms' parameters; the same arithmetic as the batched forward, with
+    each LayerNorm's scale and shift applied inside F.layer_norm (so the two agree to rounding, not bit for bit)."""
+
+    proj_in_weight: torch.Tensor  # U_n (γd, d)
+    proj_in_bias: torch.Tensor
+    norm_weight: torch.Tensor  # LN'_n (γd,)
+    norm_bias: torch.Tensor
+    proj_out_weight: torch.Tensor  # W_n (d, γd)
+    proj_out_bias: torch.Tensor
+    value_norm_weight: torch.Tensor  # LN_n (d,)
+    value_norm_bias: torch.Tensor
+    eps: float
+
+    def bottleneck(self, source: torch.Tensor) -> torch.Tensor:
+        """LN'_n(gelu(U_n · z_n + b_n)): (..., d) -> (..., γd)."""
+        hidden = F.gelu(F.linear(source, self.proj_in_weight, self.proj_in_bias))
+        return F.layer_norm(hidden, self.norm_weight.shape, self.norm_weight, self.norm_bias, self.eps)
+
+    def value(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        """v_n = LN_n(W_n · bottleneck_n + c_n): (..., γd) -> (..., d)."""
+        projected = F.linear(bottleneck, self.proj_out_weight, self.proj_out_bias)
+        return F.layer_norm(projected, self.value_norm_weight.shape, self.value_norm_weight, self.value_norm_bias, self.eps)
+
+
+class SourceValueTransforms(nn.Module):
+    """DWAtt's value of every source, v_n = LN_n(f_V,n(z_n)) with f_V,n(x) = W_n · LN'_n(gelu(U_n · x)), as stacked
+    parameters whose leading axis is the source: each step runs for all sources as one batched operator (`baddbmm`
+    for the projections, one `layer_norm` and one `addcmul` for the n norms).
+
+    One module per source would run the same arithmetic as ~10 operators per source forward, more backward, and two
+    more per parameter tensor in AdamW's step; on a GPU at small shapes every operator costs about as much as its
+    kernel's work, which made DWAtt's training step ~1.5x the stock classifier's (benchmarks/RESULTS.md, cost).
+    Streamed inference, which gets the sources one at a time, uses each source's slices instead (`per_source`).
+    """
+
+    def __init__(self, num_sources: int, shared_mlp: bool, hidden_size: int, bottleneck: int, eps: float):
+        super().__init__()
+        num_mlps = 1 if shared_mlp else num_sources  # dwatt_shared_value_mlp: one f_V for all sources
+        self.num_sources, self.eps = num_sources, eps
+        self.proj_in_weight = nn.Parameter(torch.empty(num_mlps, bottleneck, hidden_size))  # U_n, as nn.Linear's
+        self.proj_in_bias = nn.Parameter(torch.empty(num_mlps, bottleneck))
+        self.norm_weight = nn.Parameter(torch.empty(num_mlps, bottleneck))  # LN'_n
+        self.norm_bias = nn.Parameter(torch.empty(num_mlps, bottleneck))
+        self.proj_out_weight = nn.Parameter(torch.empty(num_mlps, hidden_size, bottleneck))  # W_n
+        self.proj_out_bias = nn.Parameter(torch.empty(num_mlps, hidden_size))
+        self.value_norm_weight = nn.Parameter(torch.empty(num_sources, hidden_size))  # LN_n
+        self.value_norm_bias = nn.Parameter(torch.empty(num_sources, hidden_size))
+
+    @property
+    def bottleneck_size(self) -> int:
+        return self.proj_in_weight.shape[1]
+
+    def _broadcast(self, parameter: torch.Tensor) -> torch.Tensor:
+        """(num_mlps or n, k) -> (n, 1, k): one row per source, broadcast over the tokens (a shared MLP's single row is
+        expanded, not copied)."""
+        return parameter.expand(self.num_sources, *parameter.shape[1:]).unsqueeze(1)
+
+    def bottlenecks(self, sources: torch.Tensor) -> torch.Tensor:
+        """LN'_n(gelu(U_n · z_n + b_n)) for every source, the part of f_V,n before its output projection:
+        (n, N, d) -> (n, N, γd)."""
+        weight = self.proj_in_weight.expand(self.num_sources, -1, -1)  # (n, γd, d)
+        hidden = F.gelu(torch.baddbmm(self._broadcast(self.proj_in_bias), sources, weight.transpose(1, 2)))
+        normalised = F.layer_norm(hidden, hidden.shape[-1:], eps=self.eps)  # (n, N, γd)
+        return torch.addcmul(self._broadcast(self.norm_bias), normalised, self._broadcast(self.norm_weight))
+
+    def values(self, bottlenecks: torch.Tensor) -> torch.Tensor:
+        """v_n = LN_n(W_n · bottleneck_n + c_n) for every source: (n, N, γd) -> (n, N, d)."""
+        weight = self.proj_out_weight.expand(self.num_sources, -1, -1)  # (n, d, γd)
+        projected = torch.baddbmm(self._broadcast(self.proj_out_bias), bottlenecks, weight.transpose(1, 2))
+        normalised = F.layer_norm(projected, projected.shape[-1:], eps=self.eps)  # (n, N, d)
+        return torch.addcmul(self.value_norm_bias.unsqueeze(1), normalised, self.value_norm_weight.unsqueeze(1))
+
+    def per_source(self) -> list["SingleSourceValue"]:
+        """Each source's parameters as views, from one unbind per parameter tensor (a slice per source would dispatch
+        n operators): for streamed inference, which computes one source at a time as the encoder hands them over."""
+        per_parameter = [
+            parameter.expand(self.num_sources, *parameter.shape[1:]).unbind(0) if len(parameter) != self.num_sources
+            else parameter.unbind(0)
+            for parameter in (self.proj_in_weight, self.proj_in_bias, self.norm_weight, self.norm_bias,
+                              self.proj_out_weight, self.proj_out_bias, self.value_norm_weight, self.value_norm_bias)
+        ]
+        return [SingleSourceValue(*parameters, eps=self.eps) for parameters in zip(*per_parameter)]
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs of all n value transforms for one token (U_n and W_n; norms and gelu are not counted)."""
+        _, bottleneck, hidden = self.proj_in_weight.shape
+        return self.num_sources * 2 * 2 * bottleneck * hidden
+
+
 class DepthWiseAttentionFusion(FusionHead):
     """DWAtt: per token, attention over depth (ElNokrashy et al., arXiv 2209.15168).
 
@@ -353,14 +491,20 @@ class DepthWiseAttentionFusion(FusionHead):
         # Keys do not depend on the input: one learned embedding per source, projected to the hidden size.
         self.depth_embeddings = nn.Parameter(torch.empty(num_sources, config.dwatt_position_dim))
         self.key_proj = nn.Linear(config.dwatt_position_dim, hidden_size, bias=False)
-        num_value_mlps = 1 if config.dwatt_shared_value_mlp else num_sources
-        self.value_mlps = nn.ModuleList(
-            [BottleneckMLP(hidden_size, bottleneck, hidden_size, eps) for _ in range(num_value_mlps)]
+        self.value_transforms = SourceValueTransforms(
+            num_sources, config.dwatt_shared_value_mlp, hidden_size, bottleneck, eps
         )
-        self.value_norms = nn.ModuleList([nn.LayerNorm(hidden_size, eps=eps) for _ in range(num_sources)])
-        for norm in self.value_norms:  # zero_init_residual: v_n = 0 at the start, so h = z_L
-            norm._start_at_zero = config.zero_init_residual
+        # zero_init_residual: LN_n's scale starts at zero, so v_n = 0 and h = z_L at the start.
+        self.value_transforms._start_at_zero = config.zero_init_residual
         self.weight_dropout = nn.Dropout(config.dwatt_weight_dropout)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torch's load_state_dict (Trainer's resume from a checkpoint, for one) with a state dict of dwatt 0.1, which
+        # kept one value module per source: stack them into this version's parameters first.
+        old_keys = [key for key in state_dict if key.startswith(prefix) and is_per_source_value_key(key[len(prefix):])]
+        if old_keys:
+            state_dict.update(stack_per_source_value_mlps({key: state_dict.pop(key) for key in old_keys}))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def depth_query(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
         """The query over depth, q = 1 + elu(z_L + f_Q(z_L)): (B, T, d) -> (B, T, d), every entry > 0."""
@@ -378,48 +522,33 @@ class DepthWiseAttentionFusion(FusionHead):
             scores = scores / math.sqrt(self.head_dim)
         return scores.softmax(dim=-1)
 
-    def value_mlp(self, index: int) -> BottleneckMLP:
-        """f_V,n of source `index` (one MLP for all sources with dwatt_shared_value_mlp)."""
-        return self.value_mlps[0 if len(self.value_mlps) == 1 else index]
-
     def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
         if positions is not None:
             gather_index = _position_index(positions, last_hidden_state.shape[-1])  # (B, 1, d)
             last_hidden_state = last_hidden_state.gather(1, gather_index)
             sources = [source.gather(1, gather_index) for source in sources]
-        # A generator: each source's bottleneck is computed when the weighted sum reaches it.
-        bottlenecks = (self.value_mlp(index).bottleneck(source) for index, source in enumerate(sources))
-        return self.fuse(last_hidden_state, bottlenecks, output_weights)
-
-    def fuse(
-        self, last_hidden_state: torch.Tensor, bottlenecks: Iterable[torch.Tensor], output_weights: bool
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """h = z_L + Σ_n a_n v_n from z_L (B, T, d) and each source's value-MLP bottleneck LN(gelu(U_n z_n)) (B, T, γd),
-        in source order; v_n = LN_n(W_n · bottleneck_n)."""
         batch, length, hidden = last_hidden_state.shape
-        weights = self.depth_weights(last_hidden_state)  # (B, T, H, n)
-        dropped = self.weight_dropout(weights)
+        # (n, B·T', d): one copy of the sources (at the pooled positions only, when pooling), so that each step of
+        # the value transforms runs for all sources at once.
+        stacked = torch.stack(sources).view(self.num_sources, batch * length, hidden)
+        values = self.value_transforms.values(self.value_transforms.bottlenecks(stacked))  # (n, B·T', d)
+        values = values.view(self.num_sources, batch, length, self.num_heads, self.head_dim)  # (n, B, T', H, h)
 
-        # Every source's weights as a view from one unbind, where a slice per source would dispatch n operators:
-        # on a GPU at small shapes each operator costs about as much as a kernel's work (cost.py --ops-only).
-        source_weights = dropped.permute(3, 0, 1, 2).unsqueeze(-1).unbind(0)  # n x (B, T, H, 1)
-        # A running sum over the sources: no stacked (n, B, T, d) copy of the hidden states.
-        fused = last_hidden_state.view(batch, length, self.num_heads, self.head_dim)  # (B, T, H, h)
-        for index, bottleneck in enumerate(bottlenecks):
-            value = self.value_norms[index](self.value_mlp(index).proj_out(bottleneck))  # (B, T, d)
-            value = value.view(batch, length, self.num_heads, self.head_dim)  # (B, T, H, h)
-            fused = torch.addcmul(fused, source_weights[index], value)  # fused + a_n · v_n, one operator
-        fused = fused.reshape(batch, length, hidden)  # (B, T, d)
-        return fused, (weights if output_weights else None)
+        weights = self.depth_weights(last_hidden_state)  # (B, T', H, n)
+        dropped = self.weight_dropout(weights).permute(3, 0, 1, 2).unsqueeze(-1)  # (n, B, T', H, 1)
+        mixed = (values * dropped).sum(dim=0).view(batch, length, hidden)  # Σ_n a_n v_n, (B, T', d)
+        return last_hidden_state + mixed, (weights if output_weights else None)
 
     def source_stream(self, attention_mask, positions=None) -> SourceStream:
-        if self.value_mlp(0).proj_in.out_features >= self.head_dim * self.num_heads:
-            return super().source_stream(attention_mask, positions)  # a bottleneck no smaller than z_n: keep z_n
-        return DepthWiseAttentionSourceStream(self, positions)
+        if positions is not None or self.value_transforms.bottleneck_size >= self.head_dim * self.num_heads:
+            # Pooled: keeping z_n at one position per sequence costs next to nothing and runs the batched forward.
+            # A bottleneck no smaller than z_n would save nothing either: keep z_n.
+            return super().source_stream(attention_mask, positions)
+        return DepthWiseAttentionSourceStream(self)
 
     def flops_per_token(self, seq_len: int) -> int:
         hidden = self.head_dim * self.num_heads
-        mlps = self.query_mlp.flops_per_token() + sum(self.value_mlp(i).flops_per_token() for i in range(self.num_sources))
+        mlps = self.query_mlp.flops_per_token() + self.value_transforms.flops_per_token()
         scores = 2 * self.num_sources * hidden
         weighted_sum = 2 * self.num_sources * hidden
         return mlps + scores + weighted_sum
@@ -427,18 +556,30 @@ class DepthWiseAttentionFusion(FusionHead):
 
 class DepthWiseAttentionSourceStream(SourceStream):
     """DWAtt's weights over depth need the query from z_L, the last source, so every source's value must wait for
-    it. What waits is the value MLP's bottleneck LN(gelu(U_n z_n)), (B, T, γd), instead of z_n, (B, T, d): with the
-    default γ = 0.5 half the memory, and the same operations on the same numbers as the head's forward."""
+    it. What waits is the value transform's bottleneck LN'_n(gelu(U_n z_n)), (B, T, γd), instead of z_n, (B, T, d):
+    with the default γ = 0.5 half the memory. The values are then summed one source at a time, so no (n, B, T, d)
+    stack of them exists either (the forward pass sums them in one operator: it agrees to rounding)."""
 
-    def __init__(self, head: DepthWiseAttentionFusion, positions: Optional[torch.Tensor]):
-        self.head, self.positions = head, positions
+    def __init__(self, head: DepthWiseAttentionFusion):
+        self.head = head
+        self.transforms = head.value_transforms.per_source()
         self.bottlenecks: list[torch.Tensor] = []
 
     def add(self, slot, source):
-        self.bottlenecks.append(self.head.value_mlp(slot).bottleneck(self.at_positions(source)))  # (B, T', γd)
+        self.bottlenecks.append(self.transforms[slot].bottleneck(source))  # (B, T, γd)
 
     def finish(self, last_hidden_state, output_weights):
-        return self.head.fuse(self.at_positions(last_hidden_state), self.bottlenecks, output_weights)
+        head = self.head
+        batch, length, hidden = last_hidden_state.shape
+        weights = head.depth_weights(last_hidden_state)  # (B, T, H, n)
+        # Every source's weights as a view from one unbind, where a slice per source would dispatch n operators.
+        source_weights = head.weight_dropout(weights).permute(3, 0, 1, 2).unsqueeze(-1).unbind(0)  # n x (B, T, H, 1)
+        fused = last_hidden_state.view(batch, length, head.num_heads, head.head_dim)  # (B, T, H, h)
+        for slot, transform in enumerate(self.transforms):
+            value = transform.value(self.bottlenecks[slot]).view(batch, length, head.num_heads, head.head_dim)
+            self.bottlenecks[slot] = None  # freed once its value is in the sum
+            fused = torch.addcmul(fused, source_weights[slot], value)  # fused + a_n · v_n, one operator
+        return fused.reshape(batch, length, hidden), (weights if output_weights else None)
 
 
 class ConcatFusion(FusionHead):
@@ -715,6 +856,13 @@ class DWAttPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.zeros_(module.weight) if zero_weight else init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, SourceValueTransforms):  # each source's slice as its nn.Linear / nn.LayerNorm above
+            init.normal_(module.proj_in_weight, mean=0.0, std=std)
+            init.normal_(module.proj_out_weight, mean=0.0, std=std)
+            init.ones_(module.norm_weight)
+            init.zeros_(module.value_norm_weight) if zero_weight else init.ones_(module.value_norm_weight)
+            for bias in (module.proj_in_bias, module.norm_bias, module.proj_out_bias, module.value_norm_bias):
+                init.zeros_(bias)
         elif isinstance(module, DepthWiseAttentionFusion):
             init.uniform_(module.depth_embeddings, 0.0, 1.0)
         elif isinstance(module, ScalarMixFusion):
@@ -768,7 +916,18 @@ class DWAttPreTrainedModel(PreTrainedModel):
                     f"{requested} were requested. Load it without num_labels/id2label to keep its classifier, or pass "
                     "ignore_mismatched_sizes=True to start a new classifier for the new label set."
                 )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        old_keys = [key for key in loading_info.get("unexpected_keys", ()) if is_per_source_value_key(key)]
+        if old_keys:  # transformers would leave the value transforms randomly initialised, with only a warning
+            raise ValueError(
+                f"{pretrained_model_name_or_path} was saved by dwatt 0.1, whose DWAtt head kept one value MLP per source "
+                f"({old_keys[0]}, …); this version stacks them (value_transforms.*). Convert the checkpoint once with "
+                "dwatt.modeling_dwatt.stack_per_source_value_mlps (its docstring has the three lines), then load it."
+            )
+        return (model, loading_info) if wants_loading_info else model
 
     @classmethod
     def from_encoder_pretrained(

@@ -532,6 +532,8 @@ def cost_section(paths: Sequence[Path]) -> str:
     for path, data in files:
         rows = data["rows"]
         source = f"**{path.name}** — `{data.get('command', '?')}` on {describe_machine(data.get('machine', {}))}."
+        if data.get("machine", {}).get("note"):  # what a file is beside its siblings (a before/after pair, say)
+            source += f" Note: {data['machine']['note']}."
         if all("inference_ratio" in r for r in rows):
             parts += timing_table(source, rows)
         elif all("inference_ops_ratio" in r for r in rows):

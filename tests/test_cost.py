@@ -224,9 +224,12 @@ def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
     same = tmp_path / "cost_gpu_same_commit.json"
     same.write_text(json.dumps({"command": "python benchmarks/cost.py", "rows": [
         {**timing, "seq_len": 32, "batch_size": 8, "inference_ratio": 1.25, "training_ratio": 1.2}],
-        "machine": {"device": "cuda", "gpu": "Some GPU", "git_commit": data["machine"]["git_commit"]}}))
+        "machine": {"device": "cuda", "gpu": "Some GPU", "git_commit": data["machine"]["git_commit"],
+                    "note": "timed minutes after cost_gpu.json on the same GPU"}}))
     text = report.cost_section([gpu, same, out])
     assert f"| {dwatt['training_ops_ratio']:.3f} | 8×32 | 1.250 | 1.200 |" in text and "need not agree" not in text
+    # A file's note (what it is beside its siblings) follows its command.
+    assert "**cost_gpu_same_commit.json** — `python benchmarks/cost.py` on Some GPU; . Note: timed minutes after" in text
 
 
 @pytest.mark.parametrize("shared_value_mlp", [False, True], ids=["per-source-mlps", "shared-mlp"])

@@ -6,6 +6,7 @@ stripped here, not by dwatt), the tensors that were saved, or the stock transfor
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -627,9 +628,12 @@ def test_checkpoint_of_dwatt_0_1_is_refused_then_converted(tmp_path, shared_valu
     save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})  # as dwatt 0.1 wrote it
     with pytest.raises(ValueError, match=r"saved by dwatt 0\.1.*stack_per_source_value_mlps"):
         DWAttForTokenClassification.from_pretrained(tmp_path)
-    # The conversion in stack_per_source_value_mlps' docstring.
-    path = str(tmp_path / "model.safetensors")
-    save_file(dwatt.modeling_dwatt.stack_per_source_value_mlps(load_file(path)), path, metadata={"format": "pt"})
+    # The README's conversion, run as written there but on this checkpoint.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = readme.split("```python\nfrom safetensors.torch import load_file, save_file\n", 1)[1].split("```", 1)[0]
+    snippet = "from safetensors.torch import load_file, save_file\n" + snippet
+    assert '"checkpoint/model.safetensors"' in snippet
+    exec(snippet.replace('"checkpoint/model.safetensors"', repr(str(tmp_path / "model.safetensors"))), {})
     reloaded, info = DWAttForTokenClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import dwatt
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
 
 from clean_pythons import CLEAN_PYTHONS_VAR, IN_CI, INTERPRETERS
@@ -169,3 +170,30 @@ def test_both_transformers_generations_were_checked(remote_runs):
         assert any(version.startswith("5.") for version in versions), f"no run on transformers 5.x (saw {sorted(versions)})"
     else:
         assert versions, "no remote-code check succeeded"
+
+
+# What the files copied next to a checkpoint may import: torch, public transformers modules, each other, and these
+# standard-library modules. Anything else (re, threading, safetensors, …) the Hub copy would not be promised to have.
+HUB_FILE_STDLIB = {"math", "dataclasses", "typing"}
+
+
+@pytest.mark.parametrize("name", ["modeling_dwatt.py", "configuration_dwatt.py"])
+def test_hub_copied_files_import_only_torch_transformers_and_each_other(name):
+    import ast
+
+    tree = ast.parse((Path(dwatt.__file__).parent / name).read_text())
+    imported = []
+    for node in ast.walk(tree):  # top level and inside functions alike
+        if isinstance(node, ast.Import):
+            imported += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            imported.append("." * node.level + (node.module or ""))
+    assert imported, "no imports found: the parse went wrong"
+    for module in imported:
+        root = module.split(".")[0]
+        if module.startswith("."):
+            assert module == ".configuration_dwatt", module
+        elif root == "transformers":
+            assert not any(part.startswith("_") for part in module.split(".")), f"private transformers module {module}"
+        else:
+            assert root == "torch" or module in HUB_FILE_STDLIB, f"{name} imports {module}"

@@ -4,13 +4,12 @@
 Notation used in the shape comments: B batch, T tokens (T' = 1 when a sequence classifier fuses only at its pooled
 position), d hidden size, n fusion sources, H depth-attention heads, h = d / H.
 
-This file is copied next to every saved checkpoint (Hugging Face remote code): it imports only the Python standard
-library, torch, public `transformers` names and `.configuration_dwatt`, and must keep working on transformers 4.57
-and 5.x.
+This file is copied next to every saved checkpoint (Hugging Face remote code): it imports only torch, public
+`transformers` names, `.configuration_dwatt` and three standard-library modules (math, dataclasses,
+typing; tests/test_remote_code.py checks the list), and must keep working on transformers 4.57 and 5.x.
 """
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -344,34 +343,43 @@ _PER_SOURCE_NAMES = {
     ("value_norms", "weight"): "value_norm_weight",
     ("value_norms", "bias"): "value_norm_bias",
 }
-_PER_SOURCE_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<modules>value_mlps|value_norms)\.(?P<index>\d+)\.(?P<name>.+)$")
+
+
+def _per_source_key_parts(key: str) -> Optional[tuple[str, str, int, str]]:
+    """(prefix, "value_mlps" or "value_norms", source index, parameter name) of a key of dwatt 0.1's per-source value
+    modules, e.g. "dwatt.fusion_classifier.value_mlps.3.proj_in.weight" -> ("dwatt.fusion_classifier.", "value_mlps",
+    3, "proj_in.weight"); None for any other key."""
+    parts = key.split(".")
+    for at in range(len(parts) - 2):
+        if parts[at] in ("value_mlps", "value_norms") and parts[at + 1].isdigit():
+            prefix = "".join(part + "." for part in parts[:at])
+            return prefix, parts[at], int(parts[at + 1]), ".".join(parts[at + 2:])
+    return None
 
 
 def is_per_source_value_key(key: str) -> bool:
     """Whether `key` names a parameter of dwatt 0.1's per-source value modules (see stack_per_source_value_mlps)."""
-    return _PER_SOURCE_KEY.match(key) is not None
+    return _per_source_key_parts(key) is not None
 
 
 def stack_per_source_value_mlps(state_dict: dict) -> dict:
     """Converts a state dict saved by dwatt 0.1, whose DWAtt head kept one value MLP and one LayerNorm per source
     (`…fusion_classifier.value_mlps.<n>.proj_in.weight`, `…value_norms.<n>.weight`, …), to this version's stacked
     parameters (`…fusion_classifier.value_transforms.proj_in_weight` of shape (n, γd, d), …). Other keys pass
-    through unchanged. Convert a saved checkpoint once with:
-
-        from safetensors.torch import load_file, save_file
-        path = "checkpoint/model.safetensors"
-        save_file(stack_per_source_value_mlps(load_file(path)), path, metadata={"format": "pt"})
+    through unchanged. To convert a saved checkpoint, pass the tensors of its weights file through this and save the
+    result in their place; the README has the three lines.
     """
     converted, stacks = {}, {}
     for key, tensor in state_dict.items():
-        match = _PER_SOURCE_KEY.match(key)
-        if match is None:
+        parts = _per_source_key_parts(key)
+        if parts is None:
             converted[key] = tensor
             continue
-        name = _PER_SOURCE_NAMES.get((match["modules"], match["name"]))
+        prefix, modules, index, parameter = parts
+        name = _PER_SOURCE_NAMES.get((modules, parameter))
         if name is None:
             raise ValueError(f"{key} is not a parameter of dwatt 0.1's value modules; cannot convert it.")
-        stacks.setdefault(f"{match['prefix']}value_transforms.{name}", {})[int(match["index"])] = tensor
+        stacks.setdefault(f"{prefix}value_transforms.{name}", {})[index] = tensor
     for key, by_source in stacks.items():
         if sorted(by_source) != list(range(len(by_source))):
             raise ValueError(f"{key}: the checkpoint has sources {sorted(by_source)}, not 0 … {len(by_source) - 1}.")
@@ -432,23 +440,22 @@ class SourceValueTransforms(nn.Module):
     def bottleneck_size(self) -> int:
         return self.proj_in_weight.shape[1]
 
-    def _broadcast(self, parameter: torch.Tensor) -> torch.Tensor:
-        """(num_mlps or n, k) -> (n, 1, k): one row per source, broadcast over the tokens (a shared MLP's single row is
-        expanded, not copied)."""
-        return parameter.expand(self.num_sources, *parameter.shape[1:]).unsqueeze(1)
+    def _rows(self, parameter: torch.Tensor) -> torch.Tensor:
+        """(num_mlps or n, …) -> (n, …): one row per source; a shared MLP's single row is expanded (a view, not a copy)."""
+        return parameter if len(parameter) == self.num_sources else parameter.expand(self.num_sources, *parameter.shape[1:])
 
     def bottlenecks(self, sources: torch.Tensor) -> torch.Tensor:
         """LN'_n(gelu(U_n · z_n + b_n)) for every source, the part of f_V,n before its output projection:
         (n, N, d) -> (n, N, γd)."""
-        weight = self.proj_in_weight.expand(self.num_sources, -1, -1)  # (n, γd, d)
-        hidden = F.gelu(torch.baddbmm(self._broadcast(self.proj_in_bias), sources, weight.transpose(1, 2)))
+        weight = self._rows(self.proj_in_weight).transpose(1, 2)  # (n, d, γd)
+        hidden = F.gelu(torch.baddbmm(self._rows(self.proj_in_bias).unsqueeze(1), sources, weight))
         normalised = F.layer_norm(hidden, hidden.shape[-1:], eps=self.eps)  # (n, N, γd)
-        return torch.addcmul(self._broadcast(self.norm_bias), normalised, self._broadcast(self.norm_weight))
+        return torch.addcmul(self._rows(self.norm_bias).unsqueeze(1), normalised, self._rows(self.norm_weight).unsqueeze(1))
 
     def values(self, bottlenecks: torch.Tensor) -> torch.Tensor:
         """v_n = LN_n(W_n · bottleneck_n + c_n) for every source: (n, N, γd) -> (n, N, d)."""
-        weight = self.proj_out_weight.expand(self.num_sources, -1, -1)  # (n, d, γd)
-        projected = torch.baddbmm(self._broadcast(self.proj_out_bias), bottlenecks, weight.transpose(1, 2))
+        weight = self._rows(self.proj_out_weight).transpose(1, 2)  # (n, γd, d)
+        projected = torch.baddbmm(self._rows(self.proj_out_bias).unsqueeze(1), bottlenecks, weight)
         normalised = F.layer_norm(projected, projected.shape[-1:], eps=self.eps)  # (n, N, d)
         return torch.addcmul(self.value_norm_bias.unsqueeze(1), normalised, self.value_norm_weight.unsqueeze(1))
 
@@ -456,8 +463,7 @@ class SourceValueTransforms(nn.Module):
         """Each source's parameters as views, from one unbind per parameter tensor (a slice per source would dispatch
         n operators): for streamed inference, which computes one source at a time as the encoder hands them over."""
         per_parameter = [
-            parameter.expand(self.num_sources, *parameter.shape[1:]).unbind(0) if len(parameter) != self.num_sources
-            else parameter.unbind(0)
+            self._rows(parameter).unbind(0)
             for parameter in (self.proj_in_weight, self.proj_in_bias, self.norm_weight, self.norm_bias,
                               self.proj_out_weight, self.proj_out_bias, self.value_norm_weight, self.value_norm_bias)
         ]
@@ -925,7 +931,7 @@ class DWAttPreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"{pretrained_model_name_or_path} was saved by dwatt 0.1, whose DWAtt head kept one value MLP per source "
                 f"({old_keys[0]}, …); this version stacks them (value_transforms.*). Convert the checkpoint once with "
-                "dwatt.modeling_dwatt.stack_per_source_value_mlps (its docstring has the three lines), then load it."
+                "dwatt.modeling_dwatt.stack_per_source_value_mlps (the README has the three lines), then load it."
             )
         return (model, loading_info) if wants_loading_info else model
 
@@ -1021,7 +1027,7 @@ class DWAttModel(DWAttPreTrainedModel):
         """Runs the encoder without `output_hidden_states`, handing each source to `stream` as it is computed
         (HiddenStateHooks). Returns the encoder's output, or None when its layers cannot be found or hooked or
         another thread's pass went through them meanwhile; the stream is then unusable and the caller takes the plain
-        path, which gives the same values."""
+        path, which gives the same values (to rounding for token-level DWAtt, which sums its sources in another order)."""
         found = encoder_layers(self.encoder, self._num_states - 1)
         if found is None:
             return None

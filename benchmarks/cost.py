@@ -12,7 +12,9 @@ one DWAtt model per head on the same random encoder weights, then times them in 
     On a GPU each is a kernel launch plus some microseconds of Python and dispatcher time however small its work,
     so where kernels are short (small batches and sequences) this count, not the FLOPs, sets the time.
 It reports ratios head / stock, the head's added FLOPs as a fraction of the encoder's (dwatt.accounting), and the
-target: overhead (ratio − 1) ≤ max(2%, 1.25 × FLOP fraction) and inference memory ≤ 1.15×.
+target: overhead (ratio − 1) ≤ max(2%, 1.25 × FLOP fraction) and inference memory ≤ 1.15×. A time ratio is the median
+over rounds of the per-round ratios, with their quartiles; a row whose median misses the target while the lower
+quartile meets it is marked "within noise" rather than passed or failed.
 
 Usage:
   python benchmarks/cost.py --out benchmarks/results/cost_cpu.json            # the default grid
@@ -209,15 +211,35 @@ def time_heads(rows: list[dict], models: dict, batch_size: int, seq_len: int, ro
         row.update(
             inference_s=statistics.median(inference[head]), stock_inference_s=statistics.median(inference["stock"]),
             training_step_s=statistics.median(training[head]), stock_training_step_s=statistics.median(training["stock"]),
+            target_overhead=max(0.02, 1.25 * row["flop_fraction"]),
         )
-        # Paired by round (the stock model ran moments before in the same round): the median of the per-round
-        # ratios is steadier on a shared CPU than the ratio of the two medians.
-        row["inference_ratio"] = statistics.median(h / s for h, s in zip(inference[head], inference["stock"]))
-        row["training_ratio"] = statistics.median(h / s for h, s in zip(training[head], training["stock"]))
-        row["target_overhead"] = max(0.02, 1.25 * row["flop_fraction"])
-        row["meets_time_target"] = (row["inference_ratio"] - 1 <= row["target_overhead"]) and (
-            row["training_ratio"] - 1 <= row["target_overhead"]
-        )
+        for measure, times in (("inference", inference), ("training", training)):
+            # Paired by round (the stock model ran moments before in the same round): the median of the per-round
+            # ratios is steadier on a shared CPU than the ratio of the two medians, and their spread is the noise.
+            ratios = [h / s for h, s in zip(times[head], times["stock"])]
+            row[f"{measure}_ratio"] = statistics.median(ratios)
+            row[f"{measure}_ratio_quartiles"] = quartiles(ratios)
+        row["meets_time_target"] = all(row[f"{m}_ratio"] - 1 <= row["target_overhead"] for m in ("inference", "training"))
+        row["time_verdict"] = time_verdict(row)
+
+
+def quartiles(values: list[float]) -> list[float]:
+    """The lower and upper quartile (inclusive method: within the values' range), or the value itself twice."""
+    if len(values) < 2:
+        return [values[0], values[0]]
+    lower, _, upper = statistics.quantiles(values, n=4, method="inclusive")
+    return [lower, upper]
+
+
+def time_verdict(row: dict) -> str:
+    """"yes" where the median ratios meet the time target; "within noise" where a median misses it but the lower
+    quartile of that measure's per-round ratios meets it (a quarter of the rounds or more did); else "no"."""
+    if row["meets_time_target"]:
+        return "yes"
+    missed = [m for m in ("inference", "training") if row[f"{m}_ratio"] - 1 > row["target_overhead"]]
+    if all(row[f"{m}_ratio_quartiles"][0] - 1 <= row["target_overhead"] for m in missed):
+        return "within noise"
+    return "no"
 
 
 def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int, device: str, memory: bool,

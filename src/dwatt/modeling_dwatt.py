@@ -420,7 +420,9 @@ class SourceValueTransforms(nn.Module):
     One module per source would run the same arithmetic as ~10 operators per source forward, more backward, and two
     more per parameter tensor in AdamW's step; on a GPU at small shapes every operator costs about as much as its
     kernel's work, which made DWAtt's training step ~1.5x the stock classifier's (benchmarks/RESULTS.md, cost).
-    Streamed inference, which gets the sources one at a time, uses each source's slices instead (`per_source`).
+    Streamed inference, which gets the sources one at a time, uses each source's slices instead (`per_source`), and
+    so does a forward on the CPU, where fewer operators gain nothing and the n-times larger tensors of
+    each batched step fall out of cache (`DepthWiseAttentionFusion.runs_per_source`).
     """
 
     def __init__(self, num_sources: int, shared_mlp: bool, hidden_size: int, bottleneck: int, eps: float):
@@ -475,6 +477,9 @@ class SourceValueTransforms(nn.Module):
         return self.num_sources * 2 * 2 * bottleneck * hidden
 
 
+VALUE_PATHS = ("auto", "batched", "per_source")
+
+
 class DepthWiseAttentionFusion(FusionHead):
     """DWAtt: per token, attention over depth (ElNokrashy et al., arXiv 2209.15168).
 
@@ -503,6 +508,9 @@ class DepthWiseAttentionFusion(FusionHead):
         # zero_init_residual: LN_n's scale starts at zero, so v_n = 0 and h = z_L at the start.
         self.value_transforms._start_at_zero = config.zero_init_residual
         self.weight_dropout = nn.Dropout(config.dwatt_weight_dropout)
+        # How the forward runs the value transforms (see `runs_per_source`); not saved, since it changes
+        # only the order of the arithmetic, not the result beyond rounding.
+        self.value_path = "auto"
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # torch's load_state_dict (Trainer's resume from a checkpoint, for one) with a state dict of dwatt 0.1, which
@@ -528,11 +536,27 @@ class DepthWiseAttentionFusion(FusionHead):
             scores = scores / math.sqrt(self.head_dim)
         return scores.softmax(dim=-1)
 
+    def runs_per_source(self, device: torch.device) -> bool:
+        """Whether a forward on `device` runs the value transforms one source at a time, as streamed inference
+        does, instead of all sources per operator. `value_path`: "batched" dispatches the fewest operators,
+        which is what sets the time on a GPU at small shapes; "per_source" works on (B, T, ·) tensors instead of
+        (n, B·T, ·) ones, which keeps the LayerNorms' scale and shift inside their kernels and the working set in
+        cache: about 20% faster on a CPU (benchmarks/RESULTS.md, cost). "auto" (the default) takes "per_source" on
+        the CPU and "batched" everywhere else."""
+        if self.value_path not in VALUE_PATHS:
+            raise ValueError(f"value_path={self.value_path!r}: expected one of {', '.join(map(repr, VALUE_PATHS))}.")
+        return self.value_path == "per_source" or (self.value_path == "auto" and device.type == "cpu")
+
     def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
         if positions is not None:
             gather_index = _position_index(positions, last_hidden_state.shape[-1])  # (B, 1, d)
             last_hidden_state = last_hidden_state.gather(1, gather_index)
             sources = [source.gather(1, gather_index) for source in sources]
+        if self.runs_per_source(last_hidden_state.device):
+            stream = DepthWiseAttentionSourceStream(self)
+            for slot, source in enumerate(sources):
+                stream.add(slot, source)
+            return stream.finish(last_hidden_state, output_weights)
         batch, length, hidden = last_hidden_state.shape
         # (n, B·T', d): one copy of the sources (at the pooled positions only, when pooling), so that each step of
         # the value transforms runs for all sources at once.
@@ -547,7 +571,7 @@ class DepthWiseAttentionFusion(FusionHead):
 
     def source_stream(self, attention_mask, positions=None) -> SourceStream:
         if positions is not None or self.value_transforms.bottleneck_size >= self.head_dim * self.num_heads:
-            # Pooled: keeping z_n at one position per sequence costs next to nothing and runs the batched forward.
+            # Pooled: keeping z_n at one position per sequence costs next to nothing and runs the forward itself.
             # A bottleneck no smaller than z_n would save nothing either: keep z_n.
             return super().source_stream(attention_mask, positions)
         return DepthWiseAttentionSourceStream(self)
@@ -564,7 +588,8 @@ class DepthWiseAttentionSourceStream(SourceStream):
     """DWAtt's weights over depth need the query from z_L, the last source, so every source's value must wait for
     it. What waits is the value transform's bottleneck LN'_n(gelu(U_n z_n)), (B, T, γd), instead of z_n, (B, T, d):
     with the default γ = 0.5 half the memory. The values are then summed one source at a time, so no (n, B, T, d)
-    stack of them exists either (the forward pass sums them in one operator: it agrees to rounding)."""
+    stack of them exists either (the batched forward sums them in one operator: it agrees to rounding). The
+    per-source forward (`DepthWiseAttentionFusion.runs_per_source`) is this same arithmetic, with gradients."""
 
     def __init__(self, head: DepthWiseAttentionFusion):
         self.head = head

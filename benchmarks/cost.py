@@ -22,6 +22,7 @@ Usage:
   python benchmarks/cost.py --encoders minilm --seq-lens 32 128 --batch-sizes 8 --rounds 5
   python benchmarks/cost.py --memory-only --out benchmarks/results/cost_cpu_memory.json   # memory only, no timing
   python benchmarks/cost.py --ops-only --seq-lens 32 --batch-sizes 8 --out benchmarks/results/cost_ops.json
+  python benchmarks/cost.py --dwatt-value-path batched ...   # DWAtt's training forward as a GPU runs it, on a CPU
 """
 
 import argparse
@@ -40,7 +41,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.accounting import cost_summary
-from dwatt.modeling_dwatt import DepthWiseAttentionFusion
+from dwatt.modeling_dwatt import VALUE_PATHS, DepthWiseAttentionFusion
 from fewshot_common import git_commit, machine_info
 from tensor_memory import PeakTensorMemory
 
@@ -162,7 +163,7 @@ def count_heads_ops(rows: list[dict], models: dict, batch_size: int, seq_len: in
     labels = make_labels(task, batch_size, seq_len, device)
     counts = {}
     for name, model in models.items():
-        run_as_on_gpu(model)
+        set_dwatt_value_path(model, "batched")  # the GPU's path (see the module docstring)
         # foreach=True: the multi-tensor AdamW that torch picks by default for CUDA parameters (on a CPU it would
         # pick the per-parameter loop, a dozen operators for each parameter tensor).
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
@@ -174,12 +175,12 @@ def count_heads_ops(rows: list[dict], models: dict, batch_size: int, seq_len: in
                    training_ops_ratio=training / stock_training)
 
 
-def run_as_on_gpu(model: torch.nn.Module) -> None:
-    """Makes DWAtt run its value transforms the way it does on a GPU, where it picks the batched path by itself, so
-    that counting operators on a CPU gives the GPU's count (see DepthWiseAttentionFusion.runs_per_source)."""
+def set_dwatt_value_path(model: torch.nn.Module, value_path: str) -> None:
+    """Sets how DWAtt's forward runs its value transforms (DepthWiseAttentionFusion.runs_per_source): "batched" is
+    what a GPU runs by itself, so counting operators, or timing, with it on a CPU gives the GPU's code."""
     for module in model.modules():
         if isinstance(module, DepthWiseAttentionFusion):
-            module.value_path = "batched"
+            module.value_path = value_path
 
 
 def head_rows(task: str, encoder: str, seq_len: int, batch_size: int, models: dict) -> list[dict]:
@@ -254,8 +255,9 @@ def time_verdict(row: dict) -> str:
 
 
 def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int, device: str, memory: bool,
-            timing: bool = True, ops: bool = False) -> list[dict]:
+            timing: bool = True, ops: bool = False, dwatt_value_path: str = "auto") -> list[dict]:
     models = {name: build(task, encoder, name, device) for name in ["stock", *HEADS]}
+    set_dwatt_value_path(models["dwatt"], dwatt_value_path)
     rows = head_rows(task, encoder, seq_len, batch_size, models)
     if ops:
         count_heads_ops(rows, models, batch_size, seq_len, device)
@@ -287,6 +289,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="count the operators a forward and a training step dispatch, no timing or memory (exact)")
     parser.add_argument("--max-tokens", type=int, default=None, help="skip shapes with batch x length above this")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dwatt-value-path", default="auto", choices=VALUE_PATHS,
+                        help="how DWAtt's training forward runs its value transforms (auto: per source on a CPU, "
+                             "batched elsewhere); --ops-only always counts the batched path")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     command = " ".join(["python", "benchmarks/cost.py", *(sys.argv[1:] if argv is None else argv)])
@@ -300,9 +305,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     for task, encoder, seq_len, batch_size in tqdm(shapes, desc="shapes"):
         rows += measure(task, encoder, seq_len, batch_size, args.rounds, args.device,
                         memory=not (args.no_memory or args.ops_only), timing=not (args.memory_only or args.ops_only),
-                        ops=args.ops_only)
+                        ops=args.ops_only, dwatt_value_path=args.dwatt_value_path)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": machine(args.device), "command": command, "rows": rows}, indent=1))
+        result = {"machine": machine(args.device), "command": command, "dwatt_value_path": args.dwatt_value_path,
+                  "rows": rows}
+        args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} ({len(rows)} rows)")
 
 

@@ -541,6 +541,10 @@ def cost_section(paths: Sequence[Path]) -> str:
         source = f"**{path.name}** — `{data.get('command', '?')}` on {describe_machine(data.get('machine', {}))}."
         if data.get("machine", {}).get("note"):  # what a file is beside its siblings (a before/after pair, say)
             source += f" Note: {data['machine']['note']}."
+        if data.get("dwatt_value_path", "auto") != "auto":
+            source += (f" DWAtt's training forward ran its value transforms {data['dwatt_value_path'].replace('_', ' ')}"
+                       " (`--dwatt-value-path`; the default, `value_path=\"auto\"`, runs them per source on a CPU and "
+                       "batched on a GPU).")
         if all("inference_ratio" in r for r in rows):
             parts += timing_table(source, rows)
         elif all("inference_ops_ratio" in r for r in rows):

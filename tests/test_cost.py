@@ -228,6 +228,28 @@ def test_timing_ratios_are_paired_by_round_and_a_miss_within_the_rounds_spread_s
     assert "on CPU (x86_64, 2 threads)" in text
 
 
+@pytest.mark.parametrize("value_path", ["auto", "batched"])
+def test_timing_run_takes_dwatt_value_path_and_its_report_says_so(value_path, tmp_path, monkeypatch):
+    """`--dwatt-value-path batched` times on a CPU the training forward a GPU runs; the file and its report say which
+    path ran. Checked on what DWAtt's forward actually decided, step by step."""
+    from dwatt.modeling_dwatt import DepthWiseAttentionFusion
+
+    decisions = []
+    runs_per_source = DepthWiseAttentionFusion.runs_per_source
+    monkeypatch.setattr(DepthWiseAttentionFusion, "runs_per_source",
+                        lambda self, device: decisions.append(runs_per_source(self, device)) or decisions[-1])
+    monkeypatch.setitem(cost.ENCODERS, "tiny", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))
+    out = tmp_path / "cost_cpu.json"
+    cost.main(["--no-memory", "--rounds", "1", "--encoders", "tiny", "--tasks", "token", "--seq-lens", "8",
+               "--batch-sizes", "2", "--device", "cpu", "--dwatt-value-path", value_path, "--out", str(out)])
+    # Warm-up and one round: 2 training forwards (inference streams from hooks and never asks).
+    assert decisions == [value_path == "auto"] * 2
+    data = json.loads(out.read_text())
+    assert data["dwatt_value_path"] == value_path
+    note = "DWAtt's training forward ran its value transforms batched"
+    assert (note in report.cost_section([out])) == (value_path == "batched")
+
+
 def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
     out = tmp_path / "cost_ops.json"
     data, rows = run_tiny_cost("--ops-only", out, monkeypatch)

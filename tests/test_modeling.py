@@ -121,6 +121,9 @@ def test_sequence_pooling_matches_token_level_fusion(pooling, fusion):
         torch.testing.assert_close(model(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
 
 
+# Token-level DWAtt's streamed logits against the plain path's: the same terms summed in another order.
+ROUNDING_OF_DWATT_READOUT = dict(rtol=1e-5, atol=1e-6)
+
 # Head settings that change what the streamed inference path keeps: DWAtt keeps each source's value-MLP bottleneck
 # (one shared MLP, or z_n itself when the bottleneck is no smaller than d); ScalarMix with per-sequence LayerNorm.
 STREAMED_HEADS = {
@@ -134,14 +137,29 @@ STREAMED_HEADS = {
 }
 
 
+def record_streams(model) -> tuple[list, list]:
+    """Lists that fill with each streamed forward's stream and encoder output (None: it fell back to the plain path)."""
+    streams, streamed = [], []
+    encode = model.dwatt._encode_streaming
+
+    def recording_encode(encoder_inputs, stream):
+        streams.append(stream)
+        streamed.append(encode(encoder_inputs, stream))
+        return streamed[-1]
+
+    model.dwatt._encode_streaming = recording_encode
+    return streams, streamed
+
+
 @pytest.mark.parametrize("model_class", TASK_CLASSES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("variant", list(STREAMED_HEADS))
 @pytest.mark.parametrize("family", ENCODER_FAMILIES)
 def test_inference_fuses_sources_as_the_encoder_computes_them(family, variant, model_class):
     """Without gradients the sources are handed to the head layer by layer (hooks) instead of the encoder returning
     all hidden states; logits and depth weights equal those of the plain path, taken with output_hidden_states=True
-    and with gradients on: bit for bit, except where DWAtt's plain path runs batched (as it does on a GPU) while its
-    stream sums the values of every token one source at a time (the same terms, summed in another order)."""
+    and with gradients on: bit for bit, except for token-level DWAtt, whose stream reads each source's value out
+    through the (linear) classifier and sums the logits' terms, not the fused state's (the same terms in another
+    order: to rounding)."""
     fusion, extra = STREAMED_HEADS[variant]
     model = make_model(model_class, family, fusion, **extra).eval()
     if variant == "dwatt_batched":
@@ -149,9 +167,7 @@ def test_inference_fuses_sources_as_the_encoder_computes_them(family, variant, m
     input_ids, attention_mask = make_batch()
     # Left padding: the first real token of the padded row (pooling "first") is not at position 0.
     input_ids, attention_mask = input_ids.flip(-1), attention_mask.flip(-1)
-    streamed = []
-    encode = model.dwatt._encode_streaming
-    model.dwatt._encode_streaming = lambda *args: streamed.append(encode(*args)) or streamed[-1]
+    streams, streamed = record_streams(model)
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, output_fusion_weights=True)
     with torch.no_grad():
         fast = model(**inputs)
@@ -159,14 +175,64 @@ def test_inference_fuses_sources_as_the_encoder_computes_them(family, variant, m
     with torch.enable_grad():
         trained_path = model(**inputs)
     assert len(streamed) == 1 and streamed[0] is not None  # only the no-grad call streamed, and it succeeded
-    # DWAtt's token stream keeps bottlenecks and sums one source at a time, as its plain path does on the CPU; a wide
-    # bottleneck keeps z_n and runs the forward pass itself, and pooled classifiers run it batched in both paths.
-    sums_in_another_order = variant == "dwatt_batched" and model_class is DWAttForTokenClassification
-    tolerance = dict(rtol=1e-5, atol=1e-6) if sums_in_another_order else dict(rtol=0, atol=0)
+    # Token-level DWAtt reads every source out through the classifier (3 labels: fewer floats than any bottleneck);
+    # pooled classifiers keep z_n at the pooled position and run the forward pass itself.
+    reads_out = fusion == "dwatt" and model_class is DWAttForTokenClassification
+    assert isinstance(streams[0], dwatt.modeling_dwatt.DepthWiseAttentionReadoutStream) == reads_out
+    tolerance = ROUNDING_OF_DWATT_READOUT if reads_out else dict(rtol=0, atol=0)
     torch.testing.assert_close(fast.logits, plain.logits, **tolerance)
     torch.testing.assert_close(fast.logits, trained_path.logits.detach(), **tolerance)
     if fusion != "concat":
         torch.testing.assert_close(fast.fusion_weights, plain.fusion_weights, rtol=0, atol=0)
+
+
+class DoubledLinear(torch.nn.Linear):
+    """An nn.Linear subclass whose forward is not W x + b: the readout must not assume its weights say what it does."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def with_accelerate_hook(model):
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    add_hook_to_module(model.classifier, ModelHook())  # as device_map / offloading do: weights may move in its forward
+    return model
+
+
+# How a token-level DWAtt model is set up, and whether its no-grad forward may then read the sources out through the
+# classifier: only where the logits are exactly one linear map C h + b of the fused state h, and where that keeps less.
+READOUT_CASES = {
+    "eval": (lambda model: model.eval(), True),
+    "train-mode-no-dropout": (lambda model: model.train(), True),  # classifier_dropout=0 below
+    "train-mode-dropout": (lambda model: setattr(model.dropout, "p", 0.1) or model.train(), False),
+    "linear-subclass": (lambda model: setattr(model, "classifier", DoubledLinear(32, 3)) or model.eval(), False),
+    "accelerate-hook": (lambda model: with_accelerate_hook(model).eval(), False),
+    "more-labels-than-bottleneck": (lambda model: setattr(model, "classifier", torch.nn.Linear(32, 16)) or model.eval(), False),
+}
+
+
+@pytest.mark.parametrize("case", list(READOUT_CASES))
+def test_token_dwatt_reads_out_through_the_classifier_only_where_that_is_exact(case):
+    """The readout stream sums C v_n source by source, which equals C(z_L + Σ_n a_n v_n) + b only for a plain
+    nn.Linear C with no dropout before it; elsewhere, and where H·k ≥ γd (16 here) would keep more than the bottleneck,
+    inference streams the fused state as before. Either way the logits are the plain path's."""
+    setup, reads_out = READOUT_CASES[case]
+    torch.manual_seed(0)
+    model = setup(make_model(DWAttForTokenClassification, "bert", "dwatt", classifier_dropout=0.0))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    input_ids, attention_mask = make_batch()
+    streams, streamed = record_streams(model)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        fast = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        torch.manual_seed(1)  # the same dropout masks, where dropout is on
+        plain = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).logits
+    assert len(streamed) == 1 and streamed[0] is not None
+    assert isinstance(streams[0], dwatt.modeling_dwatt.DepthWiseAttentionReadoutStream) == reads_out
+    torch.testing.assert_close(fast, plain, **(ROUNDING_OF_DWATT_READOUT if reads_out else dict(rtol=0, atol=0)))
 
 
 def dwatt_training_step(model, value_path: str, input_ids, attention_mask, labels) -> tuple[torch.Tensor, dict]:
@@ -240,7 +306,7 @@ def test_compiled_inference_takes_the_plain_path(model_class, monkeypatch):
 def test_streamed_inference_is_thread_safe(fusion):
     """Two threads run one model on batches of different shapes at once (a server, nn.DataParallel): hooks that saw
     the other thread's pass make their own pass take the plain path, so both get the single-threaded logits (bit for
-    bit: on the CPU DWAtt's plain path, too, runs its value transforms one source at a time)."""
+    bit for Concat; to rounding for DWAtt, whose stream reads the sources out through the classifier one by one)."""
     import threading
 
     model = make_model(DWAttForTokenClassification, "bert", fusion).eval()
@@ -248,6 +314,7 @@ def test_streamed_inference_is_thread_safe(fusion):
     with torch.no_grad():
         expected = [model(input_ids=ids).logits for ids in batches]
     errors, start = [], threading.Barrier(2)
+    tolerance = ROUNDING_OF_DWATT_READOUT if fusion == "dwatt" else dict(rtol=0, atol=0)
 
     def work(index: int) -> None:
         start.wait()
@@ -255,7 +322,7 @@ def test_streamed_inference_is_thread_safe(fusion):
             for _ in range(30):
                 with torch.no_grad():
                     logits = model(input_ids=batches[index]).logits
-                torch.testing.assert_close(logits, expected[index], rtol=0, atol=0)
+                torch.testing.assert_close(logits, expected[index], **tolerance)
         except Exception as error:  # noqa: BLE001 - reported below, with the thread that raised it
             errors.append(f"thread {index}: {error!r}")
 
@@ -306,8 +373,8 @@ def test_streamed_inference_ignores_a_half_registered_hook_of_another_thread():
     finally:
         handle.remove()
     assert not errors, errors
-    torch.testing.assert_close(results["main"], expected[0], rtol=0, atol=0)
-    torch.testing.assert_close(results["other"], expected[1], rtol=0, atol=0)
+    torch.testing.assert_close(results["main"], expected[0], **ROUNDING_OF_DWATT_READOUT)
+    torch.testing.assert_close(results["other"], expected[1], **ROUNDING_OF_DWATT_READOUT)
 
 
 @pytest.mark.parametrize("pooling", ["first", "last"])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tiny_encoders import VOCAB_SIZE, tiny_encoder_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from dwatt import DWAttConfig, DWAttModel
+from dwatt import DWAttConfig, DWAttForTokenClassification, DWAttModel
 
 
 def encoder_states(model: DWAttModel, input_ids, attention_mask):
@@ -56,23 +56,30 @@ def dwatt_value_vector(transforms, mlp_index, source_index, x):
     ],
     ids=["paper-defaults", "2-heads-scaled", "shared-value-mlp"],
 )
-@pytest.mark.parametrize("path", ["streamed-inference", "per_source", "batched"])
+@pytest.mark.parametrize("path", ["streamed-inference", "streamed-token-logits", "per_source", "batched"])
 def test_dwatt_matches_a_per_layer_loop(settings, path):
-    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", **settings)
-    model = DWAttModel(config).eval()
+    """The fused state h = z_L + Σ_n a_n v_n per token and head against a loop over tokens, heads and sources; for
+    the token classifier's streamed inference, which reads every source out through the classifier, its logits
+    against C h + b."""
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", num_labels=3, **settings)
+    token_logits = path == "streamed-token-logits"
+    classifier = DWAttForTokenClassification(config).eval() if token_logits else None
+    model = classifier.dwatt if token_logits else DWAttModel(config).eval()
     head = model.fusion_classifier
-    grad = path != "streamed-inference"  # no grad: inference streams the sources; with grad: the training forward,
-    if grad:  # with the value transforms one source at a time (the CPU's default) or all sources per operator
+    grad = path in ("per_source", "batched")  # no grad: inference streams the sources; with grad: the training
+    if grad:  # forward, with the value transforms one source at a time (the CPU's default) or all sources per operator
         head.value_path = path
     with torch.no_grad():  # make the parameters non-trivial
-        for p in head.parameters():
+        for p in [*head.parameters(), *(classifier.classifier.parameters() if token_logits else [])]:
             p.add_(0.3 * torch.randn_like(p))
+    if token_logits:  # 3 labels: the stream keeps H·3 floats a token per source, fewer than the bottleneck's 16
+        assert head.readout_stream(classifier.classifier) is not None
     input_ids, attention_mask = batch()
     with torch.set_grad_enabled(grad):
-        fused = model(input_ids=input_ids, attention_mask=attention_mask, output_fusion_weights=True)
+        fused = (classifier or model)(input_ids=input_ids, attention_mask=attention_mask, output_fusion_weights=True)
     with torch.no_grad():
         states = encoder_states(model, input_ids, attention_mask)
-    fused = type(fused)(**{key: value.detach() for key, value in fused.items()})
+    fused = type(fused)(**{key: value.detach() for key, value in fused.items() if value is not None})
     sources = [states[i] for i in config.fusion_source_indices]
     heads = config.dwatt_num_heads
     head_dim = 32 // heads
@@ -97,7 +104,11 @@ def test_dwatt_matches_a_per_layer_loop(settings, path):
                 weights = [e / sum(exps) for e in exps]
                 torch.testing.assert_close(fused.fusion_weights[b, t, h], torch.tensor(weights), atol=1e-5, rtol=1e-4)
                 expected[part] += sum(w * v[part] for w, v in zip(weights, values))
-            torch.testing.assert_close(fused.last_hidden_state[b, t], expected, atol=1e-4, rtol=1e-4)
+            if token_logits:
+                expected_logits = classifier.classifier.weight @ expected + classifier.classifier.bias
+                torch.testing.assert_close(fused.logits[b, t], expected_logits.detach(), atol=1e-4, rtol=1e-4)
+            else:
+                torch.testing.assert_close(fused.last_hidden_state[b, t], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_scalar_mix_with_uniform_weights_is_the_mean_of_its_sources():

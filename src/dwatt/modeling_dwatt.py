@@ -49,9 +49,12 @@ class DWAttModelOutput(BaseModelOutput):
 
     fusion_weights (`torch.FloatTensor` of shape `(B, T', H, n)`, *optional*):
         Per-token weights over the fusion sources (dwatt, scalar_mix), returned with `output_fusion_weights=True`.
+    fused_readout (`torch.FloatTensor` of shape `(B, T', k)`, *optional*):
+        The `fused_readout` map applied to the fused state, when the forward was given one (see `DWAttModel.forward`).
     """
 
     fusion_weights: Optional[torch.FloatTensor] = None
+    fused_readout: Optional[torch.FloatTensor] = None
 
 
 @dataclass
@@ -241,6 +244,12 @@ class FusionHead(nn.Module):
         over the sources override it, the others keep the sources (at `positions` only, when given)."""
         return StoredSources(self, attention_mask, positions)
 
+    def readout_stream(self, readout: nn.Linear) -> Optional["SourceStream"]:
+        """A stream whose `finish` gives `readout(fused)` (B, T, k) for every token instead of the fused state, kept
+        in less memory than the head's `source_stream` because `readout` is linear; None where it would not save
+        memory (the caller then applies `readout` to the fused state itself). Only DWAtt has one so far."""
+        return None
+
     def num_added_parameters(self) -> int:
         """Parameters the head adds on top of the encoder and the classifier."""
         return sum(p.numel() for p in self.parameters())
@@ -257,7 +266,8 @@ class FusionHead(nn.Module):
 class SourceStream:
     """Fuses sources handed over one at a time, in order: `add(slot, source)` with slot = position of the source in
     the head's source list and source (B, T, d); then `finish(last_hidden_state, output_weights)` gives what the
-    head's forward gives. Inference feeds it from HiddenStateHooks while the encoder runs."""
+    head's forward gives (a readout stream, FusionHead.readout_stream: its linear map of the fused state instead).
+    Inference feeds it from HiddenStateHooks while the encoder runs."""
 
     positions: Optional[torch.Tensor] = None  # (B,) pooled position of each sequence; None fuses every token
     _gather_index: Optional[torch.Tensor] = None  # (B, 1, d), made once: each operator counts on a GPU (cost.py)
@@ -577,6 +587,14 @@ class DepthWiseAttentionFusion(FusionHead):
             return super().source_stream(attention_mask, positions)
         return DepthWiseAttentionSourceStream(self)
 
+    def readout_stream(self, readout: nn.Linear) -> Optional[SourceStream]:
+        # Keeps (B, T, H, k) per source instead of the (B, T, γd) bottleneck: worth it while H·k is the smaller.
+        if self.num_heads * readout.out_features >= min(self.value_transforms.bottleneck_size, self.head_dim * self.num_heads):
+            return None
+        if readout.weight.device != self.depth_embeddings.device:  # a model split over devices: C goes with its module
+            return None
+        return DepthWiseAttentionReadoutStream(self, readout)
+
     def flops_per_token(self, seq_len: int) -> int:
         hidden = self.head_dim * self.num_heads
         mlps = self.query_mlp.flops_per_token() + self.value_transforms.flops_per_token()
@@ -612,6 +630,43 @@ class DepthWiseAttentionSourceStream(SourceStream):
             self.bottlenecks[slot] = None  # freed once its value is in the sum
             fused = torch.addcmul(fused, source_weights[slot], value)  # fused + a_n · v_n, one operator
         return fused.reshape(batch, length, hidden), (weights if output_weights else None)
+
+
+class DepthWiseAttentionReadoutStream(SourceStream):
+    """DWAtt read out through a linear map C (the token classifier) without ever holding the fused state:
+    C(z_L + Σ_n a_n v_n) + b = C z_L + b + Σ_n Σ_heads a_n,h (C_h v_n,h), with C_h the columns of C that head h's
+    part of the hidden state meets. Each source's value is computed as the encoder hands the source over and only
+    C_h v_n,h is kept, (B, T, H, k) with k classes, where DepthWiseAttentionSourceStream keeps the (B, T, γd)
+    bottleneck: on BERT-base with 9 labels 9 floats a token per source instead of 384. The same terms as
+    C(fused) + b summed in another order, so it agrees with it to rounding, not bit for bit."""
+
+    def __init__(self, head: DepthWiseAttentionFusion, readout: nn.Linear):
+        self.head, self.readout = head, readout
+        self.transforms = head.value_transforms.per_source()
+        weight = readout.weight  # C, (k, d)
+        if head.num_heads > 1:
+            # Block rows: row (h, j) is C's row j on head h's columns and zero elsewhere, so that one linear map of
+            # v_n gives every C_h v_n,h at once (H times C's few FLOPs, but one operator a source instead of a loop).
+            per_head = weight.view(weight.shape[0], head.num_heads, head.head_dim)  # (k, H, h)
+            eye = torch.eye(head.num_heads, dtype=weight.dtype, device=weight.device)
+            weight = torch.einsum("khe,hg->hkge", per_head, eye).reshape(-1, weight.shape[1])  # (H·k, d)
+        self.head_readout = weight  # (H·k, d)
+        self.read_values: list[torch.Tensor] = []  # C_h v_n,h for each source n so far, each (B, T, H·k)
+
+    def add(self, slot, source):
+        transform = self.transforms[slot]
+        value = transform.value(transform.bottleneck(source))  # v_n, (B, T, d)
+        self.read_values.append(F.linear(value, self.head_readout))  # (B, T, H·k)
+
+    def finish(self, last_hidden_state, output_weights):
+        head = self.head
+        batch, length, _ = last_hidden_state.shape
+        weights = head.depth_weights(last_hidden_state)  # (B, T, H, n)
+        # (B, T, H, k, n): small, k floats per token, head and source
+        read_values = torch.stack(self.read_values, dim=-1).view(batch, length, head.num_heads, -1, head.num_sources)
+        self.read_values = []
+        mixed = torch.einsum("bthkn,bthn->btk", read_values, head.weight_dropout(weights))  # Σ_n,h a_n,h C_h v_n,h
+        return self.readout(last_hidden_state) + mixed, (weights if output_weights else None)
 
 
 class ConcatFusion(FusionHead):
@@ -1086,6 +1141,7 @@ class DWAttModel(DWAttPreTrainedModel):
         output_fusion_weights: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         fusion_positions: Optional[torch.Tensor] = None,
+        fused_readout: Optional[nn.Linear] = None,
     ) -> Union[DWAttModelOutput, tuple]:
         r"""
         output_fusion_weights (`bool`, *optional*):
@@ -1093,6 +1149,12 @@ class DWAttModel(DWAttPreTrainedModel):
         fusion_positions (`torch.LongTensor` of shape `(B,)`, *optional*):
             Fuse only at one position per sequence (pooled sequence classification); `last_hidden_state` is then
             (B, 1, d).
+        fused_readout (`nn.Linear`, *optional*):
+            A linear map the caller applies to the fused state (the token classifier, when its dropout is off).
+            No-grad inference on a head that can (DWAtt) then computes that map of the fused state source by source
+            without ever holding the fused state: it keeps k floats a token per source instead of its value
+            bottleneck. The output's `fused_readout` is then set and its `last_hidden_state` None; otherwise
+            `fused_readout` is None and `last_hidden_state` the fused state, as without the argument.
         """
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         if attention_mask is None:
@@ -1117,14 +1179,20 @@ class DWAttModel(DWAttPreTrainedModel):
         # a forward torch.compile traces (hooks that call back into Python would break its graph at every layer).
         if (self._needs_hidden_states and not output_hidden_states and not torch.is_grad_enabled()
                 and isinstance(self.fusion_classifier, FusionHead) and not _is_compiling()):
-            stream = self.fusion_classifier.source_stream(attention_mask, fusion_positions)
+            stream = None
+            if fused_readout is not None and fusion_positions is None:
+                stream = self.fusion_classifier.readout_stream(fused_readout)
+            stream_reads_out = stream is not None  # its finish gives fused_readout(fused), not the fused state
+            if stream is None:
+                stream = self.fusion_classifier.source_stream(attention_mask, fusion_positions)
             encoder_outputs = self._encode_streaming(encoder_inputs, stream)
             if encoder_outputs is not None:
                 fused, weights = stream.finish(encoder_outputs.last_hidden_state, bool(output_fusion_weights))
                 output = DWAttModelOutput(
-                    last_hidden_state=fused,
+                    last_hidden_state=None if stream_reads_out else fused,
                     attentions=getattr(encoder_outputs, "attentions", None) if output_attentions else None,
                     fusion_weights=weights,
+                    fused_readout=fused if stream_reads_out else None,
                 )
                 return output if return_dict else output.to_tuple()
 
@@ -1282,6 +1350,13 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
         self.classifier = nn.Linear(config.encoder_config.hidden_size, config.num_labels)
         self.post_init()
 
+    def _classifier_is_linear_readout(self) -> bool:
+        """Whether the logits are exactly `classifier(fused)`, one linear map (dropout off, the classifier a plain
+        nn.Linear and not, say, wrapped by PEFT), which DWAttModel may then apply source by source in inference."""
+        # accelerate's hooks (device_map, offload) move the classifier's weights or inputs in its forward only.
+        plain_linear = type(self.classifier) is nn.Linear and not hasattr(self.classifier, "_hf_hook")
+        return plain_linear and (not self.dropout.training or self.dropout.p == 0)
+
     def forward(
         self,
         input_ids: Optional[torch.Tensor] = None,
@@ -1312,8 +1387,12 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_fusion_weights=output_fusion_weights,
             return_dict=True,
+            fused_readout=self.classifier if self._classifier_is_linear_readout() else None,
         )
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
+        if outputs.fused_readout is not None:  # the classifier applied source by source (inference, DWAtt)
+            logits = outputs.fused_readout  # (B, T, num_labels)
+        else:
+            logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1), ignore_index=-100)

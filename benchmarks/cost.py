@@ -292,6 +292,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--dwatt-value-path", default="auto", choices=VALUE_PATHS,
                         help="how DWAtt's training forward runs its value transforms (auto: per source on a CPU, "
                              "batched elsewhere); --ops-only counts the batched path")
+    parser.add_argument("--note", default=None,
+                        help="what this run is beside the other result files (e.g. which run it pairs with); stored "
+                             "as machine.note, which the report prints after the command, and left out of the command")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     # The operator counts are the GPU's (see the module docstring), so they are counted on its path.
@@ -299,7 +302,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.ops_only and args.dwatt_value_path == "per_source":
         parser.error("--ops-only counts the operators of DWAtt's batched path, the one a GPU runs: "
                      "drop --dwatt-value-path per_source, or time that path without --ops-only")
-    command = " ".join(["python", "benchmarks/cost.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python", "benchmarks/cost.py", *without_note(sys.argv[1:] if argv is None else argv)])
 
     shapes = [
         (task, encoder, seq_len, batch_size)
@@ -312,16 +315,30 @@ def main(argv: Optional[list[str]] = None) -> None:
                         memory=not (args.no_memory or args.ops_only), timing=not (args.memory_only or args.ops_only),
                         ops=args.ops_only, dwatt_value_path=value_path)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        result = {"machine": machine(args.device), "command": command, "dwatt_value_path": value_path,
+        result = {"machine": machine(args.device, args.note), "command": command, "dwatt_value_path": value_path,
                   "rows": rows}
         args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} ({len(rows)} rows)")
 
 
-def machine(device: str) -> dict:
-    """The few-shot rows' machine description, plus the process's peak RSS and the commit."""
-    return {**machine_info(device), "max_rss_kib_at_end": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "git_commit": git_commit()}
+def without_note(argv: list[str]) -> list[str]:
+    """The arguments less `--note TEXT` / `--note=TEXT`: the note is recorded beside the command, not twice."""
+    kept, skip_next = [], False
+    for argument in argv:
+        if skip_next:
+            skip_next = False
+        elif argument == "--note":
+            skip_next = True
+        elif not argument.startswith("--note="):
+            kept.append(argument)
+    return kept
+
+
+def machine(device: str, note: Optional[str] = None) -> dict:
+    """The few-shot rows' machine description, plus the process's peak RSS, the commit and the run's note, if any."""
+    described = {**machine_info(device), "max_rss_kib_at_end": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                 "git_commit": git_commit()}
+    return {**described, "note": note} if note else described
 
 
 if __name__ == "__main__":

@@ -242,14 +242,21 @@ def test_timing_run_takes_dwatt_value_path_and_its_report_says_so(value_path, tm
                         lambda self, device: decisions.append(runs_per_source(self, device)) or decisions[-1])
     monkeypatch.setitem(cost.ENCODERS, "tiny", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))
     out = tmp_path / "cost_cpu.json"
-    cost.main(["--no-memory", "--rounds", "1", "--encoders", "tiny", "--tasks", "token", "--seq-lens", "8",
+    pairing = ["--note", "timed minutes after cost_cpu.json"] if value_path == "batched" else []
+    cost.main(["--no-memory", "--rounds", "1", "--encoders", "tiny", "--tasks", "token", "--seq-lens", "8", *pairing,
                "--batch-sizes", "2", "--device", "cpu", "--dwatt-value-path", value_path, "--out", str(out)])
     # Warm-up and one round: 2 training forwards (inference streams from hooks and never asks).
     assert decisions == [value_path == "auto"] * 2
     data = json.loads(out.read_text())
     assert data["dwatt_value_path"] == value_path
+    text = report.cost_section([out])
     note = "DWAtt's training forward ran its value transforms batched"
-    assert (note in report.cost_section([out])) == (value_path == "batched")
+    assert (note in text) == (value_path == "batched")
+    # A run's --note is recorded beside its command (once, not in it) and printed after it.
+    assert "--note" not in data["command"] and "--batch-sizes 2" in data["command"]
+    assert data["machine"].get("note") == ("timed minutes after cost_cpu.json" if pairing else None)
+    assert ("Note: timed minutes after cost_cpu.json." in text) == bool(pairing)
+    assert cost.without_note(["--rounds", "1", "--note=x y", "--out", "f.json"]) == ["--rounds", "1", "--out", "f.json"]
 
 
 def test_ops_only_run_and_its_report(tmp_path, monkeypatch):

@@ -551,7 +551,7 @@ class DepthWiseAttentionFusion(FusionHead):
         does, instead of all sources per operator. `value_path`: "batched" dispatches the fewest operators,
         which is what sets the time on a GPU at small shapes; "per_source" works on (B, T, ·) tensors instead of
         (n, B·T, ·) ones, which keeps the LayerNorms' scale and shift inside their kernels and the working set in
-        cache: on a 2-core CPU a MiniLM token-classification training step at 8 × 128 takes 1.10× the stock
+        cache: on a 2-core CPU a MiniLM token-classification training step at 8 × 512 takes 1.11× the stock
         classifier's time instead of 1.19× (benchmarks/RESULTS.md, cost). "auto" (the default) takes "per_source"
         on the CPU and "batched" everywhere else."""
         if self.value_path not in VALUE_PATHS:
@@ -606,7 +606,8 @@ class DepthWiseAttentionFusion(FusionHead):
 class DepthWiseAttentionSourceStream(SourceStream):
     """DWAtt's weights over depth need the query from z_L, the last source, so every source's value must wait for
     it. What waits is the value transform's bottleneck LN'_n(gelu(U_n z_n)), (B, T, γd), instead of z_n, (B, T, d):
-    with the default γ = 0.5 half the memory. The values are then summed one source at a time, so no (n, B, T, d)
+    with the default γ = 0.5 half the memory. (The token classifier's inference keeps less: the value read out
+    through the classifier, DepthWiseAttentionReadoutStream; this stream serves DWAttModel and mean pooling.) The values are then summed one source at a time, so no (n, B, T, d)
     stack of them exists either (the batched forward sums them in one operator: it agrees to rounding). The
     per-source forward (`DepthWiseAttentionFusion.runs_per_source`) is this same arithmetic, with gradients."""
 

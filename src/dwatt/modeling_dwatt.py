@@ -49,8 +49,9 @@ class DWAttModelOutput(BaseModelOutput):
 
     fusion_weights (`torch.FloatTensor` of shape `(B, T', H, n)`, *optional*):
         Per-token weights over the fusion sources (dwatt, scalar_mix), returned with `output_fusion_weights=True`.
-    fused_readout (`torch.FloatTensor` of shape `(B, T', k)`, *optional*):
-        The `fused_readout` map applied to the fused state, when the forward was given one (see `DWAttModel.forward`).
+    fused_readout (`torch.FloatTensor` of shape `(B, T, k)`, *optional*):
+        The forward's `fused_readout` map of the fused state, when inference computed it source by source;
+        `last_hidden_state` is then None (see `DWAttModel.forward`).
     """
 
     fusion_weights: Optional[torch.FloatTensor] = None
@@ -589,7 +590,8 @@ class DepthWiseAttentionFusion(FusionHead):
 
     def readout_stream(self, readout: nn.Linear) -> Optional[SourceStream]:
         # Keeps (B, T, H, k) per source instead of the (B, T, γd) bottleneck: worth it while H·k is the smaller.
-        if self.num_heads * readout.out_features >= min(self.value_transforms.bottleneck_size, self.head_dim * self.num_heads):
+        kept_by_source_stream = min(self.value_transforms.bottleneck_size, self.head_dim * self.num_heads)
+        if self.num_heads * readout.out_features >= kept_by_source_stream:
             return None
         if readout.weight.device != self.depth_embeddings.device:  # a model split over devices: C goes with its module
             return None
@@ -606,10 +608,11 @@ class DepthWiseAttentionFusion(FusionHead):
 class DepthWiseAttentionSourceStream(SourceStream):
     """DWAtt's weights over depth need the query from z_L, the last source, so every source's value must wait for
     it. What waits is the value transform's bottleneck LN'_n(gelu(U_n z_n)), (B, T, γd), instead of z_n, (B, T, d):
-    with the default γ = 0.5 half the memory. (The token classifier's inference keeps less: the value read out
-    through the classifier, DepthWiseAttentionReadoutStream; this stream serves DWAttModel and mean pooling.) The values are then summed one source at a time, so no (n, B, T, d)
+    with the default γ = 0.5 half the memory. The values are then summed one source at a time, so no (n, B, T, d)
     stack of them exists either (the batched forward sums them in one operator: it agrees to rounding). The
-    per-source forward (`DepthWiseAttentionFusion.runs_per_source`) is this same arithmetic, with gradients."""
+    per-source forward (`DepthWiseAttentionFusion.runs_per_source`) is this same arithmetic, with gradients.
+    The token classifier's inference keeps less, each value read out through the classifier
+    (DepthWiseAttentionReadoutStream); this stream serves DWAttModel itself, mean pooling and the fallbacks."""
 
     def __init__(self, head: DepthWiseAttentionFusion):
         self.head = head

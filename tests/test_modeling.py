@@ -208,6 +208,8 @@ READOUT_CASES = {
     "train-mode-dropout": (lambda model: setattr(model.dropout, "p", 0.1) or model.train(), False),
     "linear-subclass": (lambda model: setattr(model, "classifier", DoubledLinear(32, 3)) or model.eval(), False),
     "accelerate-hook": (lambda model: with_accelerate_hook(model).eval(), False),
+    # a user's hook that reads the classifier's input (the fused state, as a feature extractor) must get it
+    "forward-hook": (lambda model: model.classifier.register_forward_hook(lambda *args: None) and model.eval(), False),
     "more-labels-than-bottleneck": (lambda model: setattr(model, "classifier", torch.nn.Linear(32, 16)) or model.eval(), False),
 }
 

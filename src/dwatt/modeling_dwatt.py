@@ -670,7 +670,8 @@ class DepthWiseAttentionReadoutStream(SourceStream):
         read_values = torch.stack(self.read_values, dim=-1).view(batch, length, head.num_heads, -1, head.num_sources)
         self.read_values = []
         mixed = torch.einsum("bthkn,bthn->btk", read_values, head.weight_dropout(weights))  # Σ_n,h a_n,h C_h v_n,h
-        return self.readout(last_hidden_state) + mixed, (weights if output_weights else None)
+        logits = F.linear(last_hidden_state, self.readout.weight, self.readout.bias) + mixed  # C z_L + b + Σ …
+        return logits, (weights if output_weights else None)
 
 
 class ConcatFusion(FusionHead):
@@ -1357,8 +1358,11 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
     def _classifier_is_linear_readout(self) -> bool:
         """Whether the logits are exactly `classifier(fused)`, one linear map (dropout off, the classifier a plain
         nn.Linear and not, say, wrapped by PEFT), which DWAttModel may then apply source by source in inference."""
-        # accelerate's hooks (device_map, offload) move the classifier's weights or inputs in its forward only.
-        plain_linear = type(self.classifier) is nn.Linear and not hasattr(self.classifier, "_hf_hook")
+        classifier = self.classifier
+        # accelerate's hooks (device_map, offload) move the classifier's weights or inputs in its forward only; a
+        # forward hook of the user's (reading the fused state, say) must see the classifier run on the fused state.
+        plain_linear = (type(classifier) is nn.Linear and not hasattr(classifier, "_hf_hook")
+                        and not classifier._forward_hooks and not classifier._forward_pre_hooks)
         return plain_linear and (not self.dropout.training or self.dropout.p == 0)
 
     def forward(

@@ -217,7 +217,7 @@ READOUT_CASES = {
 @pytest.mark.parametrize("case", list(READOUT_CASES))
 def test_token_dwatt_reads_out_through_the_classifier_only_where_that_is_exact(case):
     """The readout stream sums C v_n source by source, which equals C(z_L + Σ_n a_n v_n) + b only for a plain
-    nn.Linear C with no dropout before it; elsewhere, and where H·k ≥ γd (16 here) would keep more than the bottleneck,
+    nn.Linear C with no dropout before it, and keeps the classifier's hooks from seeing z_L; elsewhere, and where H·k ≥ γd (16 here) would keep more than the bottleneck,
     inference streams the fused state as before. Either way the logits are the plain path's."""
     setup, reads_out = READOUT_CASES[case]
     torch.manual_seed(0)

@@ -270,10 +270,10 @@ def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
         assert row["inference_ops_ratio"] == row["inference_ops"] / row["stock_inference_ops"]
         assert row["training_ops_ratio"] == row["training_ops"] / row["stock_training_ops"]
     # Operators each head adds to a token forward, with 5 sources (4 layers and the embeddings). ScalarMix: softmax
-    # and unbind of the mixing weights, one multiply-add per source, the scale γ. DWAtt's stream runs each source
-    # through U, gelu, LayerNorm, W and LayerNorm_n and adds it with one multiply-add (after a view): 7 a source, plus
-    # one unbind per parameter tensor of the value transforms (8) and about 20 for the query and the weights over
-    # depth. A loop that dispatched more per source would break these bounds.
+    # and unbind of the mixing weights, one multiply-add per source, the scale γ. DWAtt's readout stream runs each
+    # source through U, gelu, LayerNorm, W, LayerNorm_n and the classifier's C: 6 a source, plus one unbind per
+    # parameter tensor of the value transforms (8) and about 20 for the query, the weights over depth and the final
+    # stack and weighted sum. A loop that dispatched more per source would break these bounds.
     added = {fusion: rows["token", fusion]["inference_ops"] - rows["token", fusion]["stock_inference_ops"]
              for fusion in ("scalar_mix", "dwatt")}
     assert added["scalar_mix"] == 5 + 3

@@ -1113,8 +1113,8 @@ class DWAttModel(DWAttPreTrainedModel):
         """Runs the encoder without `output_hidden_states`, handing each source to `stream` as it is computed
         (HiddenStateHooks). Returns the encoder's output, or None when its layers cannot be found or hooked or
         another thread's pass went through them meanwhile; the stream is then unusable and the caller takes the plain
-        path, which gives the same values (to rounding for token-level DWAtt on the batched value path, which sums its
-        sources in another order; see DepthWiseAttentionFusion.runs_per_source)."""
+        path, which gives the same values (to rounding for token-level DWAtt, whose readout stream, and whose batched
+        value path, sum the same terms in another order)."""
         found = encoder_layers(self.encoder, self._num_states - 1)
         if found is None:
             return None

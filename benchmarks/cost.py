@@ -17,15 +17,22 @@ target: overhead (ratio − 1) ≤ max(2%, 1.25 × FLOP fraction) and inference 
 over rounds of the per-round ratios, with their quartiles; a row whose median misses the target while the lower
 quartile meets it is marked "within noise" rather than passed or failed.
 
+With `--compile MODE` every model, the stock one included, is timed as `torch.compile(model, mode=MODE)`:
+"reduce-overhead" replays CUDA graphs, which takes Python and the dispatcher out of each step, so at small GPU shapes
+it shows what the heads cost once the operator count no longer sets the time. Timing only (no memory, no counts).
+
 Usage:
   python benchmarks/cost.py --out benchmarks/results/cost_cpu.json            # the default grid
   python benchmarks/cost.py --encoders minilm --seq-lens 32 128 --batch-sizes 8 --rounds 5
   python benchmarks/cost.py --memory-only --out benchmarks/results/cost_cpu_memory.json   # memory only, no timing
   python benchmarks/cost.py --ops-only --seq-lens 32 --batch-sizes 8 --out benchmarks/results/cost_ops.json
   python benchmarks/cost.py --dwatt-value-path batched ...   # DWAtt's training forward as a GPU runs it, on a CPU
+  python benchmarks/cost.py --device cuda --encoders minilm --seq-lens 32 --batch-sizes 8 --compile reduce-overhead \
+      --rounds 20 --out benchmarks/results/cost_gpu_compiled.json   # the small shapes under CUDA graphs
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import resource
@@ -55,6 +62,7 @@ TASKS = {
 }
 HEADS = ["last", "scalar_mix", "concat", "dwatt", "deeper"]
 NUM_LABELS = 9
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def encoder_config(name: str) -> BertConfig:
@@ -90,20 +98,25 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_inference(model, batch, device) -> float:
+def time_inference(model, batch, device, compiled: bool = False) -> float:
     model.eval()
     with torch.no_grad():
         synchronize(device)
         start = time.perf_counter()
+        if compiled:
+            # A new step for CUDA graphs: this call may reuse the memory of the previous one's outputs (all dropped).
+            torch.compiler.cudagraph_mark_step_begin()
         model(**batch)
         synchronize(device)
     return time.perf_counter() - start
 
 
-def time_training_step(model, batch, labels, optimizer, device) -> float:
+def time_training_step(model, batch, labels, optimizer, device, compiled: bool = False) -> float:
     model.train()
     synchronize(device)
     start = time.perf_counter()
+    if compiled:
+        torch.compiler.cudagraph_mark_step_begin()
     loss = model(**batch, labels=labels).loss
     loss.backward()
     optimizer.step()
@@ -201,23 +214,26 @@ def head_rows(task: str, encoder: str, seq_len: int, batch_size: int, models: di
     return rows
 
 
-def time_heads(rows: list[dict], models: dict, batch_size: int, seq_len: int, rounds: int, device: str) -> None:
-    """Adds the timing ratios head / stock to `rows`, measured interleaved in `rounds` rounds after a warm-up."""
-    task = rows[0]["task"]
-    names = ["stock", *HEADS]
-    batch = make_batch(batch_size, seq_len, device)
-    labels = make_labels(task, batch_size, seq_len, device)
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
-    inference = {name: [] for name in names}
-    training = {name: [] for name in names}
-    for name in names:  # warm-up: allocator, kernels, AdamW state
-        time_inference(models[name], batch, device)
-        time_training_step(models[name], batch, labels, optimizers[name], device)
-    for _ in range(rounds):
-        for name in names:  # interleaved
-            inference[name].append(time_inference(models[name], batch, device))
-        for name in names:
-            training[name].append(time_training_step(models[name], batch, labels, optimizers[name], device))
+def compile_models(models: dict, mode: str) -> dict:
+    """Every model as `torch.compile(model, mode=mode)`, compiled when first called (under `compile_settings`)."""
+    torch._dynamo.reset()  # a fresh cache for each shape: no versions of the last shape, no dynamic shapes
+    return {name: torch.compile(model, mode=mode) for name, model in models.items()}
+
+
+def compile_settings(num_models: int):
+    """The models all run the same few forward methods, each model (and its train and eval mode) one more compiled
+    version of them: the recompile limit is raised to hold them all, and reaching it stops the run instead of
+    falling back silently to timing eager code. A context manager: the process's settings are restored after."""
+    return torch._dynamo.config.patch(recompile_limit=4 * num_models, fail_on_recompile_limit_hit=True)
+
+
+def time_heads(rows: list[dict], models: dict, batch_size: int, seq_len: int, rounds: int, device: str,
+               compile_mode: Optional[str] = None) -> None:
+    """Adds the timing ratios head / stock to `rows`, measured interleaved in `rounds` rounds after a warm-up;
+    with `compile_mode`, of the models as torch.compile gives them."""
+    compiled = compile_mode is not None
+    with compile_settings(len(models)) if compiled else contextlib.nullcontext():
+        inference, training = time_rounds(rows[0]["task"], models, batch_size, seq_len, rounds, device, compile_mode)
     for row in rows:
         head = row["fusion"]
         row.update(
@@ -233,6 +249,32 @@ def time_heads(rows: list[dict], models: dict, batch_size: int, seq_len: int, ro
             row[f"{measure}_ratio_quartiles"] = quartiles(ratios)
         row["meets_time_target"] = all(row[f"{m}_ratio"] - 1 <= row["target_overhead"] for m in ("inference", "training"))
         row["time_verdict"] = time_verdict(row)
+
+
+def time_rounds(task: str, models: dict, batch_size: int, seq_len: int, rounds: int, device: str,
+                compile_mode: Optional[str]) -> tuple[dict, dict]:
+    """Inference and training-step times of every model, {name: [seconds per round]}, interleaved by round."""
+    names = ["stock", *HEADS]
+    batch = make_batch(batch_size, seq_len, device)
+    labels = make_labels(task, batch_size, seq_len, device)
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in models.items()}
+    compiled = compile_mode is not None
+    if compiled:
+        models = compile_models(models, compile_mode)
+    inference = {name: [] for name in names}
+    training = {name: [] for name in names}
+    # Warm-up: allocator, kernels, AdamW state; compiled, the compilation itself and CUDA graphs' recording, which
+    # takes the calls after the first.
+    for _ in range(3 if compiled else 1):
+        for name in names:
+            time_inference(models[name], batch, device, compiled)
+            time_training_step(models[name], batch, labels, optimizers[name], device, compiled)
+    for _ in range(rounds):
+        for name in names:  # interleaved
+            inference[name].append(time_inference(models[name], batch, device, compiled))
+        for name in names:
+            training[name].append(time_training_step(models[name], batch, labels, optimizers[name], device, compiled))
+    return inference, training
 
 
 def quartiles(values: list[float]) -> list[float]:
@@ -255,14 +297,15 @@ def time_verdict(row: dict) -> str:
 
 
 def measure(task: str, encoder: str, seq_len: int, batch_size: int, rounds: int, device: str, memory: bool,
-            timing: bool = True, ops: bool = False, dwatt_value_path: str = "auto") -> list[dict]:
+            timing: bool = True, ops: bool = False, dwatt_value_path: str = "auto",
+            compile_mode: Optional[str] = None) -> list[dict]:
     models = {name: build(task, encoder, name, device) for name in ["stock", *HEADS]}
     set_dwatt_value_path(models["dwatt"], dwatt_value_path)
     rows = head_rows(task, encoder, seq_len, batch_size, models)
     if ops:
         count_heads_ops(rows, models, batch_size, seq_len, device)
     if timing:
-        time_heads(rows, models, batch_size, seq_len, rounds, device)
+        time_heads(rows, models, batch_size, seq_len, rounds, device, compile_mode)
     if memory:
         batch = make_batch(batch_size, seq_len, device)
         stock_memory, method = peak_inference_memory(models["stock"], batch, device)
@@ -292,6 +335,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--dwatt-value-path", default="auto", choices=VALUE_PATHS,
                         help="how DWAtt's training forward runs its value transforms (auto: per source on a CPU, "
                              "batched elsewhere); --ops-only counts the batched path")
+    parser.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",
+                        help="time every model, the stock one too, as torch.compile(model, mode=MODE) "
+                             f"({', '.join(COMPILE_MODES)}); timing only")
     parser.add_argument("--note", default=None,
                         help="what this run is beside the other result files (e.g. which run it pairs with); stored "
                              "as machine.note, which the report prints after the command, and left out of the command")
@@ -302,6 +348,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.ops_only and args.dwatt_value_path == "per_source":
         parser.error("--ops-only counts the operators of DWAtt's batched path, the one a GPU runs: "
                      "drop --dwatt-value-path per_source, or time that path without --ops-only")
+    if args.compile and (args.memory_only or args.ops_only):
+        parser.error("--compile times compiled models; memory and operator counts are measured on the eager ones: "
+                     "drop --memory-only / --ops-only, or --compile")
     command = " ".join(["python", "benchmarks/cost.py", *without_note(sys.argv[1:] if argv is None else argv)])
 
     shapes = [
@@ -312,11 +361,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = []
     for task, encoder, seq_len, batch_size in tqdm(shapes, desc="shapes"):
         rows += measure(task, encoder, seq_len, batch_size, args.rounds, args.device,
-                        memory=not (args.no_memory or args.ops_only), timing=not (args.memory_only or args.ops_only),
-                        ops=args.ops_only, dwatt_value_path=value_path)
+                        memory=not (args.no_memory or args.ops_only or args.compile),
+                        timing=not (args.memory_only or args.ops_only),
+                        ops=args.ops_only, dwatt_value_path=value_path, compile_mode=args.compile)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result = {"machine": machine(args.device, args.note), "command": command, "dwatt_value_path": value_path,
-                  "rows": rows}
+                  **({"compile": args.compile} if args.compile else {}), "rows": rows}
         args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} ({len(rows)} rows)")
 

@@ -52,6 +52,9 @@ for i in 0 1 2; do python benchmarks/fewshot_glue.py --shard $i/3 & done; wait
 # 4. Cost ratios (issue 5), then this report.
 python benchmarks/cost.py --rounds 20 --out benchmarks/results/cost_gpu.json
 python benchmarks/cost.py --ops-only --seq-lens 32 --batch-sizes 8 --out benchmarks/results/cost_ops.json
+# The smallest shape again with CUDA graphs (compiling its 12 models takes minutes: 4.5 on a 2-core CPU).
+python benchmarks/cost.py --compile reduce-overhead --encoders minilm --seq-lens 32 --batch-sizes 8 \\
+    --rounds 20 --out benchmarks/results/cost_gpu_compiled.json
 python benchmarks/report.py"""
 
 
@@ -541,10 +544,15 @@ def cost_section(paths: Sequence[Path]) -> str:
         source = f"**{path.name}** — `{data.get('command', '?')}` on {describe_machine(data.get('machine', {}))}."
         if data.get("machine", {}).get("note"):  # what a file is beside its siblings (a before/after pair, say)
             source += f" Note: {data['machine']['note']}."
-        if data.get("dwatt_value_path", "auto") != "auto":
+        timed = all("inference_ratio" in r for r in rows)
+        # (An operator-count file says itself which path it counted.)
+        if timed and data.get("dwatt_value_path", "auto") != "auto":
             source += (f" DWAtt's training forward ran its value transforms {data['dwatt_value_path'].replace('_', ' ')}"
                        " (its default, `value_path=\"auto\"`, runs them per source on a CPU and batched on a GPU).")
-        if all("inference_ratio" in r for r in rows):
+        if data.get("compile"):
+            source += (f" Every model, the stock classifier too, ran as `torch.compile(model, mode=\"{data['compile']}\")`"
+                       " (compiled and, for reduce-overhead on a GPU, its CUDA graphs recorded before the rounds).")
+        if timed:
             parts += timing_table(source, rows)
         elif all("inference_ops_ratio" in r for r in rows):
             parts += ops_table(source, rows, gpu_timings, str(data.get("machine", {}).get("git_commit")))
@@ -650,7 +658,7 @@ def memory_table(source: str, rows: list[dict]) -> list[str]:
 def describe_machine(machine: dict) -> str:
     device = device_name(machine, with_cpu_model=True)
     versions = ", ".join(f"{k} {machine[k]}" for k in ("python", "torch", "transformers", "dwatt") if k in machine)
-    return f"{device}; {versions}"
+    return f"{device}; {versions}" if versions else device
 
 
 def provenance(rows: Sequence[dict]) -> str:

@@ -259,6 +259,43 @@ def test_timing_run_takes_dwatt_value_path_and_its_report_says_so(value_path, tm
     assert cost.without_note(["--rounds", "1", "--note=x y", "--out", "f.json"]) == ["--rounds", "1", "--out", "f.json"]
 
 
+def test_compiled_timing_run_compiles_every_model_in_both_modes_and_its_report_says_so(tmp_path, monkeypatch):
+    """`--compile MODE` times every model, the stock one too, through torch.compile, in eval and in train mode: each
+    of the 6 models is captured at least twice (graph breaks may add graphs, never remove them) and none falls
+    back to eager code. Compiled here with a recording eager backend instead of inductor (seconds, not minutes): what
+    is checked is what gets compiled, not how fast it runs."""
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    real_compile, modes = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: modes.append(mode) or real_compile(model, backend=recording_backend))
+    monkeypatch.setitem(cost.ENCODERS, "tiny", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))
+    limit = torch._dynamo.config.recompile_limit
+    out = tmp_path / "cost_gpu_compiled.json"
+    cost.main(["--compile", "reduce-overhead", "--rounds", "1", "--encoders", "tiny", "--tasks", "token", "--seq-lens", "8",
+               "--batch-sizes", "2", "--device", "cpu", "--out", str(out)])
+    assert modes == ["reduce-overhead"] * (1 + len(cost.HEADS))
+    assert len(graphs) >= 2 * (1 + len(cost.HEADS))
+    with_loss = [graph for graph in graphs if any("cross_entropy" in str(node.target) for node in graph.graph.nodes)]
+    assert len(with_loss) >= 1 + len(cost.HEADS)  # each model's training forward
+    assert torch._dynamo.config.recompile_limit == limit  # the run's settings do not outlive it
+    data = json.loads(out.read_text())
+    assert data["compile"] == "reduce-overhead" and "--compile reduce-overhead" in data["command"]
+    assert all("inference_ratio" in r and "memory_ratio" not in r for r in data["rows"])  # timing only
+    assert 'Every model, the stock classifier too, ran as `torch.compile(model, mode="reduce-overhead")`' in report.cost_section([out])
+
+
+@pytest.mark.parametrize("measure", ["--memory-only", "--ops-only"])
+def test_compile_refuses_to_measure_memory_or_operators(measure, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cost.main(["--compile", "default", measure, "--out", str(tmp_path / "cost.json")])
+    assert "drop --memory-only / --ops-only, or --compile" in capsys.readouterr().err
+    assert not (tmp_path / "cost.json").exists()
+
+
 def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
     out = tmp_path / "cost_ops.json"
     data, rows = run_tiny_cost("--ops-only", out, monkeypatch)
@@ -289,6 +326,7 @@ def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
                                "rows": [{**timing, "seq_len": 32, "batch_size": 8, "inference_ratio": 1.5, "training_ratio": 1.4},
                                         {**timing, "seq_len": 512, "batch_size": 8, "inference_ratio": 1.1, "training_ratio": 1.1}]}))
     text = report.cost_section([gpu, out])
+    assert "ran its value transforms" not in text  # the counts' own sentence says which path they counted
     assert (f"| token | tiny | dwatt | {100 * dwatt['flop_fraction']:.2f}% | {dwatt['stock_inference_ops']} → "
             f"{dwatt['inference_ops']} | {dwatt['inference_ops_ratio']:.3f} | {dwatt['stock_training_ops']} → "
             f"{dwatt['training_ops']} | {dwatt['training_ops_ratio']:.3f} | 8×32 | 1.500 | 1.400 |") in text
@@ -304,7 +342,7 @@ def test_ops_only_run_and_its_report(tmp_path, monkeypatch):
     text = report.cost_section([gpu, same, out])
     assert f"| {dwatt['training_ops_ratio']:.3f} | 8×32 | 1.250 | 1.200 |" in text and "need not agree" not in text
     # A file's note (what it is beside its siblings) follows its command.
-    assert "**cost_gpu_same_commit.json** — `python benchmarks/cost.py` on Some GPU; . Note: timed minutes after" in text
+    assert "**cost_gpu_same_commit.json** — `python benchmarks/cost.py` on Some GPU. Note: timed minutes after" in text
 
 
 def test_ops_only_refuses_to_count_another_path_than_the_gpus(tmp_path, capsys):

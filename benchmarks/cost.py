@@ -227,15 +227,25 @@ def compile_settings(num_models: int):
     return torch._dynamo.config.patch(recompile_limit=4 * num_models, fail_on_recompile_limit_hit=True)
 
 
+def cudagraph_skips() -> int:
+    """How many graphs inductor has compiled without CUDA graphs in this process although its mode asked for them
+    (reduce-overhead on a CPU, or an operator that CUDA graphs cannot hold): it logs why, and counts them here."""
+    return torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+
+
 def time_heads(rows: list[dict], models: dict, batch_size: int, seq_len: int, rounds: int, device: str,
                compile_mode: Optional[str] = None) -> None:
     """Adds the timing ratios head / stock to `rows`, measured interleaved in `rounds` rounds after a warm-up;
     with `compile_mode`, of the models as torch.compile gives them."""
     compiled = compile_mode is not None
+    skips_before = cudagraph_skips()
     with compile_settings(len(models)) if compiled else contextlib.nullcontext():
         inference, training = time_rounds(rows[0]["task"], models, batch_size, seq_len, rounds, device, compile_mode)
     for row in rows:
         head = row["fusion"]
+        if compiled:
+            # Graphs that inductor compiled without CUDA graphs for this shape (all models), with the reason in the log.
+            row["cudagraph_skips"] = cudagraph_skips() - skips_before
         row.update(
             inference_s=statistics.median(inference[head]), stock_inference_s=statistics.median(inference["stock"]),
             training_step_s=statistics.median(training[head]), stock_training_step_s=statistics.median(training["stock"]),

@@ -552,6 +552,12 @@ def cost_section(paths: Sequence[Path]) -> str:
         if data.get("compile"):
             source += (f" Every model, the stock classifier too, ran as `torch.compile(model, mode=\"{data['compile']}\")`"
                        " (compiled and, for reduce-overhead on a GPU, its CUDA graphs recorded before the rounds).")
+            shapes = {(r["encoder"], r["task"], r["seq_len"], r["batch_size"]): r.get("cudagraph_skips", 0) for r in rows}
+            skipped = sum(bool(skips) for skips in shapes.values())
+            if skipped:  # counted only where the mode asked for CUDA graphs
+                source += (f" At {skipped} of {len(shapes)} (encoder, task, length, batch) shapes inductor compiled some "
+                           "graphs without the CUDA graphs the mode asks for (the run's log says why): there the time "
+                           "includes the dispatch of those graphs' kernels.")
         if timed:
             parts += timing_table(source, rows)
         elif all("inference_ops_ratio" in r for r in rows):

@@ -268,12 +268,15 @@ def test_compiled_timing_run_compiles_every_model_in_both_modes_and_its_report_s
 
     def recording_backend(graph_module, example_inputs):
         graphs.append(graph_module)
+        if len(graphs) == 1:  # as inductor counts a graph it compiled without the CUDA graphs the mode asked for
+            torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] += 1
         return graph_module.forward
 
     real_compile, modes = torch.compile, []
     monkeypatch.setattr(torch, "compile", lambda model, mode: modes.append(mode) or real_compile(model, backend=recording_backend))
     monkeypatch.setitem(cost.ENCODERS, "tiny", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))
     limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] += 2  # earlier in the process: not this run's
     out = tmp_path / "cost_gpu_compiled.json"
     cost.main(["--compile", "reduce-overhead", "--rounds", "1", "--encoders", "tiny", "--tasks", "token", "--seq-lens", "8",
                "--batch-sizes", "2", "--device", "cpu", "--out", str(out)])
@@ -285,7 +288,14 @@ def test_compiled_timing_run_compiles_every_model_in_both_modes_and_its_report_s
     data = json.loads(out.read_text())
     assert data["compile"] == "reduce-overhead" and "--compile reduce-overhead" in data["command"]
     assert all("inference_ratio" in r and "memory_ratio" not in r for r in data["rows"])  # timing only
-    assert 'Every model, the stock classifier too, ran as `torch.compile(model, mode="reduce-overhead")`' in report.cost_section([out])
+    assert all(r["cudagraph_skips"] == 1 for r in data["rows"])  # the skips during this run, not the process's
+    text = report.cost_section([out])
+    assert 'Every model, the stock classifier too, ran as `torch.compile(model, mode="reduce-overhead")`' in text
+    assert "At 1 of 1 (encoder, task, length, batch) shapes inductor compiled some graphs without the CUDA graphs" in text
+    for row in data["rows"]:
+        row["cudagraph_skips"] = 0
+    out.write_text(json.dumps(data))
+    assert "without the CUDA graphs" not in report.cost_section([out])
 
 
 @pytest.mark.parametrize("measure", ["--memory-only", "--ops-only"])

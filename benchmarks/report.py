@@ -2,8 +2,8 @@
 
   python benchmarks/report.py
 
-Reads the JSON-lines rows of fewshot_ner.py / fewshot_glue.py (benchmarks/results/*.jsonl), the ablations (NER runs
-with one setting changed, benchmarks/results/ablations/*.jsonl), the smoke runs
+Reads the JSON-lines rows of fewshot_ner.py / fewshot_glue.py (benchmarks/results/*.jsonl), the ablations (runs of
+either with one setting changed, benchmarks/results/ablations/*.jsonl), the smoke runs
 (benchmarks/results/smoke/*.jsonl, and any row made with --max-eval-sentences/--max-eval-examples), result rows
 repeated on another device (benchmarks/results/device_check/*.jsonl: shown beside the rows they repeat, never
 averaged in) and the output of cost.py (benchmarks/results/cost_*.json). Every number written comes from those rows,
@@ -388,7 +388,7 @@ def claim_dwatt_vs_concat(rows: Sequence[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Ablations: the NER grid's heads with one setting changed (benchmarks/results/ablations/*.jsonl)
+# Ablations: the grids' heads with one setting changed (benchmarks/results/ablations/*.jsonl)
 # ----------------------------------------------------------------------------------------------------------------
 
 ABLATION_HEADER = ("encoder", "size", "variant", "head", "seeds", "dev F1", "test F1", "Δ test F1 vs last",
@@ -413,12 +413,13 @@ def variant_name(row: dict, main_settings: dict[tuple, dict]) -> str:
     return ", ".join(changes) or MAIN_GRID
 
 
-def with_variants(ablations: Sequence[dict], ner: Sequence[dict]) -> list[dict]:
-    """Ablation rows, plus the main-grid rows of the same encoders/sizes/heads, each with a `variant` field."""
-    main_settings = {(r["benchmark"], r["size"]): r["settings"] for r in ner}
-    cells = {(r["encoder"], r["size"]) for r in ablations}
+def with_variants(ablations: Sequence[dict], grid: Sequence[dict]) -> list[dict]:
+    """Ablation rows, plus the main-grid rows (`grid`, of the same benchmark) of the same tasks/encoders/sizes/heads,
+    each with a `variant` field."""
+    main_settings = {(r["benchmark"], r["size"]): r["settings"] for r in grid}
+    cells = {(r["task"], r["encoder"], r["size"]) for r in ablations}
     heads = {r["head"] for r in ablations} | {"last"}
-    main = [{**r, "variant": MAIN_GRID} for r in ner if (r["encoder"], r["size"]) in cells and r["head"] in heads]
+    main = [{**r, "variant": MAIN_GRID} for r in grid if (r["task"], r["encoder"], r["size"]) in cells and r["head"] in heads]
     return main + [{**r, "variant": variant_name(r, main_settings)} for r in ablations]
 
 
@@ -426,7 +427,8 @@ def ablation_baseline(cell: Sequence[dict], rows: Sequence[dict]) -> tuple[list[
     """The `last` runs to pair a cell with: those with the very same settings (the variant ran `last` too), else
     those that differ only in the head's own config (which `last` does not have)."""
     first = cell[0]
-    lasts = [r for r in rows if r["head"] == "last" and (r["encoder"], r["size"]) == (first["encoder"], first["size"])]
+    lasts = [r for r in rows if r["head"] == "last"
+             and (r["task"], r["encoder"], r["size"]) == (first["task"], first["encoder"], first["size"])]
     for ignore_head_config in (False, True):
         key = settings_id(first["settings"], ignore_head_config)
         chosen = [r for r in lasts if settings_id(r["settings"], ignore_head_config) == key]
@@ -481,6 +483,28 @@ def ablation_table(rows: Sequence[dict]) -> str:
             f"{mean_of(cell, lambda r: r['best_step'])} / {cell[0]['steps']}", largest_depth_weight(cell),
         ))
     return table(ABLATION_HEADER, lines, align="llll" + "r" * 4 + "l" + "rr")
+
+
+GLUE_ABLATION_HEADER = ("task", "encoder", "size", "variant", "head", "seeds", "dev acc (selected step)",
+                        "dev acc (last step)", "Δ dev acc vs last", "Δ dev acc (last step) vs last",
+                        "last it is paired with", "largest depth weight")
+
+
+def glue_ablation_table(rows: Sequence[dict]) -> str:
+    """Dev accuracy of each (variant, head) of the sentence tasks with the paired gains over its `last` baseline."""
+    groups = group_by(rows, "task", "encoder", "size", "variant", "head")
+    rank = {head: i for i, head in enumerate(common.ALL_HEADS)}
+    lines = []
+    for key in sorted(groups, key=lambda k: (k[:3], k[3] != MAIN_GRID, k[3], rank[k[4]])):
+        task, encoder, size, variant, head = key
+        cell = groups[key]
+        baseline, baseline_variant = ([], "—") if head == "last" else ablation_baseline(cell, rows)
+        gains = [fmt(paired_differences(cell, baseline, split, "accuracy"), signed=True) if baseline else "—"
+                 for split in ("dev", "final_dev")]
+        lines.append((task, encoder, f"{size:,}", variant, head, len(cell), fmt([value(r, "dev", "accuracy") for r in cell]),
+                      fmt([value(r, "final_dev", "accuracy") for r in cell]), *gains, baseline_variant,
+                      largest_depth_weight(cell)))
+    return table(GLUE_ABLATION_HEADER, lines, align="lllll" + "r" * 5 + "lr")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -763,26 +787,26 @@ def plot_curves(rows: Sequence[dict], metric: str, label: str, title: str, path:
     return _finish_figure(plt, figure, axes, title, path)
 
 
-def plot_ablation_curves(rows: Sequence[dict], title: str, path: Path) -> Path:
-    """One panel per fused head: dev F1 against steps for each of its variants, dashed `last` for reference."""
+def plot_ablation_curves(rows: Sequence[dict], title: str, path: Path, metric: str = "f1") -> Path:
+    """One panel per fused head: the dev metric against steps for each of its variants, dashed `last` for reference."""
     plt = _pyplot()
     heads = [h for h in head_order(r["head"] for r in rows) if h != "last"]
     figure, axes = plt.subplots(1, len(heads), figsize=(5.6 * len(heads), 4.2), squeeze=False, sharey=True)
     for axis, head in zip(axes[0], heads):
         for (variant, name), cell in sorted(group_by((r for r in rows if r["head"] in (head, "last")), "variant", "head").items(),
                                              key=lambda item: (item[0][1] != "last", item[0][0] != MAIN_GRID, item[0][0])):
-            steps, means, _ = mean_curve(cell, "f1")
+            steps, means, _ = mean_curve(cell, metric)
             axis.plot(steps, means, marker=".", linestyle="--" if name == "last" else "-", label=f"{name}: {variant}")
         axis.set_title(head)
         axis.set_xlabel("optimisation step")
-        axis.set_ylabel("dev F1")
+        axis.set_ylabel("dev F1" if metric == "f1" else f"dev {metric}")
         axis.grid(alpha=0.3)
         axis.legend(frameon=False, fontsize=8, loc="lower right")
     return _finish_figure(plt, figure, axes, title, path)
 
 
 def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict], folder: Path,
-               ablations: Sequence[dict] = ()) -> list[Path]:
+               ablations: Sequence[dict] = (), glue_ablations: Sequence[dict] = ()) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for (encoder,), rows in sorted(group_by(ner, "encoder").items()):
@@ -794,6 +818,10 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
         paths.append(plot_ablation_curves(rows, f"CoNLL-03 dev F1 during training, {encoder}, {size:,} sentences: each "
                                           "head's variants against last (mean over seeds)",
                                           folder / f"ablation_ner_curves_{encoder}_{size}.png"))
+    for (task, encoder, size), rows in sorted(group_by(glue_ablations, "task", "encoder", "size").items()):
+        paths.append(plot_ablation_curves(rows, f"{task} dev accuracy during training, {encoder}, {size:,} examples: "
+                                          "each head's variants against last (mean over seeds)",
+                                          folder / f"ablation_glue_curves_{task}_{encoder}_{size}.png", "accuracy"))
     for (task, encoder), rows in sorted(group_by(glue, "task", "encoder").items()):
         paths.append(plot_vs_size(rows, [("dev", "accuracy", "dev accuracy (selected step)"),
                                          ("final_dev", "accuracy", "dev accuracy (last step)")],
@@ -815,7 +843,7 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
 
 def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: list[Path], plots: list[Path],
            out: Path, command: str, ablations: Sequence[dict] = (), init_scale_paths: Sequence[Path] = (),
-           glue_majority: str = "", device_checks: Sequence[dict] = ()) -> str:
+           glue_majority: str = "", device_checks: Sequence[dict] = (), glue_ablations: Sequence[dict] = ()) -> str:
     def images(prefix: str) -> str:
         chosen = [p for p in plots if p.name.startswith(prefix)]
         return "\n\n".join(f"![{p.stem}]({p.resolve().relative_to(out.resolve().parent)})" for p in chosen) or "No plot (no rows)."
@@ -854,7 +882,7 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "sentences (1.00 = all weight on one layer), with the layer per seed.",
         init_scale_section(init_scale_paths),
         ablation_table(ablations) if ablations else "No ablation rows.",
-        images("ablation_"),
+        images("ablation_ner_"),
         "### Ablation commands",
         provenance([r for r in ablations if r["variant"] != MAIN_GRID]),
         "## Few-shot SST-2, MRPC, RTE",
@@ -867,6 +895,12 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         glue_majority,
         glue_table(glue) if glue else "Not measured yet.",
         images("glue_"),
+        "### Ablations on the sentence tasks",
+        "The sentence grid's heads with one setting changed, each against the main grid's `last` runs of the same "
+        "seeds and training subsets (as for NER above): does a setting that helps NER cost anything here?",
+        glue_ablation_table(glue_ablations) if glue_ablations else "No ablation rows.",
+        images("ablation_glue_"),
+        *([provenance([r for r in glue_ablations if r["variant"] != MAIN_GRID])] if glue_ablations else []),
         "## The same runs on another device",
         "A few result rows run again, with the same settings, seed and training subset, on a different device (CPU "
         "against GPU: other kernels, other rounding, so other weights by the end of training). The difference is the noise "
@@ -904,7 +938,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--results", nargs="*", type=Path, default=sorted(results.glob("*.jsonl")),
                         help="JSON-lines rows of fewshot_ner.py / fewshot_glue.py (default: benchmarks/results/*.jsonl).")
     parser.add_argument("--ablations", nargs="*", type=Path, default=sorted((results / "ablations").glob("*.jsonl")),
-                        help="NER rows with one setting changed (default: benchmarks/results/ablations/*.jsonl).")
+                        help="NER and sentence-task rows with one setting changed (default: "
+                             "benchmarks/results/ablations/*.jsonl).")
     parser.add_argument("--init-scale", nargs="*", type=Path, default=sorted(results.glob("init_scale_*.json")),
                         help="init_scale.py outputs (default: benchmarks/results/init_scale_*.json).")
     parser.add_argument("--smoke", nargs="*", type=Path, default=sorted((results / "smoke").glob("*.jsonl")),
@@ -934,11 +969,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         path.unlink()
     ablation_rows = load_rows(args.ablations)
     smoke += [r for r in ablation_rows if r.get("smoke")]
-    ablations = with_variants([r for r in ablation_rows if not r.get("smoke")], ner)
-    plots = make_plots(ner, glue, smoke, args.plots_dir, ablations)
+    ablation_rows = [r for r in ablation_rows if not r.get("smoke")]
+    ablations = with_variants([r for r in ablation_rows if r["benchmark"] == "fewshot_ner"], ner)
+    glue_ablations = with_variants([r for r in ablation_rows if r["benchmark"] == "fewshot_glue"], glue)
+    plots = make_plots(ner, glue, smoke, args.plots_dir, ablations, glue_ablations)
     command = shlex.join(["python", "benchmarks/report.py", *argv])
     args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command, ablations, list(args.init_scale),
-                               glue_majority_baseline(glue, args.glue_dir), load_rows(args.device_checks)))
+                               glue_majority_baseline(glue, args.glue_dir), load_rows(args.device_checks), glue_ablations))
     print(f"wrote {args.out} and {len(plots)} plot(s) in {args.plots_dir}")
     return args.out
 

@@ -452,6 +452,40 @@ def test_report_ablations_pair_each_variant_with_its_baseline(ablation_files, ne
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "ablation_ner_curves_tiny_6.png)" in text
 
 
+def test_report_pairs_sentence_task_ablations_with_the_sentence_grid(ablation_files, ner_run, glue_rows, workspace):
+    """An ablation of the sentence grid (one file beside the NER ones) gets its own table, paired by seed with the
+    sentence grid's `last`, and its own plot; the NER ablation table keeps only NER rows."""
+    glue_out = workspace / "results" / "fewshot_glue.jsonl"
+    zero_init = workspace / "ablations" / "glue_zero_init.jsonl"
+    fewshot_glue.main([
+        "--encoders", f"tiny={workspace / 'encoder'}", "--glue-dir", str(workspace / "glue"), "--tasks", "MRPC",
+        "--sizes", "8", "--seeds", "1", "2", "--heads", "dwatt", "--head-config", "zero_init_residual=true",
+        "--steps", "6", "--eval-every", "2", "--batch-size", "4", "--encoder-lr", "3e-2", "--head-lr", "3e-2",
+        "--device", "cpu", "--out", str(zero_init),
+    ])
+    out = workspace / "GLUE_ABLATIONS.md"
+    report.main(["--results", str(ner_run["out"]), str(glue_out), "--ablations", *map(str, ablation_files.values()),
+                 str(zero_init), "--smoke", "--cost", "--init-scale", "--out", str(out), "--plots-dir", str(workspace / "p4")])
+    text = out.read_text()
+    accuracy = {}
+    for name, path in [("main", glue_out), ("zero", zero_init)]:
+        for r in fewshot_common.read_rows(path):
+            for split in ("dev", "final_dev"):
+                accuracy[(name, r["head"], r["seed"], split)] = 100 * r[split]["accuracy"]
+    task = fewshot_common.read_rows(zero_init)[0]["task"]
+    line = table_row(text, task, "tiny", "8", "zero_init_residual=true", "dwatt")
+    for split in ("dev", "final_dev"):
+        gains = [accuracy[("zero", "dwatt", s, split)] - accuracy[("main", "last", s, split)] for s in (1, 2)]
+        assert pm(gains, signed=True) in line
+    assert line.count("| main grid |") == 1  # paired with the sentence grid's own `last`
+    glue_section = text.split("### Ablations on the sentence tasks")[1].split("## The same runs")[0]
+    assert f"| {task} | tiny | 8 | main grid | last |" in glue_section and "--head-config zero_init_residual=true" in glue_section
+    ner_section = text.split("## Ablations: why does fusion trail")[1].split("## Few-shot SST-2")[0]
+    assert "| tiny | 8 |" not in ner_section and "| tiny | 6 | main grid | last |" in ner_section
+    plot = workspace / "p4" / f"ablation_glue_curves_{task}_tiny_8.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"ablation_glue_curves_{task}_tiny_8.png)" in glue_section
+
+
 def test_recorded_commit_is_the_checkouts_unless_given(monkeypatch):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=fewshot_common.REPO, capture_output=True, text=True)
     monkeypatch.delenv("DWATT_GIT_COMMIT", raising=False)

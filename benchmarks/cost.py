@@ -241,11 +241,12 @@ def time_heads(rows: list[dict], models: dict, batch_size: int, seq_len: int, ro
     skips_before = cudagraph_skips()
     with compile_settings(len(models)) if compiled else contextlib.nullcontext():
         inference, training = time_rounds(rows[0]["task"], models, batch_size, seq_len, rounds, device, compile_mode)
+    # Graphs that inductor compiled without CUDA graphs for this shape (all models), with the reason in the log.
+    skips = cudagraph_skips() - skips_before
     for row in rows:
         head = row["fusion"]
         if compiled:
-            # Graphs that inductor compiled without CUDA graphs for this shape (all models), with the reason in the log.
-            row["cudagraph_skips"] = cudagraph_skips() - skips_before
+            row["cudagraph_skips"] = skips
         row.update(
             inference_s=statistics.median(inference[head]), stock_inference_s=statistics.median(inference["stock"]),
             training_step_s=statistics.median(training[head]), stock_training_step_s=statistics.median(training["stock"]),

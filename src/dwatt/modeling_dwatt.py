@@ -6,7 +6,8 @@ position), d hidden size, n fusion sources, H depth-attention heads, h = d / H.
 
 This file is copied next to every saved checkpoint (Hugging Face remote code): it imports only torch, public
 `transformers` names, `.configuration_dwatt` and three standard-library modules (math, dataclasses,
-typing; tests/test_remote_code.py checks the list), and must keep working on transformers 4.57 and 5.x.
+typing; tests/test_remote_code.py checks the list; accelerate only inside the function that runs where accelerate has
+offloaded weights), and must keep working on transformers 4.57 and 5.x.
 """
 
 import math
@@ -922,12 +923,47 @@ def build_fusion_head(config: DWAttConfig) -> FusionHead:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _load_offloaded_fusion_head_whole(model: PreTrainedModel) -> None:
+    """Lets a fusion head whose weights accelerate offloaded (`device_map` with "cpu" or "disk" entries) run.
+
+    accelerate hooks every module that owns weights to load them in its own forward, but the heads read their
+    submodules' weights directly (one source's slice of the stacked value transforms, the extra layer's weights at the
+    pooled position only), which would then still be on the meta device. This re-hooks the head so that its forward
+    loads all of its weights at once: accelerate's `preload_module_classes`, which transformers does not pass.
+    """
+    head = model.base_model.fusion_classifier
+    hooks = [getattr(module, "_hf_hook", None) for module in head.modules()]
+    hooks = [inner for hook in hooks if hook is not None for inner in getattr(hook, "hooks", [hook])]
+    offloading = [hook for hook in hooks if getattr(hook, "offload", False) and getattr(hook, "weights_map", None) is not None]
+    if not offloading:
+        return
+    # accelerate is installed wherever weights were offloaded: transformers needs it for device_map.
+    from accelerate.hooks import attach_align_device_hook, remove_hook_from_module
+
+    hook = offloading[0]
+    head_name = next(name for name, module in model.named_modules() if module is head)
+    remove_hook_from_module(head, recurse=True)
+    attach_align_device_hook(
+        head,
+        execution_device=hook.execution_device,
+        offload=True,
+        weights_map=hook.weights_map.dataset,  # the model's whole map; the hook's own was prefixed with its module
+        offload_buffers=hook.offload_buffers,
+        module_name=head_name,
+        skip_keys=hook.skip_keys,
+        preload_module_classes=[type(head).__name__],
+    )
+
+
 class DWAttPreTrainedModel(PreTrainedModel):
     config_class = DWAttConfig
     base_model_prefix = "dwatt"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
+    # device_map="auto" keeps each fusion head on one device: the heads read their submodules' weights directly.
+    # (transformers adds the encoder's own no-split modules, BertLayer and the like.)
+    _no_split_modules = ["DepthWiseAttentionFusion", "ConcatFusion", "ScalarMixFusion", "DeeperFusion"]
     # The forwards take no **kwargs: Trainer must divide the loss for gradient accumulation itself.
     accepts_loss_kwargs = False
 
@@ -1019,6 +1055,8 @@ class DWAttPreTrainedModel(PreTrainedModel):
                 f"({old_keys[0]}, …); this version stacks them (value_transforms.*). Convert the checkpoint once with "
                 "dwatt.modeling_dwatt.stack_per_source_value_mlps (the README has the three lines), then load it."
             )
+        if getattr(model, "hf_device_map", None):
+            _load_offloaded_fusion_head_whole(model)
         return (model, loading_info) if wants_loading_info else model
 
     @classmethod
@@ -1182,8 +1220,11 @@ class DWAttModel(DWAttPreTrainedModel):
         # (pooled classifiers keep one position of each; Concat and ScalarMix only a running sum). Training takes the
         # plain path, whose hidden states the backward pass needs anyway; so does a head PEFT has wrapped, and so does
         # a forward torch.compile traces (hooks that call back into Python would break its graph at every layer).
+        # So does a head that accelerate dispatched (device_map over several devices, offloading): its hook moves its
+        # inputs and loads its weights in its forward only.
         if (self._needs_hidden_states and not output_hidden_states and not torch.is_grad_enabled()
-                and isinstance(self.fusion_classifier, FusionHead) and not _is_compiling()):
+                and isinstance(self.fusion_classifier, FusionHead) and not _is_compiling()
+                and not hasattr(self.fusion_classifier, "_hf_hook")):
             reading_out = fused_readout is not None and fusion_positions is None
             readout_stream = self.fusion_classifier.readout_stream(fused_readout) if reading_out else None
             stream_reads_out = readout_stream is not None  # its finish gives fused_readout(fused), not the fused state

@@ -3,7 +3,9 @@
 Run by tests/test_remote_code.py in a *clean* Python (a virtual environment where dwatt is not installed), so it
 imports nothing from dwatt or from the tests. Usage: python remote_code_check.py FOLDER CASE_FILE
 where CASE_FILE is a safetensors file with `input_ids`, `attention_mask` and the expected `logits`.
-Prints one line `OK transformers=<version> class=<name> … dwatt_installed=<bool> max_abs_diff=<float>` or exits non-zero.
+Then resizes the token embeddings, saves, loads again and compares (the resized vocabulary must survive the round trip).
+Prints one line `OK transformers=<version> class=<name> … dwatt_installed=<bool> max_abs_diff=<float> …` or exits
+non-zero.
 """
 
 import importlib.util
@@ -42,9 +44,28 @@ def main() -> int:
     with torch.no_grad():
         logits = model(input_ids=case["input_ids"], attention_mask=case["attention_mask"]).logits
     diff = (logits - case["logits"]).abs().max().item()
-    status = "OK" if diff < 1e-5 else "FAIL"
+
+    # A user who adds tokens: resize, save and load again; the new rows must come back, with the new size recorded
+    # where the encoder reads it (the Hub copy of the config does that on its own).
+    import tempfile
+
+    vocab_size = model.config.vocab_size
+    model.resize_token_embeddings(vocab_size + 3)
+    input_ids = case["input_ids"].clone()
+    input_ids[:, 0] = vocab_size + 2  # an added token
+    with tempfile.TemporaryDirectory() as resized_folder:
+        model.save_pretrained(resized_folder)
+        resized = auto.from_pretrained(resized_folder, trust_remote_code=True).eval()
+        with torch.no_grad():
+            expected = model(input_ids=input_ids, attention_mask=case["attention_mask"]).logits
+            reloaded = resized(input_ids=input_ids, attention_mask=case["attention_mask"]).logits
+    resized_diff = (reloaded - expected).abs().max().item()
+    resized_ok = resized.config.vocab_size == vocab_size + 3 and resized_diff < 1e-5
+
+    status = "OK" if diff < 1e-5 and resized_ok else "FAIL"
     print(f"{status} transformers={transformers.__version__} class={type(model).__name__} "
-          f"module={type(model).__module__} dwatt_installed={dwatt_installed} max_abs_diff={diff:.3g}")
+          f"module={type(model).__module__} dwatt_installed={dwatt_installed} max_abs_diff={diff:.3g} "
+          f"resized_vocab={resized.config.vocab_size} resized_max_abs_diff={resized_diff:.3g}")
     return 0 if status == "OK" else 1
 
 

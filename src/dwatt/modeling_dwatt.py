@@ -6,7 +6,7 @@ position), d hidden size, n fusion sources, H depth-attention heads, h = d / H.
 
 This file is copied next to every saved checkpoint (Hugging Face remote code): it imports only torch, public
 `transformers` names, `.configuration_dwatt` and three standard-library modules (math, dataclasses,
-typing; tests/test_remote_code.py checks the list; accelerate only inside the function that runs where accelerate has
+typing; tests/test_remote_code.py checks the list; accelerate only in a try block of the function that runs where it has
 offloaded weights), and must keep working on transformers 4.57 and 5.x.
 """
 
@@ -937,8 +937,12 @@ def _load_offloaded_fusion_head_whole(model: PreTrainedModel) -> None:
     offloading = [hook for hook in hooks if getattr(hook, "offload", False) and getattr(hook, "weights_map", None) is not None]
     if not offloading:
         return
-    # accelerate is installed wherever weights were offloaded: transformers needs it for device_map.
-    from accelerate.hooks import attach_align_device_hook, remove_hook_from_module
+    # In a try block because transformers' remote-code loader requires every import outside one to be installed,
+    # and the Hub copy of this file must load without accelerate. Offloading needs accelerate, so it is here.
+    try:
+        from accelerate.hooks import attach_align_device_hook, remove_hook_from_module
+    except ImportError:  # unreachable: only accelerate offloads weights
+        return
 
     hook = offloading[0]
     head_name = next(name for name, module in model.named_modules() if module is head)

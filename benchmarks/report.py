@@ -842,9 +842,34 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def variability_section(paths: Sequence[Path], out: Path) -> str:
+    """ν per layer of each `python -m dwatt.variability` output (one row per file), with its plot and command."""
+    if not paths:
+        return "Not measured yet (`python -m dwatt.variability --encoder PATH --data GLUE_TASK_DIR --out DIR`)."
+    results = [(path, json.loads(path.read_text())) for path in paths]
+    layers = max(len(data["variability"]) for _, data in results)
+    lines = []
+    for path, data in results:
+        values = [f"**{v:.3g}**" if i == data["selected_layer"] else f"{v:.3g}" for i, v in enumerate(data["variability"])]
+        lines.append((path.parent.name, data["task"], data["split"], f"{data['examples']:,}",
+                      *values, *["—"] * (layers - len(values)), data["selected_layer"]))
+    parts = [table(("run", "task", "split", "examples", *[f"ν layer {i}" for i in range(layers)], "selected layer"),
+                   lines, align="llll" + "r" * (layers + 1))]
+    for path, data in results:
+        png = path.with_name("variability.png")
+        if png.exists():
+            parts.append(f"![{path.parent.name}]({png.resolve().relative_to(out.resolve().parent)})")
+    versions = ", ".join(f"{name} {version}" for name, version in results[0][1].get("versions", {}).items())
+    parts.append("Commands" + (f" ({versions})" if versions else "") + ":\n\n"
+                 + "\n".join(f"- `{data['command']}` (commit {data.get('git_commit') or 'not recorded'})"
+                             for _, data in results))
+    return "\n\n".join(parts)
+
+
 def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: list[Path], plots: list[Path],
            out: Path, command: str, ablations: Sequence[dict] = (), init_scale_paths: Sequence[Path] = (),
-           glue_majority: str = "", device_checks: Sequence[dict] = (), glue_ablations: Sequence[dict] = ()) -> str:
+           glue_majority: str = "", device_checks: Sequence[dict] = (), glue_ablations: Sequence[dict] = (),
+           variability_paths: Sequence[Path] = ()) -> str:
     def images(prefix: str) -> str:
         chosen = [p for p in plots if p.name.startswith(prefix)]
         return "\n\n".join(f"![{p.stem}]({p.resolve().relative_to(out.resolve().parent)})" for p in chosen) or "No plot (no rows)."
@@ -902,6 +927,11 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         glue_ablation_table(glue_ablations) if glue_ablations else "No ablation rows.",
         images("ablation_glue_"),
         *([provenance([r for r in glue_ablations if r["variant"] != MAIN_GRID])] if glue_ablations else []),
+        "## Hidden-state variability per layer (layer selection)",
+        "ν(ℓ) of Xie et al. (arXiv 2210.10041) on the pretrained encoder, before any fine-tuning: how well each "
+        "layer's mean-pooled sentence vectors already separate the gold classes (lower is better; **bold**: the "
+        "selected layer, the lowest ν). Computed by `dwatt.variability` on a random draw of the training split.",
+        variability_section(variability_paths, out),
         "## The same runs on another device",
         "A few result rows run again, with the same settings, seed and training subset, on a different device (CPU "
         "against GPU: other kernels, other rounding, so other weights by the end of training). The difference is the noise "
@@ -950,6 +980,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--device-checks", nargs="*", type=Path,
                         default=sorted((results / "device_check").glob("*.jsonl")),
                         help="Result rows repeated on another device (default: benchmarks/results/device_check/*.jsonl).")
+    parser.add_argument("--variability", nargs="*", type=Path,
+                        default=sorted((results / "variability").glob("*/variability.json")),
+                        help="dwatt.variability outputs (default: benchmarks/results/variability/*/variability.json).")
     parser.add_argument("--glue-dir", type=Path, default=common.SHARED_DATA / "glue",
                         help="GLUE TSV folders, for the majority-class accuracy of each dev set.")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "RESULTS.md")
@@ -976,7 +1009,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     plots = make_plots(ner, glue, smoke, args.plots_dir, ablations, glue_ablations)
     command = shlex.join(["python", "benchmarks/report.py", *argv])
     args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command, ablations, list(args.init_scale),
-                               glue_majority_baseline(glue, args.glue_dir), load_rows(args.device_checks), glue_ablations))
+                               glue_majority_baseline(glue, args.glue_dir), load_rows(args.device_checks), glue_ablations,
+                               list(args.variability)))
     print(f"wrote {args.out} and {len(plots)} plot(s) in {args.plots_dir}")
     return args.out
 

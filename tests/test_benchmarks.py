@@ -493,3 +493,22 @@ def test_recorded_commit_is_the_checkouts_unless_given(monkeypatch):
         assert fewshot_common.git_commit().split("+")[0] == head.stdout.strip()
     monkeypatch.setenv("DWATT_GIT_COMMIT", "0123abc")
     assert fewshot_common.git_commit() == "0123abc"
+
+
+def test_report_variability_section_marks_the_selected_layer(tmp_path):
+    runs = {"enc_a": ([0.9, 0.4, 0.6], 1), "enc_b": ([2.0, 1.5], 1)}
+    paths = []
+    for name, (values, selected) in runs.items():
+        folder = tmp_path / "results" / "variability" / name
+        folder.mkdir(parents=True)
+        (folder / "variability.json").write_text(json.dumps({
+            "command": f"python -m dwatt.variability --out {name}", "task": "sst2", "split": "train", "examples": 1000,
+            "variability": values, "selected_layer": selected, "git_commit": "abc123", "versions": {"dwatt": "0.2.0"}}))
+        (folder / "variability.png").write_bytes(b"\x89PNG")
+        paths.append(folder / "variability.json")
+    text = report.variability_section(paths, tmp_path / "RESULTS.md")
+    assert "| enc_a | sst2 | train | 1,000 | 0.9 | **0.4** | 0.6 | 1 |" in text
+    assert "| enc_b | sst2 | train | 1,000 | 2 | **1.5** | — | 1 |" in text  # fewer layers: the missing one is a dash
+    assert "![enc_a](results/variability/enc_a/variability.png)" in text
+    assert "- `python -m dwatt.variability --out enc_b` (commit abc123)" in text
+    assert report.variability_section([], tmp_path / "RESULTS.md").startswith("Not measured yet")

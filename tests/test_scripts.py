@@ -25,6 +25,7 @@ from seqeval.metrics import f1_score as seqeval_f1
 from transformers import AutoTokenizer
 
 from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
+from dwatt.model_arguments import ModelArguments
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_CHECK = Path(__file__).with_name("pipeline_check.py")
@@ -199,15 +200,25 @@ def test_glue_mrpc_tsv_end_to_end(encoder, tmp_path):
 def test_glue_script_reads_cola_csv_and_json(encoder, tmp_path, layout):
     writer, suffix, task = {"cola-tsv": (write_cola_tsv, ".tsv", ["--task_name", "cola"]), "csv": (write_csv, ".csv", []),
                             "json-lines": (write_json_lines, ".json", [])}[layout]
+    # The CSV run also cuts the encoder to its first two layers (layer selection).
+    cut = ["--encoder_num_layers", "2"] if layout == "csv" else []
     output = tmp_path / "out"
     run_script(
         "run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), *task,
         "--train_file", str(writer(tmp_path / f"train{suffix}")), "--validation_file", str(writer(tmp_path / f"dev{suffix}", SENTIMENT[:4])),
-        "--fusion", "dwatt", "--pooling", "mean", "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING,
+        "--fusion", "dwatt", "--pooling", "mean", "--output_dir", str(output), "--do_train", "--do_eval", *cut,
+        *FAST_TRAINING,
     )
     eval_results = read_json(output / "eval_results.json")
     assert ("eval_matthews_correlation" if layout == "cola-tsv" else "eval_accuracy") in eval_results
     assert eval_results["eval_samples"] == 4
+    encoder_layers = read_json(output / "config.json")["encoder_config"]["num_hidden_layers"]
+    assert encoder_layers == (2 if cut else read_json(encoder / "config.json")["num_hidden_layers"])
+
+
+def test_encoder_num_layers_needs_an_encoder_to_cut():
+    with pytest.raises(ValueError, match="--encoder_num_layers cuts a plain pretrained encoder"):
+        ModelArguments(model_name_or_path="some/dwatt-checkpoint", encoder_num_layers=2)
 
 
 BAD_NER_JSONL = '{"tokens": ["John", "visited"], "ner_tags": ["B-PER", "O"]}\n{"tokens": ["Mary", "met", "Jones"], "ner_tags": ["B-PER", "O"]}\n'

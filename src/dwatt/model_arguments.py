@@ -39,6 +39,11 @@ class ModelArguments:
         default=False,
         metadata={"help": "Start the dwatt/concat head as the identity on the last layer (fused term initialised to 0)."},
     )
+    encoder_num_layers: Optional[int] = field(
+        default=None,
+        metadata={"help": "Keep only the encoder's first k layers and drop the ones above (e.g. the layer that "
+                          "`python -m dwatt.variability` selects); with --encoder_name_or_path."},
+    )
     pooling: Optional[str] = field(
         default=None,
         metadata={"help": f"Sequence pooling, one of {', '.join(POOLING_CHOICES)} (default: first; last for decoders)."},
@@ -85,6 +90,11 @@ class ModelArguments:
             raise ValueError(
                 "Give exactly one of --encoder_name_or_path (a plain pretrained encoder to wrap) and "
                 "--model_name_or_path (a DWAtt checkpoint to continue from)."
+            )
+        if self.encoder_num_layers is not None and self.encoder_name_or_path is None:
+            raise ValueError(
+                "--encoder_num_layers cuts a plain pretrained encoder when wrapping it: give it with "
+                "--encoder_name_or_path (a DWAtt checkpoint keeps the layers it was trained with)."
             )
         if self.fusion not in FUSION_CHOICES:
             raise ValueError(f"Unknown --fusion {self.fusion!r}: choose one of {', '.join(FUSION_CHOICES)}.")
@@ -194,6 +204,7 @@ def load_model(
             model_args.encoder_name_or_path,
             fusion=model_args.fusion,
             encoder_kwargs={k: v for k, v in model_args.hub_kwargs().items() if v is not None},
+            encoder_num_layers=model_args.encoder_num_layers,
             **model_args.head_config_kwargs(),
             **label_kwargs,
             **extra,

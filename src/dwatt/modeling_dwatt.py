@@ -959,6 +959,21 @@ def _load_offloaded_fusion_head_whole(model: PreTrainedModel) -> None:
     )
 
 
+def _keep_first_layers(encoder_config: PretrainedConfig, num_layers: int) -> None:
+    """Makes `encoder_config` describe the encoder's first `num_layers` layers only (in place); loading the
+    pretrained weights with it then leaves the layers above unused."""
+    total = DWAttConfig(encoder_config=encoder_config).num_encoder_layers
+    if not isinstance(num_layers, int) or not 1 <= num_layers <= total:
+        raise ValueError(
+            f"encoder_num_layers={num_layers!r} is out of range: the encoder has {total} layers, so keep 1 to {total} "
+            "(the layer index that dwatt.variability selects, for instance)."
+        )
+    layer_types = getattr(encoder_config, "layer_types", None)  # per-layer attention kinds (ModernBERT, Qwen2, …)
+    encoder_config.num_hidden_layers = num_layers
+    if isinstance(layer_types, (list, tuple)) and len(layer_types) == total:
+        encoder_config.layer_types = list(layer_types[:num_layers])
+
+
 class DWAttPreTrainedModel(PreTrainedModel):
     config_class = DWAttConfig
     base_model_prefix = "dwatt"
@@ -1070,6 +1085,7 @@ class DWAttPreTrainedModel(PreTrainedModel):
         fusion: str = "dwatt",
         num_labels: Optional[int] = None,
         encoder_kwargs: Optional[dict] = None,
+        encoder_num_layers: Optional[int] = None,
         **config_kwargs,
     ) -> "DWAttPreTrainedModel":
         """Wraps a plain pretrained encoder (local folder or Hub name) with a new fusion head and classifier.
@@ -1082,6 +1098,8 @@ class DWAttPreTrainedModel(PreTrainedModel):
             fusion: the fusion head (see `DWAttConfig`).
             num_labels: size of the classifier (or pass `id2label`/`label2id`).
             encoder_kwargs: passed to `AutoConfig/AutoModel.from_pretrained` (`revision`, `cache_dir`, …).
+            encoder_num_layers: keep only the encoder's first k layers and drop the ones above (a smaller, faster
+                model whose last layer is the pretrained layer k), e.g. the layer `dwatt.variability` selects.
             config_kwargs: further `DWAttConfig` arguments (`fusion_layers`, `pooling`, `id2label`, …).
         """
         encoder_kwargs = dict(encoder_kwargs or {})
@@ -1090,6 +1108,8 @@ class DWAttPreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"{name_or_path} is already a DWAtt checkpoint: load it with {cls.__name__}.from_pretrained."
             )
+        if encoder_num_layers is not None:
+            _keep_first_layers(encoder_config, encoder_num_layers)
         if num_labels is not None:
             config_kwargs["num_labels"] = num_labels
         config_kwargs.setdefault("encoder_name_or_path", str(name_or_path))

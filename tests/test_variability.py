@@ -79,8 +79,17 @@ def test_bad_input_fails_with_the_problem_named():
         hidden_state_variability(vectors, labels[:-1])
     with pytest.raises(ValueError, match="at least two labelled classes"):
         hidden_state_variability(vectors, torch.zeros(len(labels), dtype=torch.long))
+    with pytest.raises(ValueError, match="regression task"):
+        hidden_state_variability(vectors, labels.double())
     with pytest.raises(ValueError, match="finite"):
         select_layer([0.5, float("nan")])
+
+
+def test_command_line_refuses_a_regression_task_before_loading_anything(tmp_path):
+    from dwatt.variability import main
+
+    with pytest.raises(ValueError, match="stsb is a regression task"):
+        main(["--encoder", str(tmp_path / "no-encoder-here"), "--data", str(tmp_path / "STS-B"), "--out", str(tmp_path)])
 
 
 def test_select_layer_takes_the_lowest_layer_within_the_tolerance():

@@ -32,6 +32,11 @@ def hidden_state_variability(vectors: torch.Tensor, labels: torch.Tensor) -> flo
     """ν of one layer: `vectors` (N, d) sentence vectors, `labels` (N,) their integer classes (at least two)."""
     vectors = torch.as_tensor(vectors).double()
     labels = torch.as_tensor(labels)
+    if labels.is_floating_point():
+        raise ValueError(
+            "Hidden-state variability needs class labels (integers), got floating-point ones: a regression task "
+            "(STS-B, say) has no classes to separate."
+        )
     if vectors.dim() != 2 or labels.dim() != 1 or vectors.shape[0] != labels.shape[0]:
         raise ValueError(
             f"Expected vectors (N, d) and labels (N,) for the same N examples, got {tuple(vectors.shape)} and "
@@ -156,21 +161,28 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """The command line: ν per layer of an encoder on a GLUE task's examples, as JSON and as a PNG."""
+    import transformers
     from transformers import AutoModel, AutoTokenizer
 
+    from . import __version__
     from .data import GLUE_TASKS, load_glue_folder, normalize_glue_task_name, select_few_shot
 
     args = _parse_args(argv)
+    task_name = normalize_glue_task_name(args.task or Path(args.data).name)
+    if GLUE_TASKS[task_name].label_names is None:
+        raise ValueError(f"{task_name} is a regression task: hidden-state variability needs classes. Use a "
+                         "classification task (SST-2, MRPC, RTE, CoLA, …).")
     splits = load_glue_folder(args.data, args.task)
     if args.split not in splits:
         raise ValueError(f"{args.data} has no {args.split!r} split; it has {sorted(splits)}.")
-    task_name = normalize_glue_task_name(args.task or Path(args.data).name)
     text_columns = GLUE_TASKS[task_name].text_columns
     dataset = splits[args.split]
     if args.max_examples and args.max_examples < len(dataset):
         dataset = select_few_shot(dataset, args.max_examples, args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(args.encoder)
+    if tokenizer.pad_token is None:  # decoder-only families (GPT-2): padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
     encoder = AutoModel.from_pretrained(args.encoder)
 
     def batches():
@@ -188,10 +200,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    import transformers
-
-    from . import __version__
-
     result = {
         "command": "python -m dwatt.variability " + " ".join(sys.argv[1:] if argv is None else argv),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "dwatt": __version__},

@@ -180,12 +180,15 @@ def resolve_encoders(names: Sequence[str], mpnet_path: Optional[str]) -> dict[st
 
 # DWAttConfig arguments that are not head settings: the grid sets them, or they are bookkeeping.
 _NOT_HEAD_SETTINGS = {"self", "kwargs", "encoder_config", "fusion", "encoder_name_or_path", "dwatt_version"}
+# from_encoder_pretrained's options that --head-config takes too: keep the encoder's first k layers (layer selection).
+_ENCODER_SETTINGS = {"encoder_num_layers"}
 
 
 def parse_head_config(entries: Sequence[str], heads: Sequence[str]) -> dict[str, Any]:
     """`["dwatt_scale_scores=true", "concat_hidden_size=256"]` -> `{"dwatt_scale_scores": True, ...}`, checked
     against `DWAttConfig`'s arguments and against every head of the grid (a setting a head refuses stops here)."""
-    allowed = sorted(set(inspect.signature(dwatt.DWAttConfig.__init__).parameters) - _NOT_HEAD_SETTINGS)
+    allowed = sorted(set(inspect.signature(dwatt.DWAttConfig.__init__).parameters) - _NOT_HEAD_SETTINGS
+                     | _ENCODER_SETTINGS)
     config: dict[str, Any] = {}
     for entry in entries:
         key, separator, text = entry.partition("=")
@@ -197,9 +200,13 @@ def parse_head_config(entries: Sequence[str], heads: Sequence[str]) -> dict[str,
             config[key] = json.loads(text)
         except json.JSONDecodeError:
             config[key] = text
+    cut = config.get("encoder_num_layers")
+    if cut is not None and (not isinstance(cut, int) or cut < 1):
+        raise SystemExit(f"--head-config encoder_num_layers={cut!r}: give a positive number of layers to keep.")
+    head_settings = {key: val for key, val in config.items() if key not in _ENCODER_SETTINGS}
     for head in heads:
         try:
-            dwatt.DWAttConfig(fusion=head, **config)
+            dwatt.DWAttConfig(fusion=head, **head_settings)
         except ValueError as error:
             raise SystemExit(f"--head-config does not suit head {head!r}: {error}") from None
     return config

@@ -475,7 +475,14 @@ def ablation_cells(rows: Sequence[dict], *cell_keys: str) -> Iterable[tuple[tupl
     rank = {head: i for i, head in enumerate(common.ALL_HEADS)}
     for key in sorted(groups, key=lambda k: (k[:-2], k[-2] != MAIN_GRID, k[-2], rank[k[-1]])):
         cell = groups[key]
-        baseline, baseline_variant = ([], "—") if key[-1] == "last" else ablation_baseline(cell, rows)
+        if key[-1] != "last":
+            baseline, baseline_variant = ablation_baseline(cell, rows)
+        elif key[-2] != MAIN_GRID:  # `last` itself changed (head_lr, encoder_num_layers): against the grid's `last`
+            baseline = [r for r in rows if r["head"] == "last" and r["variant"] == MAIN_GRID
+                        and all(r[k] == cell[0][k] for k in cell_keys)]
+            baseline_variant = MAIN_GRID if baseline else "—"
+        else:
+            baseline, baseline_variant = [], "—"
         yield key, cell, baseline, baseline_variant
 
 

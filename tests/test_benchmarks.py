@@ -416,6 +416,7 @@ def test_settings_id_without_head_config_is_unchanged():
         (["learning_rate=1"], ["dwatt"], "not a DWAttConfig head setting"),
         (["fusion=concat"], ["dwatt"], "not a DWAttConfig head setting"),  # the grid sets the fusion
         (["zero_init_residual=true"], ["dwatt", "scalar_mix"], "does not suit head 'scalar_mix'"),
+        (["encoder_num_layers=0"], ["last"], "positive number of layers"),
     ],
 )
 def test_head_config_errors_name_the_problem(entries, heads, message):
@@ -426,6 +427,22 @@ def test_head_config_errors_name_the_problem(entries, heads, message):
 def test_head_config_values_are_json():
     parsed = fewshot_common.parse_head_config(["dwatt_scale_scores=true", "fusion_layers=[0, -1]", "pooling=mean"], ["dwatt"])
     assert parsed == {"dwatt_scale_scores": True, "fusion_layers": [0, -1], "pooling": "mean"}
+    # from_encoder_pretrained's layer cut is accepted for every head, `last` included.
+    assert fewshot_common.parse_head_config(["encoder_num_layers=4"], ["last", "dwatt"]) == {"encoder_num_layers": 4}
+
+
+def test_a_changed_last_pairs_with_the_grids_last():
+    def row(variant, seed, score):
+        return {"task": "sst2", "encoder": "minilm", "size": 1000, "variant": variant, "head": "last", "seed": seed,
+                "dev": {"accuracy": score}}
+
+    grid = [row(report.MAIN_GRID, 1, 0.80), row(report.MAIN_GRID, 2, 0.82)]
+    cut = [row("encoder_num_layers=4", 1, 0.78), row("encoder_num_layers=4", 2, 0.83)]
+    cells = {key[-2]: (baseline, variant) for key, _, baseline, variant in report.ablation_cells(grid + cut, "task")}
+    assert cells[report.MAIN_GRID] == ([], "—")  # the grid's own `last` has nothing to pair with
+    baseline, variant = cells["encoder_num_layers=4"]
+    assert variant == report.MAIN_GRID and baseline == grid
+    assert report.paired_differences(cut, baseline, "dev", "accuracy") == pytest.approx([-0.02 * 100, 0.01 * 100])
 
 
 def test_report_ablations_pair_each_variant_with_its_baseline(ablation_files, ner_run, workspace):

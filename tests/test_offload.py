@@ -1,8 +1,8 @@
 """Big-model loading: `from_pretrained(device_map=..., offload_folder=...)` as transformers users call it.
 
 accelerate offloads weights module by module and loads each module's weights in that module's forward; the fusion
-heads read their submodules' weights directly, so `from_pretrained` re-hooks an offloaded head to load all of its
-weights at once. The reference is the same model run in memory before it was saved.
+heads read some submodules' weights directly, so the model runs those hooks around the whole head
+(`OffloadedWeights`). The reference is the same model run in memory before it was saved.
 
 A CPU-only machine can offload to disk only ("disk" entries; "cpu" is where everything else executes); moving
 weights between GPUs goes through the same hooks.
@@ -70,6 +70,23 @@ def test_offloaded_model_gives_the_in_memory_logits(tmp_path, fusion, model_clas
     torch.testing.assert_close(logits.detach(), expected, rtol=1e-5, atol=1e-6)
     # The weights went back to disk after the forward.
     assert all(p.device.type == "meta" for p in offloaded.dwatt.fusion_classifier.parameters()) or placement == "encoder-on-disk"
+
+
+@pytest.mark.parametrize("model_class", [DWAttForTokenClassification, DWAttForSequenceClassification],
+                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_accelerate_disk_offload_of_a_model_in_memory(tmp_path, fusion, model_class):
+    """accelerate's own `disk_offload`, without transformers' loading: the same hooks, put on by hand."""
+    from accelerate import disk_offload
+
+    model = _saved_model(tmp_path / "model", model_class, fusion)
+    batch = _batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        disk_offload(model, tmp_path / "offload", execution_device="cpu")
+        assert all(p.device.type == "meta" for p in model.parameters())
+        logits = model(**batch).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("fusion", ["dwatt", "deeper"])

@@ -8,7 +8,6 @@ without dwatt, on transformers 5.x and 4.57.6). Without it the test uses this Py
 `import dwatt` itself) and /work/venv-tf4/bin/python where that exists; under CI it must be set.
 """
 
-import ast
 import os
 import re
 import subprocess
@@ -176,32 +175,19 @@ def test_both_transformers_generations_were_checked(remote_runs):
 # What the files copied next to a checkpoint may import: torch, public transformers modules, each other, and these
 # standard-library modules. Anything else (re, threading, safetensors, …) the Hub copy would not be promised to have.
 HUB_FILE_STDLIB = {"math", "dataclasses", "typing"}
-# Imported only in a try block of a function that runs where the caller has needed them already (accelerate, where
-# transformers offloaded weights): transformers' remote-code loader refuses a file whose other imports are missing.
-HUB_FILE_OPTIONAL = {"accelerate.hooks"}
-
-
-def _imported_modules(nodes) -> list[str]:
-    imported = []
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            imported += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            imported.append("." * node.level + (node.module or ""))
-    return imported
 
 
 @pytest.mark.parametrize("name", ["modeling_dwatt.py", "configuration_dwatt.py"])
 def test_hub_copied_files_import_only_torch_transformers_and_each_other(name):
+    import ast
+
     tree = ast.parse((Path(dwatt.__file__).parent / name).read_text())
-    in_function_try_blocks = [
-        node
-        for function in ast.walk(tree) if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
-        for block in ast.walk(function) if isinstance(block, ast.Try)
-        for statement in block.body for node in ast.walk(statement)
-    ]
-    optional = _imported_modules(in_function_try_blocks)
-    imported = _imported_modules(ast.walk(tree))  # top level and inside functions alike
+    imported = []
+    for node in ast.walk(tree):  # top level and inside functions alike
+        if isinstance(node, ast.Import):
+            imported += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            imported.append("." * node.level + (node.module or ""))
     assert imported, "no imports found: the parse went wrong"
     for module in imported:
         root = module.split(".")[0]
@@ -209,7 +195,5 @@ def test_hub_copied_files_import_only_torch_transformers_and_each_other(name):
             assert module == ".configuration_dwatt", module
         elif root == "transformers":
             assert not any(part.startswith("_") for part in module.split(".")), f"private transformers module {module}"
-        elif module in HUB_FILE_OPTIONAL:
-            assert imported.count(module) == optional.count(module), f"{name} imports {module} outside a try block"
         else:
             assert root == "torch" or module in HUB_FILE_STDLIB, f"{name} imports {module}"

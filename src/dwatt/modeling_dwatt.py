@@ -6,8 +6,7 @@ position), d hidden size, n fusion sources, H depth-attention heads, h = d / H.
 
 This file is copied next to every saved checkpoint (Hugging Face remote code): it imports only torch, public
 `transformers` names, `.configuration_dwatt` and three standard-library modules (math, dataclasses,
-typing; tests/test_remote_code.py checks the list; accelerate only in a try block of the function that runs where it has
-offloaded weights), and must keep working on transformers 4.57 and 5.x.
+typing; tests/test_remote_code.py checks the list), and must keep working on transformers 4.57 and 5.x.
 """
 
 import math
@@ -21,7 +20,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
 
-from .configuration_dwatt import DWAttConfig
+from .configuration_dwatt import DWAttConfig, _num_encoder_layers
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as init
@@ -923,46 +922,33 @@ def build_fusion_head(config: DWAttConfig) -> FusionHead:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _load_offloaded_fusion_head_whole(model: PreTrainedModel) -> None:
-    """Lets a fusion head whose weights accelerate offloaded (`device_map` with "cpu" or "disk" entries) run.
+class OffloadedWeights:
+    """Loads the weights that accelerate keeps offloaded for `modules` while a block of code runs.
 
-    accelerate hooks every module that owns weights to load them in its own forward, but the heads read their
-    submodules' weights directly (one source's slice of the stacked value transforms, the extra layer's weights at the
-    pooled position only), which would then still be on the meta device. This re-hooks the head so that its forward
-    loads all of its weights at once: accelerate's `preload_module_classes`, which transformers does not pass.
+    accelerate (`device_map` with "cpu" or "disk" entries, `disk_offload`, …) hooks every module that owns weights to
+    load them in that module's own forward and offload them after it. The fusion heads also read some submodules'
+    weights directly (one source's slice of the stacked value transforms, the extra layer's weights at the pooled
+    position only), outside any forward of those modules: this runs the same hooks around the whole head. It calls
+    only the hooks' `pre_forward`/`post_forward` (accelerate's ModelHook interface), so this file imports nothing
+    of accelerate, which the Hub copy cannot count on.
     """
-    head = model.base_model.fusion_classifier
-    hooks = [getattr(module, "_hf_hook", None) for module in head.modules()]
-    hooks = [inner for hook in hooks if hook is not None for inner in getattr(hook, "hooks", [hook])]
-    offloading = [hook for hook in hooks if getattr(hook, "offload", False) and getattr(hook, "weights_map", None) is not None]
-    if not offloading:
-        return
-    # In a try block because transformers' remote-code loader requires every import outside one to be installed,
-    # and the Hub copy of this file must load without accelerate. Offloading needs accelerate, so it is here.
-    try:
-        from accelerate.hooks import attach_align_device_hook, remove_hook_from_module
-    except ImportError:  # unreachable: only accelerate offloads weights
-        return
 
-    hook = offloading[0]
-    head_name = next(name for name, module in model.named_modules() if module is head)
-    remove_hook_from_module(head, recurse=True)
-    attach_align_device_hook(
-        head,
-        execution_device=hook.execution_device,
-        offload=True,
-        weights_map=hook.weights_map.dataset,  # the model's whole map; the hook's own was prefixed with its module
-        offload_buffers=hook.offload_buffers,
-        module_name=head_name,
-        skip_keys=hook.skip_keys,
-        preload_module_classes=[type(head).__name__],
-    )
+    def __init__(self, modules: list[nn.Module]):
+        self.modules = modules
+
+    def __enter__(self) -> None:
+        for module in self.modules:
+            module._hf_hook.pre_forward(module)
+
+    def __exit__(self, *exc_info) -> None:
+        for module in reversed(self.modules):
+            module._hf_hook.post_forward(module, None)
 
 
 def _keep_first_layers(encoder_config: PretrainedConfig, num_layers: int) -> None:
     """Makes `encoder_config` describe the encoder's first `num_layers` layers only (in place); loading the
     pretrained weights with it then leaves the layers above unused."""
-    total = DWAttConfig(encoder_config=encoder_config).num_encoder_layers
+    total = _num_encoder_layers(encoder_config)
     if not isinstance(num_layers, int) or not 1 <= num_layers <= total:
         raise ValueError(
             f"encoder_num_layers={num_layers!r} is out of range: the encoder has {total} layers, so keep 1 to {total} "
@@ -1074,8 +1060,6 @@ class DWAttPreTrainedModel(PreTrainedModel):
                 f"({old_keys[0]}, …); this version stacks them (value_transforms.*). Convert the checkpoint once with "
                 "dwatt.modeling_dwatt.stack_per_source_value_mlps (the README has the three lines), then load it."
             )
-        if getattr(model, "hf_device_map", None):
-            _load_offloaded_fusion_head_whole(model)
         return (model, loading_info) if wants_loading_info else model
 
     @classmethod
@@ -1244,11 +1228,11 @@ class DWAttModel(DWAttPreTrainedModel):
         # (pooled classifiers keep one position of each; Concat and ScalarMix only a running sum). Training takes the
         # plain path, whose hidden states the backward pass needs anyway; so does a head PEFT has wrapped, and so does
         # a forward torch.compile traces (hooks that call back into Python would break its graph at every layer).
-        # So does a head that accelerate dispatched (device_map over several devices, offloading): its hook moves its
-        # inputs and loads its weights in its forward only.
+        # So does a head that accelerate dispatched (device_map over several devices, offloading): its hooks move
+        # inputs and load weights around the head's forward only. (Looking for hooks costs microseconds.)
+        hooked = [module for module in self.fusion_classifier.modules() if hasattr(module, "_hf_hook")]
         if (self._needs_hidden_states and not output_hidden_states and not torch.is_grad_enabled()
-                and isinstance(self.fusion_classifier, FusionHead) and not _is_compiling()
-                and not hasattr(self.fusion_classifier, "_hf_hook")):
+                and isinstance(self.fusion_classifier, FusionHead) and not _is_compiling() and not hooked):
             reading_out = fused_readout is not None and fusion_positions is None
             readout_stream = self.fusion_classifier.readout_stream(fused_readout) if reading_out else None
             stream_reads_out = readout_stream is not None  # its finish gives fused_readout(fused), not the fused state
@@ -1281,9 +1265,11 @@ class DWAttModel(DWAttPreTrainedModel):
         sources = [
             last_hidden_state if i == self._num_states - 1 else hidden_states[i] for i in self._source_indices
         ] if self._head_reads_sources else []
-        fused, weights = self.fusion_classifier(
-            last_hidden_state, sources, attention_mask, positions=fusion_positions, output_weights=bool(output_fusion_weights)
-        )
+        with OffloadedWeights(hooked):
+            fused, weights = self.fusion_classifier(
+                last_hidden_state, sources, attention_mask, positions=fusion_positions,
+                output_weights=bool(output_fusion_weights),
+            )
         output = DWAttModelOutput(
             last_hidden_state=fused,
             hidden_states=hidden_states if output_hidden_states else None,

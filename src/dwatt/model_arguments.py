@@ -6,7 +6,7 @@ from typing import Optional, Union
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .configuration_dwatt import FUSION_CHOICES, POOLING_CHOICES
+from .configuration_dwatt import FUSION_CHOICES, POOLING_CHOICES, normalize_attention_guidance_heads
 
 
 @dataclass
@@ -43,6 +43,19 @@ class ModelArguments:
         default=None,
         metadata={"help": "Keep only the encoder's first k layers and drop the ones above (e.g. the layer that "
                           "`python -m dwatt.variability` selects); with --encoder_name_or_path."},
+    )
+    attention_guidance_heads: Optional[str] = field(
+        default=None,
+        metadata={"help": "Attention guidance: heads per pattern (self, next, previous, first token) in every encoder "
+                          "layer, e.g. '0,1,1,4'; an auxiliary loss pulls them toward those patterns. Default: off."},
+    )
+    attention_guidance_weight: float = field(default=10.0, metadata={"help": "Weight α of the guidance loss."})
+    attention_guidance_constant_steps: int = field(
+        default=20000,
+        metadata={"help": "Steps at full guidance weight before it decays linearly to 0 at the last step."},
+    )
+    attention_guidance_mask_padding: bool = field(
+        default=True, metadata={"help": "Average the guidance loss over real tokens only (not padding)."}
     )
     pooling: Optional[str] = field(
         default=None,
@@ -100,6 +113,8 @@ class ModelArguments:
             raise ValueError(f"Unknown --fusion {self.fusion!r}: choose one of {', '.join(FUSION_CHOICES)}.")
         if self.pooling is not None and self.pooling not in POOLING_CHOICES:
             raise ValueError(f"Unknown --pooling {self.pooling!r}: choose one of {', '.join(POOLING_CHOICES)}.")
+        if self.attention_guidance_heads is not None:
+            normalize_attention_guidance_heads(self.attention_guidance_heads)  # fails early with the reason
         if self.use_lora:
             if self.lora_r < 1:
                 raise ValueError(f"--lora_r must be a positive rank, got {self.lora_r}.")
@@ -129,6 +144,18 @@ class ModelArguments:
             "zero_init_residual": self.zero_init_residual,
             "pooling": self.pooling,
             "classifier_dropout": self.classifier_dropout,
+            **self.attention_guidance_kwargs(),
+        }
+
+    def attention_guidance_kwargs(self) -> dict:
+        """The `DWAttConfig` attention-guidance arguments, when --attention_guidance_heads turns guidance on."""
+        if self.attention_guidance_heads is None:
+            return {}
+        return {
+            "attention_guidance_heads": normalize_attention_guidance_heads(self.attention_guidance_heads),
+            "attention_guidance_weight": self.attention_guidance_weight,
+            "attention_guidance_constant_steps": self.attention_guidance_constant_steps,
+            "attention_guidance_mask_padding": self.attention_guidance_mask_padding,
         }
 
 
@@ -219,7 +246,10 @@ def load_model(
             f"{model_args.model_name_or_path} is a {checkpoint_config.model_type!r} checkpoint, not a DWAtt one: pass it "
             "as --encoder_name_or_path to wrap it with a fusion head."
         )
-    common = {"trust_remote_code": model_args.trust_remote_code, **model_args.hub_kwargs()}
+    # Guidance can be added to (or changed for) a checkpoint's further training: the model then builds its encoder
+    # with eager attention, as for a new head.
+    common = {"trust_remote_code": model_args.trust_remote_code, **model_args.hub_kwargs(),
+              **model_args.attention_guidance_kwargs()}
     if model_args.ignore_mismatched_sizes:
         # A new classifier for the data's labels, on purpose.
         return model_class.from_pretrained(

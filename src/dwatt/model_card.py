@@ -36,6 +36,10 @@ HEAD_SETTINGS = {
     "deeper": ("deeper_num_layers",),
     "last": (),
 }
+ATTENTION_GUIDANCE_SETTINGS = (
+    "attention_guidance_heads", "attention_guidance_weight", "attention_guidance_constant_steps",
+    "attention_guidance_mask_padding",
+)
 TASKS = {
     "token-classification": ("Token Classification", "TokenClassification", "Hugging Face is based in New York City."),
     "text-classification": ("Text Classification", "SequenceClassification", "A gripping, beautifully made film."),
@@ -126,6 +130,8 @@ def build_model_card(
     pooled = task == "text-classification" and config.pooling != "mean"
     source_indices = config.fusion_source_indices if config.fusion not in ("last", "deeper") else [config.num_encoder_layers]
     settings = {name: getattr(config, name) for name in HEAD_SETTINGS[config.fusion]}
+    if getattr(config, "attention_guidance_heads", None) is not None:  # trained with attention guidance
+        settings.update({name: getattr(config, name) for name in ATTENTION_GUIDANCE_SETTINGS})
     depth_table = ""
     if depth_weights is not None:
         depth_table = _markdown_table(["hidden state", *map(str, source_indices)], [["mean weight", *(f"{w:.3f}" for w in depth_weights)]])

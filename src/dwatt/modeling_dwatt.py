@@ -60,16 +60,19 @@ class DWAttModelOutput(BaseModelOutput):
 
 @dataclass
 class DWAttSequenceClassifierOutput(SequenceClassifierOutput):
-    """`SequenceClassifierOutput` plus `fusion_weights` (see `DWAttModelOutput`)."""
+    """`SequenceClassifierOutput` plus `fusion_weights` (see `DWAttModelOutput`) and, in training with attention
+    guidance, `attention_guidance_loss`: the weighted guidance term that `loss` includes (a scalar with gradient)."""
 
     fusion_weights: Optional[torch.FloatTensor] = None
+    attention_guidance_loss: Optional[torch.FloatTensor] = None
 
 
 @dataclass
 class DWAttTokenClassifierOutput(TokenClassifierOutput):
-    """`TokenClassifierOutput` plus `fusion_weights` (see `DWAttModelOutput`)."""
+    """`TokenClassifierOutput` plus `fusion_weights` and `attention_guidance_loss` (see the sequence classifier's)."""
 
     fusion_weights: Optional[torch.FloatTensor] = None
+    attention_guidance_loss: Optional[torch.FloatTensor] = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,6 +125,12 @@ def _is_compiling() -> bool:
 def _gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     # (B, T, d), (B,) -> (B, 1, d)
     return states.gather(1, _position_index(positions, states.shape[-1]))
+
+
+def _all_real_tokens(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor]) -> torch.Tensor:
+    """The attention mask of a batch without padding: (B, T) ones."""
+    reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+    return torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
 
 
 def pooling_positions(attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -960,6 +969,65 @@ def _keep_first_layers(encoder_config: PretrainedConfig, num_layers: int) -> Non
         encoder_config.layer_types = list(layer_types[:num_layers])
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Attention guidance (Deshpande & Narasimhan, arXiv 2010.02399)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def attention_pattern_targets(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The 0/1 target attention matrices of the guidance patterns, in the order of `attention_guidance_heads`:
+    self, next token, previous token, first real token. Shape (B, 4, T, T); row i is where token i should attend.
+    The next (previous) pattern's last (first) row is all zero: there is no token to attend to."""
+    batch_size, length = attention_mask.shape
+    device = attention_mask.device
+    ones = torch.ones(max(length - 1, 0), device=device)
+    own = torch.eye(length, device=device)  # (T, T)
+    following = torch.diag(ones, diagonal=1)  # (T, T), row i has its 1 at column i + 1
+    preceding = torch.diag(ones, diagonal=-1)  # (T, T), row i has its 1 at column i - 1
+    first_real = (attention_mask != 0).int().argmax(dim=1)  # (B,): 0 under right padding, past the pads under left
+    first = F.one_hot(first_real, length).float().unsqueeze(1).expand(batch_size, length, length)  # (B, T, T)
+    fixed = torch.stack([own, following, preceding]).unsqueeze(0).expand(batch_size, 3, length, length)
+    return torch.cat([fixed, first.unsqueeze(1)], dim=1)  # (B, 4, T, T)
+
+
+def attention_guidance_loss(
+    attentions: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, head_counts: list[int], mask_padding: bool = True
+) -> torch.Tensor:
+    """The guidance loss: for every layer and pattern, the mean squared error between the attention probabilities
+    of the heads assigned to the pattern and its target matrix (heads taken in order from head 0: `head_counts[0]`
+    self heads, then next, previous, first); summed over layers and patterns, as the authors' code does.
+
+    attentions: one (B, heads, T, T) tensor of attention probabilities per layer (eager attention's output).
+    mask_padding: average over the (query, key) pairs of real tokens only, instead of the whole T × T block.
+    """
+    targets = attention_pattern_targets(attention_mask)  # (B, 4, T, T)
+    if mask_padding:
+        real = (attention_mask != 0).float()  # (B, T)
+        pairs = real.unsqueeze(2) * real.unsqueeze(1)  # (B, T, T): 1 where query and key are both real tokens
+    else:
+        pairs = torch.ones_like(targets[:, 0])
+    pair_count = pairs.sum()
+    total = targets.new_zeros(())
+    for probabilities in attentions:  # (B, heads, T, T)
+        first_head = 0
+        for pattern, count in enumerate(head_counts):
+            if count == 0:
+                continue
+            guided = probabilities[:, first_head:first_head + count].float()  # (B, count, T, T)
+            squared = (guided - targets[:, pattern].unsqueeze(1)).pow(2) * pairs.unsqueeze(1)
+            total = total + squared.sum() / (pair_count * count)
+            first_head += count
+    return total
+
+
+def _use_eager_attention(encoder: PreTrainedModel) -> None:
+    # Only eager attention returns the probabilities that guidance compares with its patterns.
+    if hasattr(encoder, "set_attn_implementation"):
+        encoder.set_attn_implementation("eager")
+    else:  # transformers before set_attn_implementation existed
+        encoder.config._attn_implementation = "eager"
+
+
 class DWAttPreTrainedModel(PreTrainedModel):
     config_class = DWAttConfig
     base_model_prefix = "dwatt"
@@ -971,6 +1039,32 @@ class DWAttPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DepthWiseAttentionFusion", "ConcatFusion", "ScalarMixFusion", "DeeperFusion"]
     # The forwards take no **kwargs: Trainer must divide the loss for gradient accumulation itself.
     accepts_loss_kwargs = False
+    # λ(t) of attention guidance, the factor on `config.attention_guidance_weight`: set by
+    # `dwatt.callbacks.AttentionGuidanceCallback` from the training step (the authors' schedule); 1 without it.
+    attention_guidance_scale: float = 1.0
+    # The last unweighted guidance loss, detached (for logs; reading it does not synchronise a GPU until printed).
+    last_attention_guidance_loss: Optional[torch.Tensor] = None
+
+    def _guides_attention(self) -> bool:
+        return self.training and self.config.attention_guidance_heads is not None
+
+    def _attention_guidance_term(self, attentions, attention_mask: torch.Tensor) -> torch.Tensor:
+        """α · λ · the guidance loss of the encoder's attention probabilities (a training-mode forward's)."""
+        expected = self.config.num_encoder_layers
+        if attentions is None or len(attentions) != expected or any(layer is None for layer in attentions):
+            implementation = getattr(self.base_model.encoder.config, "_attn_implementation", None)
+            raise ValueError(
+                f"Attention guidance needs the attention probabilities of all {expected} encoder layers, but the "
+                f"encoder (attention implementation {implementation!r}) returned "
+                f"{0 if attentions is None else len(attentions)}: only eager attention returns them. Call "
+                "model.set_attn_implementation('eager') before training (dwatt does so when it builds a model whose "
+                "config sets attention_guidance_heads)."
+            )
+        loss = attention_guidance_loss(
+            attentions, attention_mask, self.config.attention_guidance_heads, self.config.attention_guidance_mask_padding
+        )
+        self.last_attention_guidance_loss = loss.detach()
+        return loss * (self.config.attention_guidance_weight * self.attention_guidance_scale)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -1138,6 +1232,8 @@ class DWAttModel(DWAttPreTrainedModel):
             index != self._num_states - 1 for index in self._source_indices
         )
         self._encoder_takes_use_cache = _accepts_argument(self.encoder.forward, "use_cache")
+        if config.attention_guidance_heads is not None:
+            _use_eager_attention(self.encoder)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -1209,8 +1305,7 @@ class DWAttModel(DWAttPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         if attention_mask is None:
-            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+            attention_mask = _all_real_tokens(input_ids, inputs_embeds)
 
         encoder_inputs = {
             "input_ids": input_ids,
@@ -1357,17 +1452,17 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         if attention_mask is None:
-            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+            attention_mask = _all_real_tokens(input_ids, inputs_embeds)
         pooling = self.config.pooling
         positions = None if pooling == "mean" else pooling_positions(attention_mask, pooling)
+        guiding = self._guides_attention()
         outputs = self.dwatt(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
+            output_attentions=output_attentions or guiding,
             output_hidden_states=output_hidden_states,
             output_fusion_weights=output_fusion_weights,
             return_dict=True,
@@ -1384,12 +1479,16 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
         loss = None
         if labels is not None:
             loss = sequence_classification_loss(logits, labels, self.config)
+        guidance = self._attention_guidance_term(outputs.attentions, attention_mask) if guiding else None
+        if guidance is not None and loss is not None:
+            loss = loss + guidance
         output = DWAttSequenceClassifierOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            attentions=outputs.attentions if output_attentions else None,
             fusion_weights=outputs.fusion_weights,
+            attention_guidance_loss=guidance,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1435,13 +1534,16 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
             Also return the per-token weights over depth, shape (B, T, H, n).
         """
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        guiding = self._guides_attention()
+        if guiding and attention_mask is None:
+            attention_mask = _all_real_tokens(input_ids, inputs_embeds)
         outputs = self.dwatt(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
+            output_attentions=output_attentions or guiding,
             output_hidden_states=output_hidden_states,
             output_fusion_weights=output_fusion_weights,
             return_dict=True,
@@ -1454,12 +1556,16 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1), ignore_index=-100)
+        guidance = self._attention_guidance_term(outputs.attentions, attention_mask) if guiding else None
+        if guidance is not None and loss is not None:
+            loss = loss + guidance
         output = DWAttTokenClassifierOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            attentions=outputs.attentions if output_attentions else None,
             fusion_weights=outputs.fusion_weights,
+            attention_guidance_loss=guidance,
         )
         return output if return_dict else output.to_tuple()
 

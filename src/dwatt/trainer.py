@@ -11,6 +11,9 @@ What `DWAttTrainer` changes (each can be switched off; everything else is `trans
   accumulation steps instead: identical for sequence classification with equal micro-batches, a mean of
   per-micro-batch means for token classification.
 - Depth weights (`log_depth_weights=True`): see `dwatt.callbacks.DepthWeightLoggingCallback`.
+- Attention guidance (a model config with `attention_guidance_heads`): `dwatt.callbacks.AttentionGuidanceCallback`
+  applies its weight schedule and logs it; the guidance term is part of the loss whichever way the loss is computed
+  (the model's own, exact accumulation, label smoothing).
 - PEFT: the final save (`save_model()` into `output_dir`, also before `push_to_hub`) writes the LoRA-merged model,
   a plain DWAtt checkpoint with its code files; checkpoints written during training hold the adapter, so
   `resume_from_checkpoint` works as usual.
@@ -28,7 +31,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .callbacks import DepthWeightLoggingCallback, unwrap_dwatt_model
+from .callbacks import AttentionGuidanceCallback, DepthWeightLoggingCallback, unwrap_dwatt_model
 from .depth_weights import MODEL_INPUTS, depth_weight_entropy, mean_depth_weights, plot_depth_weights
 from .model_card import write_model_card
 from .modeling_dwatt import sequence_classification_loss
@@ -54,10 +57,17 @@ class AccumulationExactLoss:
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)
         else:
             loss = sequence_classification_loss(logits, labels, self.config, reduction)
+        guidance = outputs.get("attention_guidance_loss") if isinstance(outputs, dict) else None
         if num_items_in_batch is not None:
             if torch.is_tensor(num_items_in_batch):
                 num_items_in_batch = num_items_in_batch.to(loss.device, loss.dtype)
             loss = loss / num_items_in_batch
+            if guidance is not None:
+                # Attention guidance is a mean over this micro-batch: weighted by the micro-batch's share of the
+                # step's labelled items, the step sums to the same weighted mean over all of its micro-batches.
+                guidance = guidance * (labels.ne(-100).sum().to(loss.dtype) / num_items_in_batch)
+        if guidance is not None:
+            loss = loss + guidance
         return loss
 
 
@@ -102,6 +112,18 @@ class DWAttTrainer(Trainer):
             self.depth_weight_callback = DepthWeightLoggingCallback(self._depth_weight_probe(depth_weight_probe_size))
             # First in line, so that the reporting integrations (TensorBoard, W&B, …) see the added values too.
             self.callback_handler.callbacks.insert(0, self.depth_weight_callback)
+        if is_dwatt and getattr(config, "attention_guidance_heads", None) is not None:
+            self.callback_handler.callbacks.insert(0, AttentionGuidanceCallback())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Trainer's `compute_loss`; with label smoothing, which computes the loss from the logits alone, it adds the
+        attention guidance term the model returned (the exact-accumulation loss adds it itself)."""
+        smoothing = self.label_smoother is not None and self.compute_loss_func is None and "labels" in inputs
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        guidance = outputs.get("attention_guidance_loss") if smoothing and isinstance(outputs, dict) else None
+        if guidance is not None:
+            loss = loss + guidance
+        return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------------------------------------------------
     # helpers

@@ -4,6 +4,7 @@ Run by tests/test_remote_code.py in a *clean* Python (a virtual environment wher
 imports nothing from dwatt or from the tests. Usage: python remote_code_check.py FOLDER CASE_FILE
 where CASE_FILE is a safetensors file with `input_ids`, `attention_mask` and the expected `logits`.
 Then resizes the token embeddings, saves, loads again and compares (the resized vocabulary must survive the round trip).
+A case with `guidance` (a model with attention guidance) also compares a training-mode forward's guidance term.
 Prints one line `OK transformers=<version> class=<name> … dwatt_installed=<bool> max_abs_diff=<float> …` or exits
 non-zero.
 """
@@ -45,6 +46,20 @@ def main() -> int:
         logits = model(input_ids=case["input_ids"], attention_mask=case["attention_mask"]).logits
     diff = (logits - case["logits"]).abs().max().item()
 
+    # A checkpoint trained with attention guidance: the copied code builds an eager encoder, and a training-mode
+    # forward (every dropout at 0, as where the case was made) returns the same guidance term.
+    guidance_ok = True
+    if "guidance" in case:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        with torch.no_grad():
+            guidance = model.train()(input_ids=case["input_ids"], attention_mask=case["attention_mask"]).attention_guidance_loss
+        model.eval()
+        eager = model.base_model.encoder.config._attn_implementation == "eager"
+        guidance_ok = eager and guidance is not None and abs(guidance.item() - case["guidance"].item()) < 1e-5
+        print(f"guidance eager={eager} value={None if guidance is None else guidance.item()} expected={case['guidance'].item()}")
+
     # A user who adds tokens: resize, save and load again; the new rows must come back, with the new size recorded
     # where the encoder reads it (the Hub copy of the config does that on its own).
     import tempfile
@@ -62,7 +77,7 @@ def main() -> int:
     resized_diff = (reloaded - expected).abs().max().item()
     resized_ok = resized.config.vocab_size == vocab_size + 3 and resized_diff < 1e-5
 
-    status = "OK" if diff < 1e-5 and resized_ok else "FAIL"
+    status = "OK" if diff < 1e-5 and resized_ok and guidance_ok else "FAIL"
     print(f"{status} transformers={transformers.__version__} class={type(model).__name__} "
           f"module={type(model).__module__} dwatt_installed={dwatt_installed} max_abs_diff={diff:.3g} "
           f"resized_vocab={resized.config.vocab_size} resized_max_abs_diff={resized_diff:.3g}")

@@ -51,6 +51,10 @@ CASES = {
     ),
     "seq-scalar_mix-distilbert": (DWAttForSequenceClassification, "distilbert", dict(fusion="scalar_mix", pooling="mean"), False),
     "seq-concat-roberta": (DWAttForSequenceClassification, "roberta", dict(fusion="concat"), False),
+    # Trained with attention guidance: the remote copy must build an eager encoder and compute the same guidance.
+    "token-dwatt-bert-attention-guidance": (
+        DWAttForTokenClassification, "bert", dict(fusion="dwatt", attention_guidance_heads=[0, 1, 1, 2]), False
+    ),
 }
 
 
@@ -76,13 +80,19 @@ def _make_case(name: str, root: Path) -> tuple[Path, Path]:
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     assert torch.isfinite(logits).all()
+    tensors = {"input_ids": input_ids, "attention_mask": attention_mask, "logits": logits.contiguous()}
+    if "attention_guidance_heads" in kwargs:  # a training-mode forward with every dropout at 0 (deterministic)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        with torch.no_grad():
+            tensors["guidance"] = model.train()(input_ids=input_ids, attention_mask=attention_mask).attention_guidance_loss
+        model.eval()
 
     folder = root / name
     model.save_pretrained(folder)
     case_file = root / f"{name}.case.safetensors"
-    save_file(
-        {"input_ids": input_ids, "attention_mask": attention_mask, "logits": logits.contiguous()}, str(case_file)
-    )
+    save_file(tensors, str(case_file))
     return folder, case_file
 
 

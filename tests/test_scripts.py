@@ -147,6 +147,7 @@ def test_ner_json_lines_with_entity_level_metrics_from_a_yaml_file(encoder, tmp_
         "fusion": "scalar_mix", "fusion_layers": "0,-1", "output_dir": str(output), "do_train": True, "do_eval": True,
         "return_entity_level_metrics": True, "max_train_samples": 4, "few_shot_seed": 3, "label_all_tokens": True,
         "report_to": "none", "num_train_epochs": 1, "per_device_train_batch_size": 2, "save_strategy": "no",
+        "attention_guidance_heads": "0,1,1,2", "attention_guidance_weight": 5.0, "logging_steps": 1,
     }
     yaml_file = tmp_path / "args.yaml"
     yaml_file.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in arguments.items()))
@@ -157,7 +158,12 @@ def test_ner_json_lines_with_entity_level_metrics_from_a_yaml_file(encoder, tmp_
     assert read_json(output / "train_results.json")["train_samples"] == 4
     config = read_json(output / "config.json")
     assert config["fusion"] == "scalar_mix" and config["fusion_layers"] == [0, -1]
-    assert_hub_repo_folder(output, "token-classification")
+    # Trained with attention guidance: its settings are saved and the training logs carry its loss and weight.
+    assert (config["attention_guidance_heads"], config["attention_guidance_weight"]) == ([0, 1, 1, 2], 5.0)
+    logs = [entry for entry in read_json(output / "trainer_state.json")["log_history"] if "loss" in entry]
+    assert logs and all(entry["attention_guidance_scale"] == 1.0 and entry["attention_guidance_loss"] > 0 for entry in logs)
+    card = assert_hub_repo_folder(output, "token-classification")
+    assert "attention_guidance_heads=[0, 1, 1, 2]" in card.text
 
 
 def test_glue_mrpc_tsv_end_to_end(encoder, tmp_path):
@@ -214,6 +220,11 @@ def test_glue_script_reads_cola_csv_and_json(encoder, tmp_path, layout):
     assert eval_results["eval_samples"] == 4
     encoder_layers = read_json(output / "config.json")["encoder_config"]["num_hidden_layers"]
     assert encoder_layers == (2 if cut else read_json(encoder / "config.json")["num_hidden_layers"])
+
+
+def test_attention_guidance_heads_are_checked_when_the_options_are_read():
+    with pytest.raises(ValueError, match="attention_guidance_heads='1,1' must be 4 non-negative head counts"):
+        ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads="1,1")
 
 
 def test_encoder_num_layers_needs_an_encoder_to_cut():

@@ -82,6 +82,7 @@ def normalize_attention_guidance_heads(heads: Union[None, str, list[int], tuple[
     if heads is None:
         return None
     order = ", ".join(ATTENTION_GUIDANCE_PATTERNS)
+    given = heads
     if isinstance(heads, str):
         try:
             heads = [int(part) for part in heads.split(",")]
@@ -95,7 +96,7 @@ def normalize_attention_guidance_heads(heads: Union[None, str, list[int], tuple[
         isinstance(count, bool) or not isinstance(count, int) or count < 0 for count in counts
     ):
         raise ValueError(
-            f"attention_guidance_heads={heads!r} must be {len(ATTENTION_GUIDANCE_PATTERNS)} non-negative head counts, "
+            f"attention_guidance_heads={given!r} must be {len(ATTENTION_GUIDANCE_PATTERNS)} non-negative head counts, "
             f"one per pattern ({order}), e.g. [0, 1, 1, 4]."
         )
     if sum(counts) == 0:

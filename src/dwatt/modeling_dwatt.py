@@ -93,12 +93,14 @@ def encoder_hidden_dropout(encoder_config) -> float:
     return float(_first_attr(encoder_config, ("hidden_dropout_prob", "dropout", "resid_pdrop", "hidden_dropout"), 0.1))
 
 
-def build_encoder(encoder_config) -> PreTrainedModel:
-    """Instantiates the encoder without a pooler where the family has one (an unused pooler breaks DDP)."""
+def build_encoder(encoder_config, attn_implementation: Optional[str] = None) -> PreTrainedModel:
+    """Instantiates the encoder without a pooler where the family has one (an unused pooler breaks DDP), with the
+    given attention implementation (None: transformers' default)."""
+    kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     try:
-        return AutoModel.from_config(encoder_config, add_pooling_layer=False)
+        return AutoModel.from_config(encoder_config, add_pooling_layer=False, **kwargs)
     except TypeError:  # families without a pooler do not take the argument
-        return AutoModel.from_config(encoder_config)
+        return AutoModel.from_config(encoder_config, **kwargs)
 
 
 def _accepts_argument(function, name: str) -> bool:
@@ -1020,14 +1022,6 @@ def attention_guidance_loss(
     return total
 
 
-def _use_eager_attention(encoder: PreTrainedModel) -> None:
-    # Only eager attention returns the probabilities that guidance compares with its patterns.
-    if hasattr(encoder, "set_attn_implementation"):
-        encoder.set_attn_implementation("eager")
-    else:  # transformers before set_attn_implementation existed
-        encoder.config._attn_implementation = "eager"
-
-
 class DWAttPreTrainedModel(PreTrainedModel):
     config_class = DWAttConfig
     base_model_prefix = "dwatt"
@@ -1219,7 +1213,9 @@ class DWAttModel(DWAttPreTrainedModel):
 
     def __init__(self, config: DWAttConfig):
         super().__init__(config)
-        self.encoder = build_encoder(config.encoder_config)
+        # Attention guidance needs the attention probabilities, which only eager attention returns.
+        guided = config.attention_guidance_heads is not None
+        self.encoder = build_encoder(config.encoder_config, attn_implementation="eager" if guided else None)
         # The name ends in "classifier" on purpose: PEFT's token/sequence-classification models train and save every
         # module whose name ends in "classifier" or "score" (and keep LoRA out of them), so the head comes along.
         self.fusion_classifier = build_fusion_head(config)
@@ -1232,8 +1228,6 @@ class DWAttModel(DWAttPreTrainedModel):
             index != self._num_states - 1 for index in self._source_indices
         )
         self._encoder_takes_use_cache = _accepts_argument(self.encoder.forward, "use_cache")
-        if config.attention_guidance_heads is not None:
-            _use_eager_attention(self.encoder)
         self.post_init()
 
     def get_input_embeddings(self):

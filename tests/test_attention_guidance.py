@@ -393,3 +393,26 @@ def test_real_minilm_guidance_matches_the_stock_encoder_and_training_follows_the
     after = reference_guidance_loss(after_attentions, batch["attention_mask"], counts)
     assert after < 0.8 * before, (before, after)
     assert math.isfinite(after)
+
+
+def test_lora_adapters_are_trained_by_the_guidance_and_the_trainer_schedules_through_peft(tmp_path):
+    from dwatt.peft_utils import get_lora_model
+
+    model = get_lora_model(guided_model("token", attention_guidance_constant_steps=0))
+    batch = collate(make_examples("token", 4))
+    output = model.train()(**batch)
+    task_loss = F.cross_entropy(output.logits.reshape(-1, NUM_LABELS), batch["labels"].reshape(-1))
+    assert output.loss.item() == pytest.approx(task_loss.item() + output.attention_guidance_loss.item(), rel=1e-5)
+    output.attention_guidance_loss.backward()
+    # The guidance reaches the adapters of every query projection (it depends on values only through later layers).
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n and "query" in n]
+    assert len(lora_b) == 2 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
+
+    # DWAttTrainer's schedule reaches the DWAtt model inside the PEFT wrapper: 0 steps at full weight, so λ(0) = 1,
+    # then λ(1) = (2 − 1) / 2.
+    model.zero_grad()
+    trainer = DWAttTrainer(model=model, train_dataset=make_examples("token", 8), data_collator=collate,
+                           args=training_args(tmp_path, per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3))
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["attention_guidance_scale"] for entry in logs] == pytest.approx([1.0, 0.5])

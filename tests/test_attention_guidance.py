@@ -416,3 +416,19 @@ def test_lora_adapters_are_trained_by_the_guidance_and_the_trainer_schedules_thr
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["attention_guidance_scale"] for entry in logs] == pytest.approx([1.0, 0.5])
+
+
+def test_activation_checkpointing_gives_the_same_guided_loss_and_gradients():
+    model = guided_model("token").train()
+    batch = collate(make_examples("token", 4))
+    checkpointed = copy.deepcopy(model)
+    checkpointed.gradient_checkpointing_enable()
+    losses = []
+    for candidate in (model, checkpointed):
+        output = candidate(**batch)
+        output.loss.backward()
+        losses.append((output.loss.item(), output.attention_guidance_loss.item()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[0][1] > 0
+    for (name, plain), (_, recomputed) in zip(model.named_parameters(), checkpointed.named_parameters()):
+        if plain.grad is not None:
+            torch.testing.assert_close(recomputed.grad, plain.grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -426,13 +426,15 @@ def with_variants(ablations: Sequence[dict], grid: Sequence[dict]) -> list[dict]
 
 def ablation_baseline(cell: Sequence[dict], rows: Sequence[dict]) -> tuple[list[dict], str]:
     """The `last` runs to pair a cell with: those with the very same settings (the variant ran `last` too), else
-    those that differ only in the head's own config (which `last` does not have)."""
+    the plain `last` (no head config of its own) whose other settings are the cell's. A `last` that is itself a
+    head-config variant (a cut encoder, attention guidance) is never the baseline of another variant."""
     first = cell[0]
     lasts = [r for r in rows if r["head"] == "last"
              and (r["task"], r["encoder"], r["size"]) == (first["task"], first["encoder"], first["size"])]
     for ignore_head_config in (False, True):
         key = settings_id(first["settings"], ignore_head_config)
-        chosen = [r for r in lasts if settings_id(r["settings"], ignore_head_config) == key]
+        candidates = [r for r in lasts if not (ignore_head_config and r["settings"].get("head_config"))]
+        chosen = [r for r in candidates if settings_id(r["settings"], ignore_head_config) == key]
         if chosen:
             return chosen, chosen[0]["variant"]
     return [], "—"

@@ -445,6 +445,26 @@ def test_a_changed_last_pairs_with_the_grids_last():
     assert report.paired_differences(cut, baseline, "dev", "accuracy") == pytest.approx([-0.02 * 100, 0.01 * 100])
 
 
+def test_a_head_config_variant_pairs_with_the_plain_last_not_with_a_changed_last():
+    """Regression: a `last` with a head config of its own (a cut encoder, attention guidance) in the same cell was
+    taken as the baseline of the other head-config variants, whose gains then read against it."""
+    settings = dict(steps=10, eval_every=5, batch_size=4, eval_batch_size=8, encoder_lr=5e-5, head_lr=1e-3,
+                    weight_decay=0.0, warmup_ratio=0.1, max_seq_length=32, max_eval=None, selection_metric="accuracy")
+
+    def row(variant, head, head_config, seed, score):
+        return {"task": "sst2", "encoder": "minilm", "size": 100, "variant": variant, "head": head, "seed": seed,
+                "settings": {**settings, "head_config": head_config}, "dev": {"accuracy": score}}
+
+    plain = [row(report.MAIN_GRID, "last", {}, seed, 0.70 + seed / 100) for seed in (1, 2)]
+    changed = [row("encoder_num_layers=4", "last", {"encoder_num_layers": 4}, seed, 0.50) for seed in (1, 2)]
+    zero = [row("zero_init_residual=true", "dwatt", {"zero_init_residual": True}, seed, 0.75) for seed in (1, 2)]
+    for rows in (plain + changed + zero, changed + plain + zero):  # whichever comes first in the files
+        cells = {key[-2:]: (baseline, variant) for key, _, baseline, variant in report.ablation_cells(rows, "task")}
+        baseline, variant = cells[("zero_init_residual=true", "dwatt")]
+        assert variant == report.MAIN_GRID and baseline == plain
+        assert report.paired_differences(zero, baseline, "dev", "accuracy") == pytest.approx([4.0, 3.0])
+
+
 def test_report_ablations_pair_each_variant_with_its_baseline(ablation_files, ner_run, workspace):
     out = workspace / "ABLATIONS.md"
     report.main(["--results", str(ner_run["out"]), "--ablations", *map(str, ablation_files.values()), "--smoke",

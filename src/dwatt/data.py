@@ -1066,3 +1066,26 @@ def select_few_shot(dataset: Dataset, n: int, seed: int) -> Dataset:
     rng = np.random.default_rng(seed)
     indices = np.sort(rng.choice(len(dataset), size=n, replace=False))
     return dataset.select(indices.tolist())
+
+
+def glue_examples(data_dir: PathLike, task: str | None, split: str, max_examples: int, seed: int) -> tuple[Dataset, str, tuple[str, ...]]:
+    """A GLUE folder's `split`, `max_examples` of it drawn with `seed` (0: all), with its task name and text columns
+    (for the analysis command lines: `dwatt.variability`, `dwatt.attention_patterns`)."""
+    task_name = normalize_glue_task_name(task or Path(data_dir).name)
+    splits = load_glue_folder(data_dir, task)
+    if split not in splits:
+        raise ValueError(f"{data_dir} has no {split!r} split; it has {sorted(splits)}.")
+    dataset = splits[split]
+    if max_examples and max_examples < len(dataset):
+        dataset = select_few_shot(dataset, max_examples, seed)
+    return dataset, task_name, tuple(GLUE_TASKS[task_name].text_columns)
+
+
+def tokenized_text_batches(dataset: Dataset, text_columns: Sequence[str], tokenizer, batch_size: int, max_length: int,
+                           **tokenizer_kwargs) -> Iterator[dict]:
+    """The examples' texts (one or two columns) tokenized in padded batches of `batch_size`, as tensors."""
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start:start + batch_size]
+        texts = [rows[column] for column in text_columns]
+        yield dict(tokenizer(*texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                             **tokenizer_kwargs))

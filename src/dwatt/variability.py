@@ -150,35 +150,24 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     from transformers import AutoModel, AutoTokenizer
 
     from . import __version__
-    from .data import GLUE_TASKS, load_glue_folder, normalize_glue_task_name, select_few_shot
+    from .data import GLUE_TASKS, glue_examples, normalize_glue_task_name, tokenized_text_batches
 
     args = _parse_args(argv)
     task_name = normalize_glue_task_name(args.task or Path(args.data).name)
     if GLUE_TASKS[task_name].label_names is None:
         raise ValueError(f"{task_name} is a regression task: hidden-state variability needs classes. Use a "
                          "classification task (SST-2, MRPC, RTE, CoLA, …).")
-    splits = load_glue_folder(args.data, args.task)
-    if args.split not in splits:
-        raise ValueError(f"{args.data} has no {args.split!r} split; it has {sorted(splits)}.")
-    text_columns = GLUE_TASKS[task_name].text_columns
-    dataset = splits[args.split]
-    if args.max_examples and args.max_examples < len(dataset):
-        dataset = select_few_shot(dataset, args.max_examples, args.seed)
+    dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(args.encoder)
     if tokenizer.pad_token is None:  # decoder-only families (GPT-2): padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     encoder = AutoModel.from_pretrained(args.encoder)
-
-    def batches():
-        for start in range(0, len(dataset), args.batch_size):
-            rows = dataset[start:start + args.batch_size]
-            texts = [rows[column] for column in text_columns]
-            yield dict(tokenizer(*texts, padding=True, truncation=True, max_length=args.max_length,
-                                 return_special_tokens_mask=True, return_tensors="pt"))
+    batches = tokenized_text_batches(dataset, text_columns, tokenizer, args.batch_size, args.max_length,
+                                     return_special_tokens_mask=True)
 
     total = -(-len(dataset) // args.batch_size)
-    vectors = sentence_vectors(encoder, batches(), total=total)
+    vectors = sentence_vectors(encoder, batches, total=total)
     labels = torch.tensor(list(dataset["label"]))
     variability = layer_variability(vectors, labels)
     selected = select_layer(variability, args.tolerance)

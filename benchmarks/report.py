@@ -876,10 +876,45 @@ def variability_section(paths: Sequence[Path], out: Path) -> str:
     return "\n\n".join(parts)
 
 
+def attention_patterns_section(paths: Sequence[Path], out: Path) -> str:
+    """Per `python -m dwatt.attention_patterns` output: for each pattern, the head that follows it most in each layer
+    (its attention on the pattern's token), and the mean over layers of the heads guidance assigned to the pattern
+    (for an unguided run, the heads a guided run of the page was given)."""
+    if not paths:
+        return "Not measured yet (`python benchmarks/attention_patterns.py --model PATH --data GLUE_TASK_DIR --out DIR`)."
+    results = [(path, json.loads(path.read_text())) for path in paths]
+    layers = max(len(data["mass"]) for _, data in results)
+    # Unguided runs are read at the heads a guided run of the page guided, for comparison.
+    reference = next((data["attention_guidance_heads"] for _, data in results if data.get("attention_guidance_heads")), None)
+    lines = []
+    for path, data in results:
+        guided = data.get("attention_guidance_heads") or reference
+        first_head = 0
+        for index, pattern in enumerate(data["patterns"]):
+            strongest = [f"{entry['mass']:.2f} (h{entry['head']})" for entry in data["strongest_head"][pattern]]
+            count = guided[index] if guided else 0
+            heads = range(first_head, first_head + count)
+            mean_guided = (statistics.mean(layer[head][index] for layer in data["mass"] for head in heads)
+                           if count else None)
+            first_head += count
+            lines.append((path.parent.name, pattern, *strongest, *["—"] * (layers - len(strongest)),
+                          f"{mean_guided:.2f} (h{heads[0]}{f'–{heads[-1]}' if count > 1 else ''})"
+                          if mean_guided is not None else "—"))
+    parts = [table(("run", "pattern", *[f"layer {i + 1}: strongest head" for i in range(layers)],
+                    "guided heads, mean" + (f" ({','.join(map(str, reference))})" if reference else "")), lines, align="ll" + "r" * (layers + 1))]
+    for path, data in results:
+        png = path.with_name("attention_patterns.png")
+        if png.exists():
+            parts.append(f"![{path.parent.name}]({Path(os.path.relpath(png.resolve(), out.resolve().parent)).as_posix()})")
+    parts.append("Commands:\n\n" + "\n".join(f"- `{data['command']}` (commit {data.get('git_commit') or 'not recorded'})"
+                                             for _, data in results))
+    return "\n\n".join(parts)
+
+
 def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: list[Path], plots: list[Path],
            out: Path, command: str, ablations: Sequence[dict] = (), init_scale_paths: Sequence[Path] = (),
            glue_majority: str = "", device_checks: Sequence[dict] = (), glue_ablations: Sequence[dict] = (),
-           variability_paths: Sequence[Path] = ()) -> str:
+           variability_paths: Sequence[Path] = (), attention_pattern_paths: Sequence[Path] = ()) -> str:
     def images(prefix: str) -> str:
         chosen = [p for p in plots if p.name.startswith(prefix)]
         return "\n\n".join(f"![{p.stem}]({p.resolve().relative_to(out.resolve().parent)})" for p in chosen) or "No plot (no rows)."
@@ -942,6 +977,15 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "layer's mean-pooled sentence vectors already separate the gold classes (lower is better; **bold**: the "
         "selected layer, the lowest ν). Computed by `dwatt.variability` on a random draw of the training split.",
         variability_section(variability_paths, out),
+        "## Attention patterns of the encoders (attention guidance)",
+        "How much attention each head puts on the token that guidance's patterns point to (the token itself, the next, "
+        "the previous, the first real token), averaged over real query tokens that have such a token (1.00: only "
+        "there; a uniform head over n tokens gives 1/n). Measured by `dwatt.attention_patterns` on SST-2 dev "
+        "sentences: the pretrained encoder, and the same encoder fine-tuned on 50 CoNLL-03 sentences (`last`, 200 "
+        "steps) with and without guidance `0,1,1,4` (α = 10; `benchmarks/attention_patterns_after_guidance.sh`). "
+        "*Guided heads, mean*: the heads guidance assigned to the pattern (in an unguided run, the same heads), "
+        "averaged over layers.",
+        attention_patterns_section(attention_pattern_paths, out),
         "## The same runs on another device",
         "A few result rows run again, with the same settings, seed and training subset, on a different device (CPU "
         "against GPU: other kernels, other rounding, so other weights by the end of training). The difference is the noise "
@@ -993,6 +1037,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--variability", nargs="*", type=Path,
                         default=sorted((results / "variability").glob("*/variability.json")),
                         help="dwatt.variability outputs (default: benchmarks/results/variability/*/variability.json).")
+    parser.add_argument("--attention-patterns", nargs="*", type=Path,
+                        default=sorted((results / "attention_patterns").glob("*/attention_patterns.json")),
+                        help="dwatt.attention_patterns outputs (default: "
+                             "benchmarks/results/attention_patterns/*/attention_patterns.json).")
     parser.add_argument("--glue-dir", type=Path, default=common.SHARED_DATA / "glue",
                         help="GLUE TSV folders, for the majority-class accuracy of each dev set.")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "RESULTS.md")
@@ -1020,7 +1068,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     command = shlex.join(["python", "benchmarks/report.py", *argv])
     args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command, ablations, list(args.init_scale),
                                glue_majority_baseline(glue, args.glue_dir), load_rows(args.device_checks), glue_ablations,
-                               list(args.variability)))
+                               list(args.variability), list(args.attention_patterns)))
     print(f"wrote {args.out} and {len(plots)} plot(s) in {args.plots_dir}")
     return args.out
 

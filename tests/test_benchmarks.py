@@ -549,3 +549,29 @@ def test_report_variability_section_marks_the_selected_layer(tmp_path):
     assert "![enc_a](results/variability/enc_a/variability.png)" in text
     assert "- `python -m dwatt.variability --out enc_b` (commit abc123)" in text
     assert report.variability_section([], tmp_path / "RESULTS.md").startswith("Not measured yet")
+
+
+def test_report_attention_patterns_section_reads_guided_and_unguided_runs_at_the_same_heads(tmp_path):
+    # mass[layer][head][pattern]: 2 layers, 3 heads; pattern order self, next, previous, first.
+    mass = [[[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0.9, 0.05, 0.15, 0.25]],
+            [[0.2, 0.3, 0.4, 0.5], [0.6, 0.7, 0.8, 0.9], [0.1, 0.35, 0.45, 0.55]]]
+    paths = []
+    for name, guided in (("guided", [0, 1, 1, 1]), ("plain", None)):
+        folder = tmp_path / "results" / "attention_patterns" / name
+        folder.mkdir(parents=True)
+        strongest = {pattern: [{"layer": layer + 1, "head": max(range(3), key=lambda h: mass[layer][h][index]),
+                                "mass": max(mass[layer][h][index] for h in range(3))} for layer in range(2)]
+                     for index, pattern in enumerate(("self", "next", "previous", "first"))}
+        (folder / "attention_patterns.json").write_text(json.dumps({
+            "command": f"python -m dwatt.attention_patterns --out {name}", "git_commit": "abc123", "mass": mass,
+            "patterns": ["self", "next", "previous", "first"], "attention_guidance_heads": guided,
+            "strongest_head": strongest}))
+        paths.append(folder / "attention_patterns.json")
+    text = report.attention_patterns_section(paths, tmp_path / "RESULTS.md")
+    # next: guided head 0 → mean over layers (0.2 + 0.3) / 2; previous: head 1 → (0.7 + 0.8) / 2; first: head 2.
+    assert "| guided | next | 0.60 (h1) | 0.70 (h1) | 0.25 (h0) |" in text
+    assert "| guided | previous | 0.70 (h1) | 0.80 (h1) | 0.75 (h1) |" in text
+    assert "| plain | first | 0.80 (h1) | 0.90 (h1) | 0.40 (h2) |" in text  # read at the guided run's heads
+    assert "| guided | self | 0.90 (h2) | 0.60 (h1) | — |" in text  # no head guided to itself
+    assert "guided heads, mean (0,1,1,1)" in text
+    assert report.attention_patterns_section([], tmp_path / "RESULTS.md").startswith("Not measured yet")

@@ -1011,13 +1011,15 @@ def attention_guidance_loss(
     pair_count = pairs.sum()
     total = targets.new_zeros(())
     for probabilities in attentions:  # (B, heads, T, T)
+        # Layers may sit on different devices (device_map): bring the targets to each layer's.
+        layer_targets, layer_pairs = targets.to(probabilities.device), pairs.to(probabilities.device)
         first_head = 0
         for pattern, count in enumerate(head_counts):
             if count == 0:
                 continue
             guided = probabilities[:, first_head:first_head + count].float()  # (B, count, T, T)
-            squared = (guided - targets[:, pattern].unsqueeze(1)).pow(2) * pairs.unsqueeze(1)
-            total = total + squared.sum() / (pair_count * count)
+            squared = (guided - layer_targets[:, pattern].unsqueeze(1)).pow(2) * layer_pairs.unsqueeze(1)
+            total = total + (squared.sum() / (pair_count.to(squared.device) * count)).to(total.device)
             first_head += count
     return total
 
@@ -1441,6 +1443,8 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
         r"""
         labels (`torch.LongTensor` of shape `(B,)`, *optional*):
             Class indices (or float targets for regression, or multi-hot rows for multi-label classification).
+            In training mode with `config.attention_guidance_heads`, `loss` adds the weighted guidance term (also
+            returned alone as `attention_guidance_loss`, with or without labels).
         output_fusion_weights (`bool`, *optional*):
             Also return the weights over depth at the pooled position(s).
         """
@@ -1524,6 +1528,8 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
         r"""
         labels (`torch.LongTensor` of shape `(B, T)`, *optional*):
             Label index per token; -100 marks tokens without a label (padding, sub-word continuations).
+            In training mode with `config.attention_guidance_heads`, `loss` adds the weighted guidance term (also
+            returned alone as `attention_guidance_loss`, with or without labels).
         output_fusion_weights (`bool`, *optional*):
             Also return the per-token weights over depth, shape (B, T, H, n).
         """

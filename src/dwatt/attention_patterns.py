@@ -100,15 +100,11 @@ def plot_pattern_mass(mass: np.ndarray, path: Path, title: str, guided: Optional
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    from .data import add_glue_sample_arguments  # datasets is imported only by the command line
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="encoder folder or Hub id, or a DWAtt checkpoint")
-    parser.add_argument("--data", required=True, help="a GLUE task folder (train.tsv / dev.tsv), e.g. glue/SST-2")
-    parser.add_argument("--task", default=None, help="GLUE task name, when the folder name does not say it")
-    parser.add_argument("--split", default="validation", help="train or validation (default: validation)")
-    parser.add_argument("--max-examples", type=int, default=500, help="draw this many examples at random (0: all)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of that draw")
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_glue_sample_arguments(parser, split="validation", max_examples=500)
     parser.add_argument("--out", required=True, help="folder for attention_patterns.json and attention_patterns.png")
     return parser.parse_args(argv)
 
@@ -119,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from . import __version__
-    from .data import glue_examples, tokenized_text_batches
+    from .data import glue_examples, glue_sample_record, tokenized_text_batches
 
     args = _parse_args(argv)
     dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
@@ -139,11 +135,7 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
         "command": "python -m dwatt.attention_patterns " + " ".join(sys.argv[1:] if argv is None else argv),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "dwatt": __version__},
         "model": args.model,
-        "data": args.data,
-        "task": task_name,
-        "split": args.split,
-        "examples": len(dataset),
-        "seed": args.seed,
+        **glue_sample_record(args, task_name, len(dataset)),
         "patterns": list(ATTENTION_GUIDANCE_PATTERNS),
         "attention_guidance_heads": guided,
         # mass[layer][head][pattern], layer 0 = the first encoder layer

@@ -1068,6 +1068,24 @@ def select_few_shot(dataset: Dataset, n: int, seed: int) -> Dataset:
     return dataset.select(indices.tolist())
 
 
+def add_glue_sample_arguments(parser, split: str, max_examples: int) -> None:
+    """The options of the analysis command lines that choose the examples: a GLUE folder, a split, a random draw,
+    and how they are tokenized (`glue_examples`, `tokenized_text_batches`)."""
+    parser.add_argument("--data", required=True, help="a GLUE task folder (train.tsv / dev.tsv), e.g. glue/SST-2")
+    parser.add_argument("--task", default=None, help="GLUE task name, when the folder name does not say it")
+    parser.add_argument("--split", default=split, help=f"train or validation (default: {split})")
+    parser.add_argument("--max-examples", type=int, default=max_examples,
+                        help="draw this many examples at random (0: all)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of that draw")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def glue_sample_record(args, task_name: str, examples: int) -> dict:
+    """What `add_glue_sample_arguments` chose, for the analysis outputs' JSON."""
+    return {"data": args.data, "task": task_name, "split": args.split, "examples": examples, "seed": args.seed}
+
+
 def glue_examples(data_dir: PathLike, task: str | None, split: str, max_examples: int, seed: int) -> tuple[Dataset, str, tuple[str, ...]]:
     """A GLUE folder's `split`, `max_examples` of it drawn with `seed` (0: all), with its task name and text columns
     (for the analysis command lines: `dwatt.variability`, `dwatt.attention_patterns`)."""

@@ -129,15 +129,11 @@ def plot_variability(variability: Sequence[float], selected: int, path: Path, ti
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    from .data import add_glue_sample_arguments  # datasets is imported only by the command line
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", required=True, help="encoder folder or Hub id (or a DWAtt checkpoint)")
-    parser.add_argument("--data", required=True, help="a GLUE task folder (train.tsv / dev.tsv), e.g. glue/SST-2")
-    parser.add_argument("--task", default=None, help="GLUE task name, when the folder name does not say it")
-    parser.add_argument("--split", default="train", help="train or validation (default: train)")
-    parser.add_argument("--max-examples", type=int, default=1000, help="draw this many examples at random (0: all)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of that draw")
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_glue_sample_arguments(parser, split="train", max_examples=1000)
     parser.add_argument("--tolerance", type=float, default=0.0, help="see select_layer")
     parser.add_argument("--out", required=True, help="folder for variability.json and variability.png")
     return parser.parse_args(argv)
@@ -150,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     from transformers import AutoModel, AutoTokenizer
 
     from . import __version__
-    from .data import GLUE_TASKS, glue_examples, normalize_glue_task_name, tokenized_text_batches
+    from .data import GLUE_TASKS, glue_examples, glue_sample_record, normalize_glue_task_name, tokenized_text_batches
 
     args = _parse_args(argv)
     task_name = normalize_glue_task_name(args.task or Path(args.data).name)
@@ -178,11 +174,7 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
         "command": "python -m dwatt.variability " + " ".join(sys.argv[1:] if argv is None else argv),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "dwatt": __version__},
         "encoder": args.encoder,
-        "data": args.data,
-        "task": task_name,
-        "split": args.split,
-        "examples": len(dataset),
-        "seed": args.seed,
+        **glue_sample_record(args, task_name, len(dataset)),
         "tolerance": args.tolerance,
         "variability": [float(value) for value in variability],
         "selected_layer": selected,

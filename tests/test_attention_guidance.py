@@ -432,3 +432,20 @@ def test_activation_checkpointing_gives_the_same_guided_loss_and_gradients():
     for (name, plain), (_, recomputed) in zip(model.named_parameters(), checkpointed.named_parameters()):
         if plain.grad is not None:
             torch.testing.assert_close(recomputed.grad, plain.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_cut_encoder_is_guided_in_the_layers_it_keeps_and_asked_for_attentions_are_returned(tmp_path):
+    from script_fixtures import tiny_encoder_folder
+
+    encoder = tiny_encoder_folder(tmp_path / "encoder")
+    model = DWAttForTokenClassification.from_encoder_pretrained(
+        str(encoder), fusion="deeper", num_labels=NUM_LABELS, encoder_num_layers=1, attention_guidance_heads=[1, 1, 1, 1]
+    ).train()
+    for module in model.modules():  # deterministic forwards, to compare two of them
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    input_ids, attention_mask = _batch()
+    output = model(input_ids=input_ids.clamp(max=30), attention_mask=attention_mask, output_attentions=True)
+    assert len(output.attentions) == 1  # the kept layer only (the deeper head's own layer is not guided)
+    expected = 10.0 * reference_guidance_loss(output.attentions, attention_mask, [1, 1, 1, 1])
+    assert output.attention_guidance_loss.item() == pytest.approx(expected, rel=1e-4)

@@ -999,7 +999,8 @@ def attention_guidance_loss(
     of the heads assigned to the pattern and its target matrix (heads taken in order from head 0: `head_counts[0]`
     self heads, then next, previous, first); summed over layers and patterns, as the authors' code does.
 
-    attentions: one (B, heads, T, T) tensor of attention probabilities per layer (eager attention's output).
+    attentions: one (B, heads, T, T) tensor of attention probabilities per layer, as eager attention returns them
+        (in training, after attention dropout: so did the BERT code the authors trained with).
     mask_padding: average over the (query, key) pairs of real tokens only, instead of the whole T × T block.
     """
     targets = attention_pattern_targets(attention_mask)  # (B, 4, T, T)

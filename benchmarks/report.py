@@ -948,7 +948,10 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "larger (*term / z_L*, table below), so the classifier starts from a noisy representation — `zero_init_residual=true` "
         "starts DWAtt and Concat as exactly the baseline; (b) the head learning rate (1e-3) is too high for a "
         "randomly initialised head on few sentences; (c) the unscaled depth-attention scores (large |q|, table below) "
-        "let the softmax over depth collapse to one layer — `dwatt_scale_scores=true` divides them by √d. "
+        "let the softmax over depth collapse to one layer — `dwatt_scale_scores=true` divides them by √d. Rows of "
+        "`last` with a changed encoder (here and in the sentence tasks' table) pair with the main grid's `last`: "
+        "`encoder_num_layers` (layer selection) and attention guidance (`attention_guidance_heads`, weight α; see "
+        "the attention patterns section below). "
         "*Largest depth weight* is the mean (over seeds) of the largest of DWAtt's mean weights over depth on 256 dev "
         "sentences (1.00 = all weight on one layer), with the layer per seed.",
         init_scale_section(init_scale_paths),

@@ -129,10 +129,11 @@ def signal_all(processes: list[psutil.Process], signum: int) -> None:
             pass
 
 
-def launch(launcher: str, script: str, root: Path, output: Path, extra: list[str]) -> subprocess.CompletedProcess:
+def launch(launcher: str, script: str, root: Path, output: Path, extra: list[str],
+           single_batch_size: int = 4) -> subprocess.CompletedProcess:
     arguments = script_arguments(script, root, output) + extra
     if launcher == "single":
-        command = [sys.executable, *arguments, "--per_device_train_batch_size", "4"]
+        command = [sys.executable, *arguments, "--per_device_train_batch_size", str(single_batch_size)]
     elif launcher == "torchrun":
         command = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *arguments,
                    "--per_device_train_batch_size", "2"]
@@ -194,6 +195,27 @@ def test_two_processes_match_one(workspace, tmp_path, launcher, script, checkpoi
     quality = "eval_f1" if script == "ner" else "eval_accuracy"
     assert distributed["eval"][quality] == reference["eval"][quality]
     assert (distributed_dir / "README.md").is_file() and (distributed_dir / "modeling_dwatt.py").is_file()
+
+
+def test_attention_guidance_two_processes_match_one_with_the_same_micro_batches(workspace, tmp_path):
+    """With attention guidance each micro-batch's guidance (a mean over its token pairs) is weighted by its share of
+    the step's labelled tokens. 2 processes × batch 2 then match 1 process × batch 2 with 2 accumulation steps, which
+    sees the same micro-batches (accelerate deals the sampler's batches to the processes in turn), exactly — the
+    big batch of 4 would match only the task loss."""
+    guidance = ["--attention_guidance_heads", "1,1,1,1", "--attention_guidance_constant_steps", "2"]
+    reference_dir, distributed_dir = tmp_path / "single", tmp_path / "torchrun"
+    launch("single", "ner", workspace, reference_dir, [*guidance, "--gradient_accumulation_steps", "2"], single_batch_size=2)
+    launch("torchrun", "ner", workspace, distributed_dir, guidance)
+    reference, distributed = summary(reference_dir), summary(distributed_dir)
+    assert len(reference["losses"]) == len(distributed["losses"]) == 4
+    assert distributed["losses"] == pytest.approx(reference["losses"], rel=LOSS_RTOL)
+    worst = max((reference["weights"][k] - distributed["weights"][k]).abs().max().item() for k in reference["weights"])
+    assert worst < WEIGHT_ATOL, worst
+    state = json.loads((reference_dir / "trainer_state.json").read_text())
+    logs = [entry for entry in state["log_history"] if "loss" in entry]
+    # Guidance ran, on the schedule: λ = 1 for 2 steps, then (4 − 2) / 2 and (4 − 3) / 2.
+    assert [entry["attention_guidance_scale"] for entry in logs] == pytest.approx([1.0, 1.0, 1.0, 0.5])
+    assert all(entry["attention_guidance_loss"] > 0 for entry in logs)
 
 
 def load_initial(root: Path, key: str) -> torch.Tensor:

@@ -388,3 +388,24 @@ def test_dwatt_training_step_operators_do_not_grow_with_the_number_of_sources(sh
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
         counts[len(layers)] = cost.dispatched_ops(model, batch, labels, optimizer)
     assert counts[2] < counts[5] <= counts[2] + 2 * 3, counts
+
+
+def test_guidance_cost_compares_three_variants_of_the_same_model(tmp_path):
+    import guidance_cost
+
+    plain, eager, guided = (guidance_cost.build_variant("token", "minilm", variant, [0, 1, 1, 4], "cpu")
+                            for variant in guidance_cost.VARIANTS)
+    assert plain.state_dict().keys() == guided.state_dict().keys()
+    assert all(torch.equal(value, eager.state_dict()[key]) and torch.equal(value, guided.state_dict()[key])
+               for key, value in plain.state_dict().items())  # the same weights: only attention and the loss differ
+    assert [m.base_model.encoder.config._attn_implementation for m in (plain, eager, guided)] == ["sdpa", "eager", "eager"]
+    batch = cost.make_batch(2, 8, "cpu")
+    assert "attention_guidance_loss" not in eager.train()(**batch) and guided.train()(**batch).attention_guidance_loss > 0
+
+    result = guidance_cost.main(["--tasks", "token", "--seq-lens", "8", "--batch-sizes", "2", "--rounds", "2",
+                                 "--out", str(tmp_path / "guidance_cost.json")])
+    (row,) = json.loads((tmp_path / "guidance_cost.json").read_text())["rows"]
+    assert row == result["rows"][0] and result["attention_guidance_heads"] == [0, 1, 1, 4]
+    for variant in ("eager", "guided"):
+        low, high = row[f"{variant}_ratio_quartiles"]
+        assert 0 < low <= row[f"{variant}_ratio"] <= high

@@ -876,6 +876,29 @@ def variability_section(paths: Sequence[Path], out: Path) -> str:
     return "\n\n".join(parts)
 
 
+def guidance_cost_section(paths: Sequence[Path]) -> str:
+    """Training-step time of the `last` model with eager attention and with attention guidance, against the plain
+    (SDPA) model: one table per guidance_cost.py output."""
+    if not paths:
+        return "Not measured yet (`python benchmarks/guidance_cost.py --out benchmarks/results/guidance_cost_cpu.json`)."
+    parts = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        machine = data["machine"]
+        parts.append(f"**{path.name}** — `{data['command']}`; guidance {data['attention_guidance_heads']}; "
+                     f"{describe_machine(machine)}, commit {machine.get('git_commit')}.")
+        parts.append(table(
+            ("task", "encoder", "seq len", "batch", "plain step (ms)", "eager / plain [quartiles]",
+             "guided / plain [quartiles]"),
+            [(r["task"], r["encoder"], r["seq_len"], r["batch_size"], f"{1000 * r['plain_step_s']:.1f}",
+              *(f"{r[f'{v}_ratio']:.3f} [{r[f'{v}_ratio_quartiles'][0]:.3f}, {r[f'{v}_ratio_quartiles'][1]:.3f}]"
+                for v in ("eager", "guided")))
+             for r in data["rows"]],
+            align="llrrrrr",
+        ))
+    return "\n\n".join(parts)
+
+
 def attention_patterns_section(paths: Sequence[Path], out: Path) -> str:
     """Per `python -m dwatt.attention_patterns` output: for each pattern, the head that follows it most in each layer
     (its attention on the pattern's token), and the mean over layers of the heads guidance assigned to the pattern
@@ -914,7 +937,8 @@ def attention_patterns_section(paths: Sequence[Path], out: Path) -> str:
 def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: list[Path], plots: list[Path],
            out: Path, command: str, ablations: Sequence[dict] = (), init_scale_paths: Sequence[Path] = (),
            glue_majority: str = "", device_checks: Sequence[dict] = (), glue_ablations: Sequence[dict] = (),
-           variability_paths: Sequence[Path] = (), attention_pattern_paths: Sequence[Path] = ()) -> str:
+           variability_paths: Sequence[Path] = (), attention_pattern_paths: Sequence[Path] = (),
+           guidance_cost_paths: Sequence[Path] = ()) -> str:
     def images(prefix: str) -> str:
         chosen = [p for p in plots if p.name.startswith(prefix)]
         return "\n\n".join(f"![{p.stem}]({p.resolve().relative_to(out.resolve().parent)})" for p in chosen) or "No plot (no rows)."
@@ -989,6 +1013,11 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "*Guided heads, mean*: the heads guidance assigned to the pattern (in an unguided run, the same heads), "
         "averaged over layers.",
         attention_patterns_section(attention_pattern_paths, out),
+        "### What guidance adds to a training step",
+        "The DWAtt `last` model timed as it is (SDPA), with eager attention (which guidance needs) and with guidance, "
+        "interleaved on the same weights (`benchmarks/guidance_cost.py`; median of the per-round ratios, quartiles "
+        "in brackets). Evaluation and inference do not run the loss; a guided model can be switched back to SDPA.",
+        guidance_cost_section(guidance_cost_paths),
         "## The same runs on another device",
         "A few result rows run again, with the same settings, seed and training subset, on a different device (CPU "
         "against GPU: other kernels, other rounding, so other weights by the end of training). The difference is the noise "
@@ -1044,6 +1073,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         default=sorted((results / "attention_patterns").glob("*/attention_patterns.json")),
                         help="dwatt.attention_patterns outputs (default: "
                              "benchmarks/results/attention_patterns/*/attention_patterns.json).")
+    parser.add_argument("--guidance-cost", nargs="*", type=Path, default=sorted(results.glob("guidance_cost_*.json")),
+                        help="guidance_cost.py outputs (default: benchmarks/results/guidance_cost_*.json).")
     parser.add_argument("--glue-dir", type=Path, default=common.SHARED_DATA / "glue",
                         help="GLUE TSV folders, for the majority-class accuracy of each dev set.")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "RESULTS.md")
@@ -1071,7 +1102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     command = shlex.join(["python", "benchmarks/report.py", *argv])
     args.out.write_text(render(ner, glue, smoke, list(args.cost), plots, args.out, command, ablations, list(args.init_scale),
                                glue_majority_baseline(glue, args.glue_dir), load_rows(args.device_checks), glue_ablations,
-                               list(args.variability), list(args.attention_patterns)))
+                               list(args.variability), list(args.attention_patterns), list(args.guidance_cost)))
     print(f"wrote {args.out} and {len(plots)} plot(s) in {args.plots_dir}")
     return args.out
 

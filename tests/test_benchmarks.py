@@ -575,3 +575,17 @@ def test_report_attention_patterns_section_reads_guided_and_unguided_runs_at_the
     assert "| guided | self | 0.90 (h2) | 0.60 (h1) | — |" in text  # no head guided to itself
     assert "guided heads, mean (0,1,1,1)" in text
     assert report.attention_patterns_section([], tmp_path / "RESULTS.md").startswith("Not measured yet")
+
+
+def test_report_guidance_cost_section_prints_each_ratio_with_its_quartiles(tmp_path):
+    path = tmp_path / "guidance_cost_cpu.json"
+    path.write_text(json.dumps({
+        "command": "python benchmarks/guidance_cost.py --out x.json", "attention_guidance_heads": [0, 1, 1, 4],
+        "machine": {"git_commit": "abc123", "python": "3.11"},
+        "rows": [{"task": "token", "encoder": "minilm", "seq_len": 32, "batch_size": 8, "plain_step_s": 0.2191,
+                  "eager_ratio": 0.982, "eager_ratio_quartiles": [0.951, 1.022],
+                  "guided_ratio": 1.12, "guided_ratio_quartiles": [1.103, 1.18]}]}))
+    text = report.guidance_cost_section([path])
+    assert "| token | minilm | 32 | 8 | 219.1 | 0.982 [0.951, 1.022] | 1.120 [1.103, 1.180] |" in text
+    assert "`python benchmarks/guidance_cost.py --out x.json`" in text and "commit abc123" in text
+    assert report.guidance_cost_section([]).startswith("Not measured yet")

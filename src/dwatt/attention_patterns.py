@@ -112,7 +112,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None) -> dict:
     """The command line: the pattern mass of every head of a model on a GLUE task's examples, as JSON and a PNG."""
     import transformers
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     from . import __version__
     from .data import glue_examples, glue_sample_record, tokenized_text_batches
@@ -122,9 +122,9 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:  # decoder-only families (GPT-2): padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
-    config = AutoConfig.from_pretrained(args.model)
-    guided = getattr(config, "attention_guidance_heads", None)  # a DWAtt checkpoint trained with guidance
     model = AutoModel.from_pretrained(args.model, attn_implementation="eager")
+    config = model.config
+    guided = getattr(config, "attention_guidance_heads", None)  # a DWAtt checkpoint trained with guidance
     encoder = model.encoder if config.model_type == "dwatt" else model
     mass = pattern_mass(encoder, tokenized_text_batches(dataset, text_columns, tokenizer, args.batch_size, args.max_length),
                         total=-(-len(dataset) // args.batch_size))

@@ -150,10 +150,6 @@ class AttentionGuidanceCallback(TrainerCallback):
             state.global_step, state.max_steps, target.config.attention_guidance_constant_steps
         )
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if model is not None:
-            self._apply(state, model)
-
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if model is not None:
             self._apply(state, model)
@@ -162,8 +158,8 @@ class AttentionGuidanceCallback(TrainerCallback):
         if logs is None or model is None or "loss" not in logs:  # only the periodic training logs
             return
         target = unwrap_dwatt_model(model)
-        last_loss = getattr(target, "last_attention_guidance_loss", None)
-        if getattr(target.config, "attention_guidance_heads", None) is None or last_loss is None:
+        last_loss = getattr(target, "last_attention_guidance_loss", None)  # set by guided training forwards only
+        if last_loss is None:
             return
         entries = {
             "attention_guidance_scale": float(target.attention_guidance_scale),

@@ -1045,8 +1045,11 @@ class DWAttPreTrainedModel(PreTrainedModel):
     def _guides_attention(self) -> bool:
         return self.training and self.config.attention_guidance_heads is not None
 
-    def _attention_guidance_term(self, attentions, attention_mask: torch.Tensor) -> torch.Tensor:
-        """α · λ · the guidance loss of the encoder's attention probabilities (a training-mode forward's)."""
+    def _add_attention_guidance(
+        self, loss: Optional[torch.Tensor], attentions, attention_mask: torch.Tensor
+    ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+        """α · λ · the guidance loss of the encoder's attention probabilities (a training-mode forward's), and the
+        task `loss` with it added (None stays None: without labels there is no loss). Returns (loss, that term)."""
         expected = self.config.num_encoder_layers
         if attentions is None or len(attentions) != expected or any(layer is None for layer in attentions):
             implementation = getattr(self.base_model.encoder.config, "_attn_implementation", None)
@@ -1057,11 +1060,12 @@ class DWAttPreTrainedModel(PreTrainedModel):
                 "model.set_attn_implementation('eager') before training (dwatt does so when it builds a model whose "
                 "config sets attention_guidance_heads)."
             )
-        loss = attention_guidance_loss(
+        guidance = attention_guidance_loss(
             attentions, attention_mask, self.config.attention_guidance_heads, self.config.attention_guidance_mask_padding
         )
-        self.last_attention_guidance_loss = loss.detach()
-        return loss * (self.config.attention_guidance_weight * self.attention_guidance_scale)
+        self.last_attention_guidance_loss = guidance.detach()
+        term = guidance * (self.config.attention_guidance_weight * self.attention_guidance_scale)
+        return (None if loss is None else loss + term), term
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -1478,9 +1482,9 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
         loss = None
         if labels is not None:
             loss = sequence_classification_loss(logits, labels, self.config)
-        guidance = self._attention_guidance_term(outputs.attentions, attention_mask) if guiding else None
-        if guidance is not None and loss is not None:
-            loss = loss + guidance
+        guidance = None
+        if guiding:
+            loss, guidance = self._add_attention_guidance(loss, outputs.attentions, attention_mask)
         output = DWAttSequenceClassifierOutput(
             loss=loss,
             logits=logits,
@@ -1557,9 +1561,9 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1), ignore_index=-100)
-        guidance = self._attention_guidance_term(outputs.attentions, attention_mask) if guiding else None
-        if guidance is not None and loss is not None:
-            loss = loss + guidance
+        guidance = None
+        if guiding:
+            loss, guidance = self._add_attention_guidance(loss, outputs.attentions, attention_mask)
         output = DWAttTokenClassifierOutput(
             loss=loss,
             logits=logits,

@@ -150,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
 
     args = _parse_args(argv)
     task_name = normalize_glue_task_name(args.task or Path(args.data).name)
-    if GLUE_TASKS[task_name].label_names is None:
+    if GLUE_TASKS[task_name].label_names is None:  # refused before any data is read
         raise ValueError(f"{task_name} is a regression task: hidden-state variability needs classes. Use a "
                          "classification task (SST-2, MRPC, RTE, CoLA, …).")
     dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)

@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoModelForTokenClassification, Trainer, Tr
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.callbacks import attention_guidance_scale
-from dwatt.modeling_dwatt import attention_guidance_loss, attention_pattern_targets
+from dwatt.modeling_dwatt import attention_guidance_loss, attention_pattern_keys
 from dwatt.trainer import AccumulationExactLoss, DWAttTrainer
 
 from test_trainer_loop import LR, NUM_LABELS, RecordBatches, collate, make_examples, max_difference, state, training_args
@@ -58,18 +58,25 @@ def random_attentions(batch: int, heads: int, length: int, layers: int, seed: in
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_targets_are_the_four_patterns_written_out():
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_pattern_keys_are_written_out(mask_padding):
     mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]])  # right and left padding
-    targets = attention_pattern_targets(mask)
-    assert targets.shape == (2, 4, 4, 4)
-    own = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    following = torch.tensor([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]])
-    preceding = torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
-    first_column_0 = torch.tensor([[1, 0, 0, 0]] * 4)
-    first_column_1 = torch.tensor([[0, 1, 0, 0]] * 4)  # the first real token of the left-padded row
-    for row, first in ((0, first_column_0), (1, first_column_1)):
-        for pattern, expected in enumerate((own, following, preceding, first)):
-            assert torch.equal(targets[row, pattern], expected.float()), (row, PATTERNS[pattern])
+    keys, counted = attention_pattern_keys(mask, mask_padding)
+    assert keys.shape == counted.shape == (2, 4, 4)
+    # Per query position 0..3: the key of self, next, previous, first real token (- where there is none).
+    expected = {
+        0: [(0, 1, None, 0), (1, 2, 0, 0), (2, 3, 1, 0), (3, None, 2, 0)],
+        1: [(0, 1, None, 1), (1, 2, 0, 1), (2, 3, 1, 1), (3, None, 2, 1)],  # the left-padded row starts at 1
+    }
+    for row, queries in expected.items():
+        real = mask[row].tolist()
+        for query, pattern_keys in enumerate(queries):
+            for pattern, key in enumerate(pattern_keys):
+                is_counted = key is not None and (not mask_padding or (real[query] and real[key]))
+                assert counted[row, query, pattern].item() == float(is_counted), (row, query, PATTERNS[pattern])
+                if key is not None:
+                    assert keys[row, query, pattern].item() == key, (row, query, PATTERNS[pattern])
+                assert 0 <= keys[row, query, pattern].item() < 4  # always a valid index to gather from
 
 
 @pytest.mark.parametrize("counts", [[0, 1, 1, 4], [1, 1, 1, 1], [3, 0, 0, 0], [0, 0, 2, 1]])

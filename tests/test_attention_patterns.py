@@ -10,7 +10,6 @@ from tiny_encoders import tiny_encoder_config
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification
 from dwatt.attention_patterns import main, pattern_mass, pattern_mass_sums
-from dwatt.modeling_dwatt import attention_pattern_targets
 
 GLUE_SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue" / "SST-2"
 
@@ -40,8 +39,10 @@ def test_uniform_heads_give_one_over_the_sequence_length_and_pattern_heads_give_
     sums, counts = pattern_mass_sums((uniform,), mask)
     assert counts.tolist() == [10, 8, 8, 10]  # next/previous: 4 queries per sequence have a key
     torch.testing.assert_close(sums / counts, torch.full((1, 3, 4), 0.2))
-    following = attention_pattern_targets(mask)[:, 1:2]  # (B, 1, T, T): a head that attends to the next token
-    following[:, :, -1, -1] = 1.0  # the last token attends to itself (it has no next token)
+    # A head that attends to the next token, written out; the last token attends to itself (it has no next token).
+    following = torch.diag(torch.ones(4), diagonal=1)
+    following[-1, -1] = 1.0
+    following = following.expand(2, 1, 5, 5)  # (B, 1, T, T)
     sums, counts = pattern_mass_sums((following,), mask)
     assert (sums / counts)[0, 0].tolist() == pytest.approx([0.2, 1.0, 0.0, 0.0])  # self: only the last of 5
 

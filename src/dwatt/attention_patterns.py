@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .configuration_dwatt import ATTENTION_GUIDANCE_PATTERNS
-from .modeling_dwatt import attention_pattern_targets
+from .modeling_dwatt import attention_pattern_keys, probabilities_on_keys
 
 
 def pattern_mass_sums(attentions: Sequence[torch.Tensor], attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,14 +33,11 @@ def pattern_mass_sums(attentions: Sequence[torch.Tensor], attention_mask: torch.
 
     attentions: one (B, heads, T, T) tensor of attention probabilities per layer.
     """
-    targets = attention_pattern_targets(attention_mask)  # (B, 4, T, T)
-    real = (attention_mask != 0).float()  # (B, T)
-    # The pattern's key of each query, kept only where query and key are both real tokens.
-    targets = targets * real[:, None, :, None] * real[:, None, None, :]  # (B, 4, T, T)
-    has_key = targets.sum(dim=-1)  # (B, 4, T): 1 where the query has a real key for the pattern, else 0
-    counts = has_key.sum(dim=(0, 2))  # (4,)
+    # The pattern's key of each query, counted only where query and key are both real tokens.
+    keys, counted = attention_pattern_keys(attention_mask, mask_padding=True)  # (B, T, 4) each
+    counts = counted.sum(dim=(0, 1))  # (4,)
     sums = torch.stack([
-        torch.einsum("bhij,bpij->hp", probabilities.float(), targets)  # (heads, 4): mass on the key, summed
+        torch.einsum("bhtp,btp->hp", probabilities_on_keys(probabilities.float(), keys), counted)  # (heads, 4): mass on the key
         for probabilities in attentions
     ])  # (L, heads, 4)
     return sums, counts

@@ -976,20 +976,31 @@ def _keep_first_layers(encoder_config: PretrainedConfig, num_layers: int) -> Non
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def attention_pattern_targets(attention_mask: torch.Tensor) -> torch.Tensor:
-    """The 0/1 target attention matrices of the guidance patterns, in the order of `attention_guidance_heads`:
-    self, next token, previous token, first real token. Shape (B, 4, T, T); row i is where token i should attend.
-    The next (previous) pattern's last (first) row is all zero: there is no token to attend to."""
+def attention_pattern_keys(attention_mask: torch.Tensor, mask_padding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The key each query should attend to under each guidance pattern, in the order of `attention_guidance_heads`:
+    itself, the next token, the previous token, the first real token.
+
+    Every pattern's target row is one-hot or empty, so its key index stands for the whole (T, T) target matrix.
+    Returns `keys` (B, T, 4), long, and `counted` (B, T, 4), float: 1 where query and key form a pair the loss
+    averages over and the pattern has a key there (the next pattern has none at the last position, the previous
+    pattern none at the first); with `mask_padding`, only pairs of real tokens count. Where `counted` is 0, `keys`
+    holds some valid index to gather from."""
     batch_size, length = attention_mask.shape
-    device = attention_mask.device
-    ones = torch.ones(max(length - 1, 0), device=device)
-    own = torch.eye(length, device=device)  # (T, T)
-    following = torch.diag(ones, diagonal=1)  # (T, T), row i has its 1 at column i + 1
-    preceding = torch.diag(ones, diagonal=-1)  # (T, T), row i has its 1 at column i - 1
-    first_real = (attention_mask != 0).int().argmax(dim=1)  # (B,): 0 under right padding, past the pads under left
-    first = F.one_hot(first_real, length).float().unsqueeze(1).expand(batch_size, length, length)  # (B, T, T)
-    fixed = torch.stack([own, following, preceding]).unsqueeze(0).expand(batch_size, 3, length, length)
-    return torch.cat([fixed, first.unsqueeze(1)], dim=1)  # (B, 4, T, T)
+    real = attention_mask != 0  # (B, T)
+    position = torch.arange(length, device=attention_mask.device).expand(batch_size, length)  # (B, T)
+    first_real = real.int().argmax(dim=1, keepdim=True).expand(batch_size, length)  # (B, T): 0 under right padding
+    keys = torch.stack([position, position + 1, position - 1, first_real], dim=-1)  # (B, T, 4)
+    exists = (keys >= 0) & (keys < length)  # (B, T, 4): the next / previous token exists
+    keys = keys.clamp(0, length - 1)
+    if mask_padding:  # the query and its key are both real tokens
+        exists = exists & real.unsqueeze(-1) & real.gather(1, keys.flatten(1)).view(batch_size, length, 4)
+    return keys, exists.float()
+
+
+def probabilities_on_keys(probabilities: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(B, heads, T, T) attention probabilities, (B, T, P) key indices -> (B, heads, T, P): each query's probability
+    on each pattern's key."""
+    return probabilities.gather(-1, keys.unsqueeze(1).expand(-1, probabilities.shape[1], -1, -1))
 
 
 def attention_guidance_loss(
@@ -1003,24 +1014,30 @@ def attention_guidance_loss(
         (in training, after attention dropout: so did the BERT code the authors trained with).
     mask_padding: average over the (query, key) pairs of real tokens only, instead of the whole T × T block.
     """
-    targets = attention_pattern_targets(attention_mask)  # (B, 4, T, T)
-    if mask_padding:
-        real = (attention_mask != 0).float()  # (B, T)
-        pairs = real.unsqueeze(2) * real.unsqueeze(1)  # (B, T, T): 1 where query and key are both real tokens
-    else:
-        pairs = torch.ones_like(targets[:, 0])
-    pair_count = pairs.sum()
-    total = targets.new_zeros(())
+    # Each target row is one-hot (a 1 at the pattern's key k(i)) or empty, so the squared error of a query row is
+    #   Σ_j (A_ij − G_ij)² = Σ_j A_ij² − 2·A_i,k(i) + 1   (the last two terms only where the row has its key),
+    # which needs the probabilities' squares and one gathered probability per row, never the (B, 4, T, T) targets.
+    keys, counted = attention_pattern_keys(attention_mask, mask_padding)  # (B, T, 4) each
+    real = (attention_mask != 0).float() if mask_padding else torch.ones_like(attention_mask, dtype=torch.float)
+    pair_count = (real.sum(dim=1) ** 2).sum()  # the (query, key) pairs averaged over, per head
+    guided_heads = sum(head_counts)
+    total = real.new_zeros(())
     for probabilities in attentions:  # (B, heads, T, T)
-        # Layers may sit on different devices (device_map): bring the targets to each layer's.
-        layer_targets, layer_pairs = targets.to(probabilities.device), pairs.to(probabilities.device)
+        # Layers may sit on different devices (device_map): bring the index tensors to each layer's.
+        device = probabilities.device
+        layer_real, layer_keys, layer_counted = real.to(device), keys.to(device), counted.to(device)
+        guided = probabilities[:, :guided_heads].float()  # (B, G, T, T)
+        on_real_keys = guided * layer_real[:, None, None, :] if mask_padding else guided
+        squares = (on_real_keys * guided).sum(dim=-1) * layer_real[:, None, :]  # (B, G, T): Σ_j A_ij² per real query
+        on_key = probabilities_on_keys(guided, layer_keys) * layer_counted.unsqueeze(1)  # (B, G, T, 4): A_i,k(i)
         first_head = 0
         for pattern, count in enumerate(head_counts):
             if count == 0:
                 continue
-            guided = probabilities[:, first_head:first_head + count].float()  # (B, count, T, T)
-            squared = (guided - layer_targets[:, pattern].unsqueeze(1)).pow(2) * layer_pairs.unsqueeze(1)
-            total = total + (squared.sum() / (pair_count.to(squared.device) * count)).to(total.device)
+            heads = slice(first_head, first_head + count)
+            target_ones = count * layer_counted[..., pattern].sum()  # Σ G² over the counted pairs
+            squared = squares[:, heads].sum() - 2 * on_key[:, heads, :, pattern].sum() + target_ones
+            total = total + (squared / (pair_count.to(device) * count)).to(total.device)
             first_head += count
     return total
 

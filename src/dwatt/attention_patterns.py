@@ -15,7 +15,6 @@ checkpoint (its encoder's attention is measured; the heads it guided are framed)
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -108,17 +107,13 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None) -> dict:
     """The command line: the pattern mass of every head of a model on a GLUE task's examples, as JSON and a PNG."""
-    import transformers
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from . import __version__
-    from .data import glue_examples, glue_sample_record, tokenized_text_batches
+    from .data import analysis_record, glue_examples, padding_tokenizer, tokenized_text_batches
 
     args = _parse_args(argv)
     dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    if tokenizer.pad_token is None:  # decoder-only families (GPT-2): padding is masked out anyway
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = padding_tokenizer(args.model)
     model = AutoModel.from_pretrained(args.model, attn_implementation="eager")
     config = model.config
     guided = getattr(config, "attention_guidance_heads", None)  # a DWAtt checkpoint trained with guidance
@@ -129,10 +124,8 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": "python -m dwatt.attention_patterns " + " ".join(sys.argv[1:] if argv is None else argv),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "dwatt": __version__},
+        **analysis_record("dwatt.attention_patterns", argv, args, task_name, len(dataset)),
         "model": args.model,
-        **glue_sample_record(args, task_name, len(dataset)),
         "patterns": list(ATTENTION_GUIDANCE_PATTERNS),
         "attention_guidance_heads": guided,
         # mass[layer][head][pattern], layer 0 = the first encoder layer

@@ -11,7 +11,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 # Stamped into every config so that a checkpoint says which dwatt code wrote it (a locally installed dwatt wins
 # over the Hub copy of the code in transformers 5, so the stamp is how a mismatch can be spotted).
-DWATT_CODE_VERSION = "0.2.0"
+DWATT_CODE_VERSION = "0.3.0"
 
 FUSION_CHOICES = ("dwatt", "concat", "scalar_mix", "deeper", "last")
 POOLING_CHOICES = ("first", "mean", "last")

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1081,9 +1082,30 @@ def add_glue_sample_arguments(parser, split: str, max_examples: int) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
 
 
-def glue_sample_record(args, task_name: str, examples: int) -> dict:
-    """What `add_glue_sample_arguments` chose, for the analysis outputs' JSON."""
-    return {"data": args.data, "task": task_name, "split": args.split, "examples": examples, "seed": args.seed}
+def analysis_record(module: str, argv: Sequence[str] | None, args, task_name: str, examples: int) -> dict:
+    """The head of an analysis command line's JSON: the command (`python -m <module> …`), the versions it ran with,
+    and what `add_glue_sample_arguments` chose."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "command": f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "dwatt": __version__},
+        "data": args.data, "task": task_name, "split": args.split, "examples": examples, "seed": args.seed,
+    }
+
+
+def padding_tokenizer(name_or_path: str):
+    """`AutoTokenizer.from_pretrained`, with the end-of-sequence token for padding where the tokenizer has no pad
+    token (decoder-only families such as GPT-2; the attention mask hides the padding anyway)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def glue_examples(data_dir: PathLike, task: str | None, split: str, max_examples: int, seed: int) -> tuple[Dataset, str, tuple[str, ...]]:

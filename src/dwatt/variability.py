@@ -17,7 +17,6 @@ writes `variability.json` (ν per layer, the selected layer, the command) and `v
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -142,11 +141,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None) -> dict:
     """The command line: ν per layer of an encoder on a GLUE task's examples, as JSON and as a PNG. `provenance`
     (the command, the commit: benchmarks/variability.py gives them) goes into the JSON as well."""
-    import transformers
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from . import __version__
-    from .data import GLUE_TASKS, glue_examples, glue_sample_record, normalize_glue_task_name, tokenized_text_batches
+    from .data import (GLUE_TASKS, analysis_record, glue_examples, normalize_glue_task_name, padding_tokenizer,
+                       tokenized_text_batches)
 
     args = _parse_args(argv)
     task_name = normalize_glue_task_name(args.task or Path(args.data).name)
@@ -155,9 +153,7 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
                          "classification task (SST-2, MRPC, RTE, CoLA, …).")
     dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(args.encoder)
-    if tokenizer.pad_token is None:  # decoder-only families (GPT-2): padding is masked out anyway
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = padding_tokenizer(args.encoder)
     encoder = AutoModel.from_pretrained(args.encoder)
     batches = tokenized_text_batches(dataset, text_columns, tokenizer, args.batch_size, args.max_length,
                                      return_special_tokens_mask=True)
@@ -171,10 +167,8 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": "python -m dwatt.variability " + " ".join(sys.argv[1:] if argv is None else argv),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "dwatt": __version__},
+        **analysis_record("dwatt.variability", argv, args, task_name, len(dataset)),
         "encoder": args.encoder,
-        **glue_sample_record(args, task_name, len(dataset)),
         "tolerance": args.tolerance,
         "variability": [float(value) for value in variability],
         "selected_layer": selected,

@@ -7,11 +7,11 @@ command and the commit recorded as the other benchmarks record them (benchmarks/
 
 import sys
 
-import fewshot_common as common
+from provenance import command_line, git_commit
 
 from dwatt import attention_patterns
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    attention_patterns.main(argv, provenance={"command": common.command_line("attention_patterns.py", argv),
-                                              "git_commit": common.git_commit()})
+    attention_patterns.main(argv, provenance={"command": command_line("attention_patterns.py", argv),
+                                              "git_commit": git_commit()})

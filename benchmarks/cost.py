@@ -49,7 +49,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.accounting import cost_summary
 from dwatt.modeling_dwatt import VALUE_PATHS, DepthWiseAttentionFusion
-from fewshot_common import git_commit, machine_info
+from provenance import git_commit, machine_info
 from tensor_memory import PeakTensorMemory
 
 ENCODERS = {

@@ -25,6 +25,7 @@ from dwatt.configuration_dwatt import RESIDUAL_FUSIONS
 from dwatt.data import CONLL2003_NER_LABELS, load_ner_data
 
 import fewshot_common as common
+from provenance import provenance
 
 HEADS = ("dwatt", "concat", "scalar_mix", "deeper")
 
@@ -84,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(head, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in heads[head].items()}))
     result = {
         "encoder": label, "sentences": len(words), "seeds": args.seeds, "heads": heads,
-        **common.provenance("init_scale", argv, "cpu"),
+        **provenance("init_scale", argv, "cpu"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

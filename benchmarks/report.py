@@ -56,6 +56,8 @@ python benchmarks/cost.py --ops-only --seq-lens 32 --batch-sizes 8 --out benchma
 # The smallest shape again with CUDA graphs (compiling its 12 models takes minutes).
 python benchmarks/cost.py --compile reduce-overhead --encoders minilm --seq-lens 32 --batch-sizes 8 \\
     --rounds 20 --out benchmarks/results/cost_gpu_compiled.json
+# (On a lent GPU machine, the compiled run and the cost grid as one command that returns its files under $OUT:
+#  DWATT_GIT_COMMIT=<hash> bash benchmarks/gpu_cost_rerun.sh)
 python benchmarks/report.py"""
 
 

@@ -7,11 +7,11 @@ the commit recorded as the other benchmarks record them (benchmarks/report.py re
 
 import sys
 
-import fewshot_common as common
+from provenance import command_line, git_commit
 
 from dwatt import variability
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    variability.main(argv, provenance={"command": common.command_line("variability.py", argv),
-                                       "git_commit": common.git_commit()})
+    variability.main(argv, provenance={"command": command_line("variability.py", argv),
+                                       "git_commit": git_commit()})

@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark scripts are script
 import fewshot_common  # noqa: E402
 import fewshot_glue  # noqa: E402
 import fewshot_ner  # noqa: E402
+import provenance  # noqa: E402
 import report  # noqa: E402
 
 HEADS = ("last", "dwatt", "concat")
@@ -524,12 +525,13 @@ def test_report_pairs_sentence_task_ablations_with_the_sentence_grid(ablation_fi
 
 
 def test_recorded_commit_is_the_checkouts_unless_given(monkeypatch):
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=fewshot_common.REPO, capture_output=True, text=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     monkeypatch.delenv("DWATT_GIT_COMMIT", raising=False)
     if head.returncode == 0:  # a checkout with its git history
-        assert fewshot_common.git_commit().split("+")[0] == head.stdout.strip()
+        assert provenance.git_commit().split("+")[0] == head.stdout.strip()
     monkeypatch.setenv("DWATT_GIT_COMMIT", "0123abc")
-    assert fewshot_common.git_commit() == "0123abc"
+    assert provenance.git_commit() == "0123abc"
+
 
 
 def test_report_variability_section_marks_the_selected_layer(tmp_path):

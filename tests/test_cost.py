@@ -2,6 +2,7 @@
 --ops-only) against analytic counts and the stock transformers classifiers: both are exact, so they are tested exactly."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -409,3 +410,22 @@ def test_guidance_cost_compares_three_variants_of_the_same_model(tmp_path):
     for variant in ("eager", "guided"):
         low, high = row[f"{variant}_ratio_quartiles"]
         assert 0 < low <= row[f"{variant}_ratio"] <= high
+
+
+def test_cost_benchmarks_run_without_the_training_extras(tmp_path):
+    """cost.py and guidance_cost.py must run where only torch and transformers are installed (a lent GPU machine's
+    image has no `datasets`): with datasets, peft, accelerate, seqeval and scikit-learn made unimportable, both
+    time one tiny shape."""
+    blocked = ("datasets", "peft", "accelerate", "seqeval", "sklearn")
+    tiny = "'--tasks', 'token', '--seq-lens', '8', '--batch-sizes', '2', '--rounds', '1'"
+    code = "; ".join([
+        "import sys", f"sys.modules.update(dict.fromkeys({blocked!r}))", "sys.path.insert(0, 'benchmarks')",
+        "import cost, guidance_cost",
+        "cost.ENCODERS['tiny'] = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)",
+        "guidance_cost.ENCODERS['tiny'] = cost.ENCODERS['tiny']",
+        f"cost.main(['--encoders', 'tiny', {tiny}, '--no-memory', '--out', {str(tmp_path / 'cost.json')!r}])",
+        f"guidance_cost.main(['--encoders', 'tiny', '--heads', '0,1,1,1', {tiny}, '--out', {str(tmp_path / 'guidance.json')!r}])",
+    ])
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "cost.json").read_text())["rows"] and json.loads((tmp_path / "guidance.json").read_text())["rows"]

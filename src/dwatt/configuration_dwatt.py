@@ -5,6 +5,7 @@ This file is copied next to every saved checkpoint (Hugging Face remote code), s
 public `transformers` names and must stay importable on its own.
 """
 
+import json
 from typing import Any, Optional, Union
 
 from transformers import AutoConfig, PretrainedConfig
@@ -76,48 +77,118 @@ def normalize_fusion_layers(fusion_layers: Union[str, list[int], tuple[int, ...]
     return sorted(normalized)
 
 
-def normalize_attention_guidance_heads(heads: Union[None, str, list[int], tuple[int, ...]]) -> Optional[list[int]]:
-    """`None` stays `None` (no guidance); `"0,1,1,4"` or `[0, 1, 1, 4]` becomes `[0, 1, 1, 4]`: heads per pattern in
-    the order of `ATTENTION_GUIDANCE_PATTERNS`, assigned to the attention heads of every layer from head 0 on."""
+# Which heads attention guidance trains toward which pattern: four head counts, assigned from head 0 in every layer
+# (the authors' form, [0, 1, 1, 4]), or one entry per encoder layer of four lists of head indices, one per pattern
+# ([[[], [2], [8], [0, 1]], …]: heads chosen per layer, e.g. those `dwatt.attention_patterns` finds already
+# following a pattern).
+GuidanceHeads = Union[list[int], list[list[list[int]]]]
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def normalize_attention_guidance_heads(heads: Union[None, str, list, tuple]) -> Optional[GuidanceHeads]:
+    """`None` stays `None` (no guidance). Head counts, `"0,1,1,4"` or `[0, 1, 1, 4]`, become `[0, 1, 1, 4]`: heads
+    per pattern in the order of `ATTENTION_GUIDANCE_PATTERNS`, assigned to the heads of every layer from head 0 on.
+    A per-layer assignment (a list, or its JSON text) becomes a list with one `[self, next, previous, first]` entry
+    of head-index lists per encoder layer."""
     if heads is None:
         return None
     order = ", ".join(ATTENTION_GUIDANCE_PATTERNS)
     given = heads
     if isinstance(heads, str):
         try:
-            heads = [int(part) for part in heads.split(",")]
+            heads = json.loads(heads) if heads.lstrip().startswith("[") else [int(part) for part in heads.split(",")]
         except ValueError:
             raise ValueError(
                 f"attention_guidance_heads={heads!r} is not understood: give four comma-separated head counts, one per "
-                f"pattern ({order}), e.g. '0,1,1,4'."
+                f"pattern ({order}), e.g. '0,1,1,4', or a JSON list with one [[self heads], [next heads], [previous "
+                "heads], [first heads]] entry per encoder layer."
             ) from None
-    counts = list(heads)
-    if len(counts) != len(ATTENTION_GUIDANCE_PATTERNS) or any(
-        isinstance(count, bool) or not isinstance(count, int) or count < 0 for count in counts
-    ):
+    heads = list(heads) if isinstance(heads, (list, tuple)) else heads
+    if isinstance(heads, list) and heads and all(isinstance(layer, (list, tuple)) for layer in heads):
+        return _normalize_per_layer_heads(heads, given)
+    if not isinstance(heads, list) or len(heads) != len(ATTENTION_GUIDANCE_PATTERNS) or not all(map(_is_index, heads)):
         raise ValueError(
             f"attention_guidance_heads={given!r} must be {len(ATTENTION_GUIDANCE_PATTERNS)} non-negative head counts, "
-            f"one per pattern ({order}), e.g. [0, 1, 1, 4]."
+            f"one per pattern ({order}), e.g. [0, 1, 1, 4], or one [[self heads], [next heads], [previous heads], "
+            "[first heads]] entry per encoder layer."
         )
-    if sum(counts) == 0:
+    if sum(heads) == 0:
         raise ValueError(
             "attention_guidance_heads guides no head (all counts are 0): give at least one, or leave it unset (None) "
             "to train without attention guidance."
         )
-    return counts
+    return heads
 
 
-def _check_attention_guidance_fits(heads: list[int], encoder_config: PretrainedConfig) -> None:
-    available = getattr(encoder_config, "num_attention_heads", None)
-    if isinstance(available, int) and sum(heads) > available:
+def _normalize_per_layer_heads(layers: list, given: Any) -> list[list[list[int]]]:
+    normalized = []
+    for number, layer in enumerate(layers, start=1):
+        patterns = list(layer)
+        if len(patterns) != len(ATTENTION_GUIDANCE_PATTERNS) or not all(
+            isinstance(pattern, (list, tuple)) and all(map(_is_index, pattern)) for pattern in patterns
+        ):
+            raise ValueError(
+                f"attention_guidance_heads: layer {number}'s entry {layer!r} must be {len(ATTENTION_GUIDANCE_PATTERNS)} "
+                f"lists of head indices, one per pattern ({', '.join(ATTENTION_GUIDANCE_PATTERNS)}), e.g. "
+                "[[], [2], [8], [0, 1]] (an empty list guides no head to that pattern)."
+            )
+        chosen = [head for pattern in patterns for head in pattern]
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(
+                f"attention_guidance_heads: layer {number} gives a head two patterns ({layer!r}): a head can follow "
+                "one pattern only."
+            )
+        normalized.append([list(pattern) for pattern in patterns])
+    if not any(pattern for layer in normalized for pattern in layer):
         raise ValueError(
-            f"attention_guidance_heads={heads} guides {sum(heads)} heads per layer, but the encoder has "
-            f"{available}: lower the counts so that they sum to at most {available}."
+            f"attention_guidance_heads={given!r} guides no head (every list is empty): give at least one, or leave it "
+            "unset (None) to train without attention guidance."
         )
-    if encoder_config.model_type in DECODER_ONLY_MODEL_TYPES and heads[ATTENTION_GUIDANCE_PATTERNS.index("next")]:
+    return normalized
+
+
+def attention_guidance_assignment(heads: GuidanceHeads, num_layers: int) -> list[list[list[int]]]:
+    """Normalized `attention_guidance_heads` as one [self, next, previous, first] list of head indices per layer
+    (head counts assign heads 0, 1, … in pattern order, the same in every layer)."""
+    if heads and isinstance(heads[0], list):
+        return heads
+    first_heads = [sum(heads[:pattern]) for pattern in range(len(heads))]
+    layer = [list(range(first, first + count)) for first, count in zip(first_heads, heads)]
+    return [[list(pattern) for pattern in layer] for _ in range(num_layers)]
+
+
+def _check_attention_guidance_fits(heads: GuidanceHeads, encoder_config: PretrainedConfig) -> None:
+    num_layers = _num_encoder_layers(encoder_config)
+    per_layer = bool(heads) and isinstance(heads[0], list)
+    if per_layer and len(heads) != num_layers:
+        raise ValueError(
+            f"attention_guidance_heads has {len(heads)} per-layer entries, but the encoder has {num_layers} layers: "
+            f"give one [[self heads], [next heads], [previous heads], [first heads]] entry per layer."
+        )
+    available = getattr(encoder_config, "num_attention_heads", None)
+    assignment = attention_guidance_assignment(heads, num_layers)
+    if isinstance(available, int):
+        if not per_layer and sum(heads) > available:
+            raise ValueError(
+                f"attention_guidance_heads={heads} guides {sum(heads)} heads per layer, but the encoder has "
+                f"{available}: lower the counts so that they sum to at most {available}."
+            )
+        for number, layer in enumerate(assignment, start=1):
+            if any(head >= available for pattern in layer for head in pattern):
+                raise ValueError(
+                    f"attention_guidance_heads: layer {number}'s entry {layer} names a head beyond the encoder's "
+                    f"{available} (heads are numbered 0 to {available - 1})."
+                )
+    next_pattern = ATTENTION_GUIDANCE_PATTERNS.index("next")
+    if encoder_config.model_type in DECODER_ONLY_MODEL_TYPES and any(layer[next_pattern] for layer in assignment):
         raise ValueError(
             f"attention_guidance_heads={heads} guides heads to the next token, which a causal "
-            f"{encoder_config.model_type!r} encoder cannot attend to: set the 'next' count (the second) to 0."
+            f"{encoder_config.model_type!r} encoder cannot attend to: "
+            + ("leave every layer's 'next' list (the second) empty." if per_layer
+               else "set the 'next' count (the second) to 0.")
         )
 
 
@@ -163,11 +234,15 @@ class DWAttConfig(PretrainedConfig):
             the encoder's own last layer and the fused term grows as training finds it useful (as in ResNet's
             zero-initialised residual branches). Otherwise the randomly initialised fused term starts about as large
             as z_L itself.
-        attention_guidance_heads (`str` or `list[int]`, *optional*):
+        attention_guidance_heads (`str` or `list`, *optional*):
             Attention guidance (Deshpande & Narasimhan, arXiv 2010.02399): an auxiliary training loss that pulls
             chosen attention heads of every encoder layer toward fixed patterns. Four head counts, one per pattern in
             the order self, next token, previous token, first token: `"0,1,1,4"` guides head 0 to the next token,
             head 1 to the previous one and heads 2–5 to the first token, in every layer; the other heads are free.
+            Or the heads chosen per layer: one `[self heads, next heads, previous heads, first heads]` entry of
+            head-index lists per encoder layer (or its JSON text), e.g. `[[[], [2], [8], [0, 1]], …]`;
+            `python -m dwatt.attention_patterns --suggest-guidance 0,1,1,4` proposes the heads that already follow
+            each pattern most.
             The loss is the mean squared error between the heads' attention probabilities and the 0/1 pattern
             matrices, summed over layers and patterns, and is added, weighted, to the task loss in training mode only.
             Guidance needs the attention probabilities, so the encoder runs with eager attention (switch it back with
@@ -217,7 +292,7 @@ class DWAttConfig(PretrainedConfig):
         scalar_mix_layer_norm: bool = False,
         deeper_num_layers: int = 1,
         zero_init_residual: bool = False,
-        attention_guidance_heads: Optional[Union[str, list[int]]] = None,
+        attention_guidance_heads: Optional[Union[str, list]] = None,
         attention_guidance_weight: float = 10.0,
         attention_guidance_constant_steps: int = 20000,
         attention_guidance_mask_padding: bool = True,

@@ -47,7 +47,9 @@ class ModelArguments:
     attention_guidance_heads: Optional[str] = field(
         default=None,
         metadata={"help": "Attention guidance: heads per pattern (self, next, previous, first token) in every encoder "
-                          "layer, e.g. '0,1,1,4'; an auxiliary loss pulls them toward those patterns. Default: off."},
+                          "layer, e.g. '0,1,1,4', or the heads chosen per layer as JSON ('[[[], [2], [8], [0, 1]], …]', "
+                          "one entry per layer; `python -m dwatt.attention_patterns --suggest-guidance` proposes "
+                          "them); an auxiliary loss pulls them toward those patterns. Default: off."},
     )
     attention_guidance_weight: float = field(default=10.0, metadata={"help": "Weight α of the guidance loss."})
     attention_guidance_constant_steps: int = field(

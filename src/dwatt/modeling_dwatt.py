@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
 
-from .configuration_dwatt import DWAttConfig, _num_encoder_layers
+from .configuration_dwatt import DWAttConfig, GuidanceHeads, _num_encoder_layers, attention_guidance_assignment
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as init
@@ -1004,14 +1004,16 @@ def probabilities_on_keys(probabilities: torch.Tensor, keys: torch.Tensor) -> to
 
 
 def attention_guidance_loss(
-    attentions: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, head_counts: list[int], mask_padding: bool = True
+    attentions: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, heads: GuidanceHeads, mask_padding: bool = True
 ) -> torch.Tensor:
     """The guidance loss: for every layer and pattern, the mean squared error between the attention probabilities
-    of the heads assigned to the pattern and its target matrix (heads taken in order from head 0: `head_counts[0]`
-    self heads, then next, previous, first); summed over layers and patterns, as the authors' code does.
+    of the heads assigned to the pattern and its target matrix; summed over layers and patterns, as the authors'
+    code does.
 
     attentions: one (B, heads, T, T) tensor of attention probabilities per layer, as eager attention returns them
         (in training, after attention dropout: so did the BERT code the authors trained with).
+    heads: normalized `attention_guidance_heads`: four head counts (heads 0, 1, … in pattern order, every layer) or
+        one [self, next, previous, first] list of head indices per layer.
     mask_padding: average over the (query, key) pairs of real tokens only, instead of the whole T × T block.
     """
     # Each target row is one-hot (a 1 at the pattern's key k(i)) or empty, so the squared error of a query row is
@@ -1020,25 +1022,30 @@ def attention_guidance_loss(
     keys, counted = attention_pattern_keys(attention_mask, mask_padding)  # (B, T, 4) each
     real = (attention_mask != 0).float() if mask_padding else torch.ones_like(attention_mask, dtype=torch.float)
     pair_count = (real.sum(dim=1) ** 2).sum()  # the (query, key) pairs averaged over, per head
-    guided_heads = sum(head_counts)
     total = real.new_zeros(())
-    for probabilities in attentions:  # (B, heads, T, T)
-        # Layers may sit on different devices (device_map): bring the index tensors to each layer's.
+    for probabilities, layer_heads in zip(attentions, attention_guidance_assignment(heads, len(attentions))):
+        # probabilities: (B, heads, T, T). Layers may sit on different devices (device_map): bring the index
+        # tensors to each layer's.
         device = probabilities.device
         layer_real, layer_keys, layer_counted = real.to(device), keys.to(device), counted.to(device)
-        guided = probabilities[:, :guided_heads].float()  # (B, G, T, T)
+        chosen = [head for pattern_heads in layer_heads for head in pattern_heads]  # in pattern order
+        if chosen == list(range(len(chosen))):  # heads 0, 1, …: a view
+            guided = probabilities[:, :len(chosen)].float()  # (B, G, T, T)
+        else:
+            guided = probabilities[:, torch.tensor(chosen, device=device)].float()  # (B, G, T, T)
         on_real_keys = guided * layer_real[:, None, None, :] if mask_padding else guided
         squares = (on_real_keys * guided).sum(dim=-1) * layer_real[:, None, :]  # (B, G, T): Σ_j A_ij² per real query
         on_key = probabilities_on_keys(guided, layer_keys) * layer_counted.unsqueeze(1)  # (B, G, T, 4): A_i,k(i)
-        first_head = 0
-        for pattern, count in enumerate(head_counts):
+        first = 0
+        for pattern, pattern_heads in enumerate(layer_heads):
+            count = len(pattern_heads)
             if count == 0:
                 continue
-            heads = slice(first_head, first_head + count)
+            rows = slice(first, first + count)  # this pattern's heads among the guided ones
             target_ones = count * layer_counted[..., pattern].sum()  # Σ G² over the counted pairs
-            squared = squares[:, heads].sum() - 2 * on_key[:, heads, :, pattern].sum() + target_ones
+            squared = squares[:, rows].sum() - 2 * on_key[:, rows, :, pattern].sum() + target_ones
             total = total + (squared / (pair_count.to(device) * count)).to(total.device)
-            first_head += count
+            first += count
     return total
 
 

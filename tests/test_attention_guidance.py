@@ -4,6 +4,7 @@ probabilities, the weight schedule against its formula, Trainer's three loss pat
 accumulation, label smoothing) against SGD steps computed here, and the real MiniLM."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -20,31 +21,37 @@ from dwatt.trainer import AccumulationExactLoss, DWAttTrainer
 from test_trainer_loop import LR, NUM_LABELS, RecordBatches, collate, make_examples, max_difference, state, training_args
 
 PATTERNS = ("self", "next", "previous", "first")
+FREE = [[], [], [], []]  # a layer's per-layer entry that guides no head
 
 
-def reference_guidance_loss(attentions, attention_mask, counts, mask_padding=True) -> float:
+def reference_guidance_loss(attentions, attention_mask, heads, mask_padding=True) -> float:
     """The loss element by element: for each layer and pattern, the mean of (probability − target)² over the guided
-    heads and the (query, key) pairs it averages over, the targets decided one pair at a time; summed."""
+    heads and the (query, key) pairs it averages over, the targets decided one pair at a time; summed.
+    heads: four counts (heads 0, 1, … in pattern order, every layer) or one [self, next, previous, first] list of
+    head indices per layer."""
     mask = attention_mask.tolist()
     total = 0.0
-    for layer in attentions:
+    for layer_index, layer in enumerate(attentions):
         probabilities = layer.detach().double().tolist()  # [B][heads][T][T]
-        first_head = 0
-        for pattern, count in zip(PATTERNS, counts):
+        if isinstance(heads[0], int):  # counts: heads 0..c0-1 for self, the next c1 for next, …
+            starts = [sum(heads[:pattern]) for pattern in range(5)]
+            layer_heads = [list(range(starts[pattern], starts[pattern + 1])) for pattern in range(4)]
+        else:
+            layer_heads = heads[layer_index]
+        for pattern, pattern_heads in zip(PATTERNS, layer_heads):
             squared, pairs = 0.0, 0
             for row, row_mask in enumerate(mask):
                 real = [t for t, m in enumerate(row_mask) if m]
                 positions = real if mask_padding else list(range(len(row_mask)))
                 first = real[0]
-                for head in range(first_head, first_head + count):
+                for head in pattern_heads:
                     for i in positions:
                         for j in positions:
                             wanted = {"self": j == i, "next": j == i + 1, "previous": j == i - 1, "first": j == first}
                             squared += (probabilities[row][head][i][j] - float(wanted[pattern])) ** 2
                             pairs += 1
-            if count:
+            if pattern_heads:
                 total += squared / pairs
-            first_head += count
     return total
 
 
@@ -88,6 +95,19 @@ def test_loss_matches_the_element_by_element_reference(counts, mask_padding):
     assert loss.item() == pytest.approx(reference_guidance_loss(attentions, mask, counts, mask_padding), rel=1e-5)
 
 
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_heads_chosen_per_layer_match_the_element_by_element_reference(mask_padding):
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [0] * 2 + [1] * 5])  # right and left padding
+    attentions = random_attentions(batch=3, heads=6, length=7, layers=3, seed=2)
+    heads = [[[], [4], [2], [5, 0]], [[3], [], [], [1]], [[], [], [], []]]  # any heads, any order; a layer left free
+    loss = attention_guidance_loss(attentions, mask, heads, mask_padding)
+    assert loss.item() == pytest.approx(reference_guidance_loss(attentions, mask, heads, mask_padding), rel=1e-5)
+    # Heads 0, 1, … spelled out per layer are the counts.
+    spelled = [[[0], [1, 2], [], [3]]] * 3
+    assert attention_guidance_loss(attentions, mask, spelled, mask_padding).item() == pytest.approx(
+        reference_guidance_loss(attentions, mask, [1, 2, 0, 1], mask_padding), rel=1e-5)
+
+
 def test_without_padding_it_is_the_mean_squared_error_per_layer_and_pattern():
     """The authors' form: `MSELoss()(target, heads of the pattern)` per layer and pattern, summed."""
     attentions = random_attentions(batch=2, heads=4, length=5, layers=3, seed=1)
@@ -122,6 +142,14 @@ def test_counts_are_read_from_a_string_or_a_list():
     assert DWAttConfig(encoder_config=tiny_encoder_config("bert")).attention_guidance_heads is None
 
 
+def test_heads_chosen_per_layer_are_read_from_a_list_or_json():
+    per_layer = [[[], [1], [2], [0, 3]]] + [[[0], [], [], []]] * (LAYERS - 1)
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), attention_guidance_heads=json.dumps(per_layer))
+    assert config.attention_guidance_heads == per_layer
+    as_tuples = [tuple(tuple(pattern) for pattern in layer) for layer in per_layer]
+    assert DWAttConfig(encoder_config=tiny_encoder_config("bert"), attention_guidance_heads=as_tuples).attention_guidance_heads == per_layer
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
@@ -130,6 +158,13 @@ def test_counts_are_read_from_a_string_or_a_list():
         ({"attention_guidance_heads": [0, 0, 0, 0]}, "guides no head"),
         ({"attention_guidance_heads": [-1, 1, 1, 1]}, "non-negative"),
         ({"attention_guidance_heads": [1, 1, 1, 2]}, "guides 5 heads per layer, but the encoder has 4"),
+        ({"attention_guidance_heads": [[[], [1], [], []]]}, "1 per-layer entries, but the encoder has 3 layers"),
+        ({"attention_guidance_heads": [[[], [1], [], []], [[], [4], [], []], FREE]}, "layer 2.*beyond the encoder's 4"),
+        ({"attention_guidance_heads": [[[], [1], [1], []], FREE, FREE]}, "layer 1 gives a head two patterns"),
+        ({"attention_guidance_heads": [[[], [1], []], FREE, FREE]}, "layer 1's entry.*4 lists of head indices"),
+        ({"attention_guidance_heads": [FREE, [[], [-1], [], []], FREE]}, "layer 2's entry"),
+        ({"attention_guidance_heads": [FREE, FREE, FREE]}, "guides no head"),
+        ({"attention_guidance_heads": "[[[], [1], [], []], oops]"}, "not understood"),
         ({"attention_guidance_heads": [1, 1, 1, 1], "attention_guidance_weight": -1.0}, "non-negative"),
         ({"attention_guidance_heads": [1, 1, 1, 1], "attention_guidance_constant_steps": -5}, "non-negative"),
     ],
@@ -144,6 +179,8 @@ def test_causal_encoders_refuse_the_next_token_pattern(family):
     with pytest.raises(ValueError, match="next token.*causal"):
         DWAttConfig(encoder_config=tiny_encoder_config(family), attention_guidance_heads=[0, 1, 0, 0])
     DWAttConfig(encoder_config=tiny_encoder_config(family), attention_guidance_heads=[1, 0, 1, 1])  # the others are fine
+    with pytest.raises(ValueError, match="next token.*causal.*'next' list"):
+        DWAttConfig(encoder_config=tiny_encoder_config(family), attention_guidance_heads=[[[], [], [], [0]], FREE, [[], [2], [], []]])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -153,6 +190,13 @@ def test_causal_encoders_refuse_the_next_token_pattern(family):
 
 def _counts(family: str) -> list[int]:
     return [1, 0, 1, 1] if family in DECODER_FAMILIES else [1, 1, 1, 1]
+
+
+def _heads_per_layer(family: str) -> list[list[list[int]]]:
+    """Different heads in every layer: layer l guides head (l + 3) % 4 to itself, l % 4 to the next token (none in a
+    causal encoder), (l + 1) % 4 to the previous one, (l + 2) % 4 to the first."""
+    causal = family in DECODER_FAMILIES
+    return [[[(l + 3) % 4], [] if causal else [l % 4], [(l + 1) % 4], [(l + 2) % 4]] for l in range(LAYERS)]
 
 
 def _batch(length: int = 9):
@@ -165,9 +209,10 @@ def _batch(length: int = 9):
 
 @pytest.mark.parametrize("family", ENCODER_FAMILIES)
 @pytest.mark.parametrize("task", ["token", "sequence"])
-def test_training_loss_adds_the_weighted_guidance_of_the_stock_encoders_attention(family, task):
+@pytest.mark.parametrize("form", ["counts", "per_layer"])
+def test_training_loss_adds_the_weighted_guidance_of_the_stock_encoders_attention(family, task, form):
     model_class = DWAttForTokenClassification if task == "token" else DWAttForSequenceClassification
-    counts = _counts(family)
+    counts = _counts(family) if form == "counts" else _heads_per_layer(family)
     config = DWAttConfig(encoder_config=tiny_encoder_config(family), fusion="dwatt", num_labels=NUM_LABELS,
                          attention_guidance_heads=counts, attention_guidance_weight=3.0)
     model = model_class(config).train()

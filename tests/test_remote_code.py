@@ -55,6 +55,11 @@ CASES = {
     "token-dwatt-bert-attention-guidance": (
         DWAttForTokenClassification, "bert", dict(fusion="dwatt", attention_guidance_heads=[0, 1, 1, 2]), False
     ),
+    # Guidance on heads chosen per layer (a nested list in config.json).
+    "seq-last-bert-attention-guidance-per-layer": (
+        DWAttForSequenceClassification, "bert",
+        dict(fusion="last", attention_guidance_heads=[[[], [2], [1], [0, 3]], [[3], [], [], [1]], [[], [0], [3], []]]), False
+    ),
 }
 
 

@@ -225,6 +225,10 @@ def test_glue_script_reads_cola_csv_and_json(encoder, tmp_path, layout):
 def test_attention_guidance_heads_are_checked_when_the_options_are_read():
     with pytest.raises(ValueError, match="attention_guidance_heads='1,1' must be 4 non-negative head counts"):
         ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads="1,1")
+    with pytest.raises(ValueError, match="layer 1 gives a head two patterns"):
+        ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads="[[[0], [0], [], []]]")
+    per_layer = ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads='[[[], [2], [8], [0, 1]], [[1], [], [], []]]')
+    assert per_layer.attention_guidance_kwargs()["attention_guidance_heads"] == [[[], [2], [8], [0, 1]], [[1], [], [], []]]
 
 
 def test_encoder_num_layers_needs_an_encoder_to_cut():

@@ -15,6 +15,7 @@ results, or claim.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import fewshot_common as common
+from dwatt.configuration_dwatt import ATTENTION_GUIDANCE_PATTERNS, attention_guidance_assignment
 from fewshot_glue import DEFAULT_HEADS as GLUE_HEADS
 from fewshot_glue import load_task as load_glue_task
 
@@ -412,8 +414,19 @@ def variant_name(row: dict, main_settings: dict[tuple, dict]) -> str:
     changes = [f"{key}={val:g}" if isinstance(val, float) else f"{key}={val}"
                for key, val in sorted(row["settings"].items())
                if key not in ("eval_batch_size", "head_config") and base.get(key) != val]
-    changes += [f"{key}={json.dumps(val)}" for key, val in sorted(row["settings"].get("head_config", {}).items())]
+    changes += [f"{key}={head_config_value(key, val)}" for key, val in sorted(row["settings"].get("head_config", {}).items())]
     return ", ".join(changes) or MAIN_GRID
+
+
+def head_config_value(key: str, value) -> str:
+    """A head setting as the variant names show it. Attention guidance on heads chosen per layer (a list of layers'
+    head lists) is summarised by its head counts and a short digest that tells apart two different choices."""
+    if key == "attention_guidance_heads" and isinstance(value, list) and value and isinstance(value[0], list):
+        counts = {tuple(len(heads) for heads in layer) for layer in value}
+        shape = f"{list(counts.pop())} in each of {len(value)} layers" if len(counts) == 1 else f"{len(value)} layers"
+        digest = hashlib.sha1(json.dumps(value).encode()).hexdigest()[:6]
+        return f"heads chosen per layer ({shape}; {digest})"
+    return json.dumps(value)
 
 
 def with_variants(ablations: Sequence[dict], grid: Sequence[dict]) -> list[dict]:
@@ -903,30 +916,33 @@ def guidance_cost_section(paths: Sequence[Path]) -> str:
 
 def attention_patterns_section(paths: Sequence[Path], out: Path) -> str:
     """Per `python -m dwatt.attention_patterns` output: for each pattern, the head that follows it most in each layer
-    (its attention on the pattern's token), and the mean over layers of the heads guidance assigned to the pattern
-    (for an unguided run, the heads a guided run of the page was given)."""
+    (its attention on the pattern's token), and for every guidance setting of the page's guided runs the mean over
+    layers of the attention of the heads it assigned to the pattern — in every run, guided or not, for comparison."""
     if not paths:
         return "Not measured yet (`python benchmarks/attention_patterns.py --model PATH --data GLUE_TASK_DIR --out DIR`)."
     results = [(path, json.loads(path.read_text())) for path in paths]
     layers = max(len(data["mass"]) for _, data in results)
-    # Unguided runs are read at the heads a guided run of the page guided, for comparison.
-    reference = next((data["attention_guidance_heads"] for _, data in results if data.get("attention_guidance_heads")), None)
+    # Each distinct head choice of the page — a guided run's, or one `--suggest-guidance` proposed — named by the
+    # first run that has it.
+    settings: dict[str, list] = {}
+    for path, data in results:
+        for kind, heads in (("guided in", data.get("attention_guidance_heads")),
+                            ("suggested in", data.get("suggested_attention_guidance_heads"))):
+            if heads and json.dumps(heads) not in {json.dumps(chosen) for chosen in settings.values()}:
+                settings[f"heads {kind} {path.parent.name}"] = heads
     lines = []
     for path, data in results:
-        guided = data.get("attention_guidance_heads") or reference
-        first_head = 0
         for index, pattern in enumerate(data["patterns"]):
             strongest = [f"{entry['mass']:.2f} (h{entry['head']})" for entry in data["strongest_head"][pattern]]
-            count = guided[index] if guided else 0
-            heads = range(first_head, first_head + count)
-            mean_guided = (statistics.mean(layer[head][index] for layer in data["mass"] for head in heads)
-                           if count else None)
-            first_head += count
-            lines.append((path.parent.name, pattern, *strongest, *["—"] * (layers - len(strongest)),
-                          f"{mean_guided:.2f} (h{heads[0]}{f'–{heads[-1]}' if count > 1 else ''})"
-                          if mean_guided is not None else "—"))
-    parts = [table(("run", "pattern", *[f"layer {i + 1}: strongest head" for i in range(layers)],
-                    "guided heads, mean" + (f" ({','.join(map(str, reference))})" if reference else "")), lines, align="ll" + "r" * (layers + 1))]
+            means = []
+            for heads in settings.values():
+                assignment = attention_guidance_assignment(heads, len(data["mass"]))
+                masses = [layer[head][index] for layer, layer_heads in zip(data["mass"], assignment) for head in layer_heads[index]]
+                means.append(f"{statistics.mean(masses):.2f}" if masses else "—")
+            lines.append((path.parent.name, pattern, *strongest, *["—"] * (layers - len(strongest)), *means))
+    setting_columns = [f"{name}, mean ({guidance_heads_label(heads)})" for name, heads in settings.items()]
+    parts = [table(("run", "pattern", *[f"layer {i + 1}: strongest head" for i in range(layers)], *setting_columns),
+                   lines, align="ll" + "r" * (layers + len(setting_columns)))]
     for path, data in results:
         png = path.with_name("attention_patterns.png")
         if png.exists():
@@ -934,6 +950,14 @@ def attention_patterns_section(paths: Sequence[Path], out: Path) -> str:
     parts.append("Commands:\n\n" + "\n".join(f"- `{data['command']}` (commit {data.get('git_commit') or 'not recorded'})"
                                              for _, data in results))
     return "\n\n".join(parts)
+
+
+def guidance_heads_label(heads: list) -> str:
+    """`[0, 1, 1, 4]`: heads 0, 1, … in pattern order; per-layer lists: the heads of each pattern, layer by layer."""
+    if heads and isinstance(heads[0], list):
+        return "; ".join(f"{pattern} " + "/".join(",".join(map(str, layer[index])) or "-" for layer in heads)
+                         for index, pattern in enumerate(ATTENTION_GUIDANCE_PATTERNS) if any(layer[index] for layer in heads))
+    return ",".join(map(str, heads))
 
 
 def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: list[Path], plots: list[Path],

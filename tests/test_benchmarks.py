@@ -553,12 +553,13 @@ def test_report_variability_section_marks_the_selected_layer(tmp_path):
     assert report.variability_section([], tmp_path / "RESULTS.md").startswith("Not measured yet")
 
 
-def test_report_attention_patterns_section_reads_guided_and_unguided_runs_at_the_same_heads(tmp_path):
+def test_report_attention_patterns_section_reads_every_run_at_every_head_choice(tmp_path):
     # mass[layer][head][pattern]: 2 layers, 3 heads; pattern order self, next, previous, first.
     mass = [[[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0.9, 0.05, 0.15, 0.25]],
             [[0.2, 0.3, 0.4, 0.5], [0.6, 0.7, 0.8, 0.9], [0.1, 0.35, 0.45, 0.55]]]
+    per_layer = [[[2], [1], [], [0]], [[], [2], [0], [1]]]
     paths = []
-    for name, guided in (("guided", [0, 1, 1, 1]), ("plain", None)):
+    for name, guided, suggested in (("guided", [0, 1, 1, 1], None), ("matched", per_layer, None), ("plain", None, per_layer)):
         folder = tmp_path / "results" / "attention_patterns" / name
         folder.mkdir(parents=True)
         strongest = {pattern: [{"layer": layer + 1, "head": max(range(3), key=lambda h: mass[layer][h][index]),
@@ -567,15 +568,20 @@ def test_report_attention_patterns_section_reads_guided_and_unguided_runs_at_the
         (folder / "attention_patterns.json").write_text(json.dumps({
             "command": f"python -m dwatt.attention_patterns --out {name}", "git_commit": "abc123", "mass": mass,
             "patterns": ["self", "next", "previous", "first"], "attention_guidance_heads": guided,
-            "strongest_head": strongest}))
+            "strongest_head": strongest, **({"suggested_attention_guidance_heads": suggested} if suggested else {})}))
         paths.append(folder / "attention_patterns.json")
     text = report.attention_patterns_section(paths, tmp_path / "RESULTS.md")
-    # next: guided head 0 → mean over layers (0.2 + 0.3) / 2; previous: head 1 → (0.7 + 0.8) / 2; first: head 2.
-    assert "| guided | next | 0.60 (h1) | 0.70 (h1) | 0.25 (h0) |" in text
-    assert "| guided | previous | 0.70 (h1) | 0.80 (h1) | 0.75 (h1) |" in text
-    assert "| plain | first | 0.80 (h1) | 0.90 (h1) | 0.40 (h2) |" in text  # read at the guided run's heads
-    assert "| guided | self | 0.90 (h2) | 0.60 (h1) | — |" in text  # no head guided to itself
-    assert "guided heads, mean (0,1,1,1)" in text
+    # Columns: heads 0, 1, 2 for next, previous, first (the guided run's); the per-layer choice (the matched run's,
+    # which the plain run's suggestion repeats: one column). Means over layers, by hand:
+    #   counts: next (0.2 + 0.3) / 2, previous (0.7 + 0.8) / 2, first (0.25 + 0.55) / 2; self none.
+    #   per layer: self 0.9 (layer 1 only), previous 0.4 (layer 2 only), first (0.4 + 0.9) / 2.
+    assert "| guided | next | 0.60 (h1) | 0.70 (h1) | 0.25 |" in text
+    assert "| guided | previous | 0.70 (h1) | 0.80 (h1) | 0.75 | 0.40 |" in text
+    assert "| plain | first | 0.80 (h1) | 0.90 (h1) | 0.40 | 0.65 |" in text
+    assert "| matched | self | 0.90 (h2) | 0.60 (h1) | — | 0.90 |" in text  # no head guided to itself by the counts
+    assert "heads guided in guided, mean (0,1,1,1)" in text
+    assert "heads guided in matched, mean (self 2/-; next 1/2; previous -/0; first 0/1)" in text
+    assert text.count("heads suggested in") == 0  # the plain run's suggestion is the matched run's choice
     assert report.attention_patterns_section([], tmp_path / "RESULTS.md").startswith("Not measured yet")
 
 
@@ -591,3 +597,15 @@ def test_report_guidance_cost_section_prints_each_ratio_with_its_quartiles(tmp_p
     assert "| token | minilm | 32 | 8 | 219.1 | 0.982 [0.951, 1.022] | 1.120 [1.103, 1.180] |" in text
     assert "`python benchmarks/guidance_cost.py --out x.json`" in text and "commit abc123" in text
     assert report.guidance_cost_section([]).startswith("Not measured yet")
+
+
+def test_variant_names_summarise_guidance_on_heads_chosen_per_layer():
+    chosen = [[[], [4], [2], [5, 8, 9, 11]], [[], [8], [2], [0, 9, 10, 11]]]
+    other = [[[], [4], [3], [5, 8, 9, 11]], [[], [8], [2], [0, 9, 10, 11]]]  # one head differs
+    name = report.head_config_value("attention_guidance_heads", chosen)
+    assert name.startswith("heads chosen per layer ([0, 1, 1, 4] in each of 2 layers; ")
+    assert name != report.head_config_value("attention_guidance_heads", other)
+    assert report.head_config_value("attention_guidance_heads", [[[1], [], [], []], [[], [], [], [0, 1]]]).startswith(
+        "heads chosen per layer (2 layers; ")
+    assert report.head_config_value("attention_guidance_heads", [0, 1, 1, 4]) == "[0, 1, 1, 4]"
+    assert report.head_config_value("attention_guidance_weight", 10) == "10"

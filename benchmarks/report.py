@@ -1035,9 +1035,11 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "the previous, the first real token), averaged over real query tokens that have such a token (1.00: only "
         "there; a uniform head over n tokens gives 1/n). Measured by `dwatt.attention_patterns` on SST-2 dev "
         "sentences: the pretrained encoder, and the same encoder fine-tuned on 50 CoNLL-03 sentences (`last`, 200 "
-        "steps) with and without guidance `0,1,1,4` (α = 10; `benchmarks/attention_patterns_after_guidance.sh`). "
-        "*Guided heads, mean*: the heads guidance assigned to the pattern (in an unguided run, the same heads), "
-        "averaged over layers.",
+        "steps) without guidance (*plain*), with guidance `0,1,1,4` on heads 0–5 (*guided*, the authors' fixed "
+        "heads) and on the heads `--suggest-guidance 0,1,1,4` chose per layer in the pretrained encoder (*matched*), "
+        "α = 10 (`benchmarks/attention_patterns_after_guidance.sh`). The last columns: for each head choice, the "
+        "mean over layers of the attention its heads put on their pattern's token — read in every run, guided by "
+        "that choice or not.",
         attention_patterns_section(attention_pattern_paths, out),
         "### What guidance adds to a training step",
         "The DWAtt `last` model timed as it is (SDPA), with eager attention (which guidance needs) and with guidance, "

@@ -38,8 +38,9 @@ def pattern_mass_sums(attentions: Sequence[torch.Tensor], attention_mask: torch.
     # The pattern's key of each query, counted only where query and key are both real tokens.
     keys, counted = attention_pattern_keys(attention_mask, mask_padding=True)  # (B, T, 4) each
     counts = counted.sum(dim=(0, 1))  # (4,)
+    # Per layer, (B, heads, T, 4) probabilities on the keys, summed over the counted queries: (heads, 4).
     sums = torch.stack([
-        torch.einsum("bhtp,btp->hp", probabilities_on_keys(probabilities.float(), keys), counted)  # (heads, 4): mass on the key
+        torch.einsum("bhtp,btp->hp", probabilities_on_keys(probabilities.float(), keys), counted)
         for probabilities in attentions
     ])  # (L, heads, 4)
     return sums, counts

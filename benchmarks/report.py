@@ -1001,7 +1001,12 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "let the softmax over depth collapse to one layer — `dwatt_scale_scores=true` divides them by √d. Rows of "
         "`last` with a changed encoder (here and in the sentence tasks' table) pair with the main grid's `last`: "
         "`encoder_num_layers` (layer selection) and attention guidance (`attention_guidance_heads`, weight α; see "
-        "the attention patterns section below). "
+        "the attention patterns section below): on heads 0–5 as the authors assign them (`[0, 1, 1, 4]`), or on the "
+        "*heads chosen per layer* that `python -m dwatt.attention_patterns --suggest-guidance 0,1,1,4` found already "
+        "following each pattern in the pretrained encoder (named by their counts and a digest; the heads are in that "
+        "section). Where a variant ran seeds 4–6 too, they pair with `last` runs of seeds 4–6 that have the main "
+        "grid's settings (`ablations/ner_minilm_last_seeds_4_6.jsonl`): the main grid's `last` row then shows those "
+        "seeds as well. "
         "*Largest depth weight* is the mean (over seeds) of the largest of DWAtt's mean weights over depth on 256 dev "
         "sentences (1.00 = all weight on one layer), with the layer per seed.",
         init_scale_section(init_scale_paths),

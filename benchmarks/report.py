@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import fewshot_common as common
-from dwatt.configuration_dwatt import ATTENTION_GUIDANCE_PATTERNS, attention_guidance_assignment
+from dwatt.configuration_dwatt import ATTENTION_GUIDANCE_PATTERNS, attention_guidance_assignment, chosen_per_layer
 from fewshot_glue import DEFAULT_HEADS as GLUE_HEADS
 from fewshot_glue import load_task as load_glue_task
 
@@ -421,7 +421,7 @@ def variant_name(row: dict, main_settings: dict[tuple, dict]) -> str:
 def head_config_value(key: str, value) -> str:
     """A head setting as the variant names show it. Attention guidance on heads chosen per layer (a list of layers'
     head lists) is summarised by its head counts and a short digest that tells apart two different choices."""
-    if key == "attention_guidance_heads" and isinstance(value, list) and value and isinstance(value[0], list):
+    if key == "attention_guidance_heads" and isinstance(value, list) and chosen_per_layer(value):
         counts = {tuple(len(heads) for heads in layer) for layer in value}
         shape = f"{list(counts.pop())} in each of {len(value)} layers" if len(counts) == 1 else f"{len(value)} layers"
         digest = hashlib.sha1(json.dumps(value).encode()).hexdigest()[:6]
@@ -954,7 +954,7 @@ def attention_patterns_section(paths: Sequence[Path], out: Path) -> str:
 
 def guidance_heads_label(heads: list) -> str:
     """`[0, 1, 1, 4]`: heads 0, 1, … in pattern order; per-layer lists: the heads of each pattern, layer by layer."""
-    if heads and isinstance(heads[0], list):
+    if chosen_per_layer(heads):
         return "; ".join(f"{pattern} " + "/".join(",".join(map(str, layer[index])) or "-" for layer in heads)
                          for index, pattern in enumerate(ATTENTION_GUIDANCE_PATTERNS) if any(layer[index] for layer in heads))
     return ",".join(map(str, heads))

@@ -15,6 +15,7 @@ from transformers import AutoModel, AutoModelForTokenClassification, Trainer, Tr
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.callbacks import attention_guidance_scale
+from dwatt.model_arguments import ModelArguments
 from dwatt.modeling_dwatt import attention_guidance_loss, attention_pattern_keys
 from dwatt.trainer import AccumulationExactLoss, DWAttTrainer
 
@@ -142,10 +143,15 @@ def test_counts_are_read_from_a_string_or_a_list():
     assert DWAttConfig(encoder_config=tiny_encoder_config("bert")).attention_guidance_heads is None
 
 
-def test_heads_chosen_per_layer_are_read_from_a_list_or_json():
+def test_heads_chosen_per_layer_are_read_from_a_list_or_the_options_json():
     per_layer = [[[], [1], [2], [0, 3]]] + [[[0], [], [], []]] * (LAYERS - 1)
-    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), attention_guidance_heads=json.dumps(per_layer))
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), attention_guidance_heads=per_layer)
     assert config.attention_guidance_heads == per_layer
+    # JSON text is decoded where text comes from, the scripts' options (the Hub-copied config imports no json).
+    options = ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads=json.dumps(per_layer))
+    assert options.attention_guidance_kwargs()["attention_guidance_heads"] == per_layer
+    with pytest.raises(ValueError, match="not understood.*json.loads"):
+        DWAttConfig(encoder_config=tiny_encoder_config("bert"), attention_guidance_heads=json.dumps(per_layer))
     as_tuples = [tuple(tuple(pattern) for pattern in layer) for layer in per_layer]
     assert DWAttConfig(encoder_config=tiny_encoder_config("bert"), attention_guidance_heads=as_tuples).attention_guidance_heads == per_layer
 

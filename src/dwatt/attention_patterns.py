@@ -12,7 +12,9 @@ writes `attention_patterns.json` (mass per layer, head and pattern; the head tha
 layer) and `attention_patterns.png` (one heat map per pattern, layers × heads). PATH is a plain encoder or a DWAtt
 checkpoint (its encoder's attention is measured; the heads it guided are framed). With `--suggest-guidance 0,1,1,4`
 it also proposes, per layer, the heads that already follow each pattern most: an `attention_guidance_heads` value
-(JSON key `suggested_attention_guidance_heads`) that guides those instead of heads 0, 1, ….
+(JSON key `suggested_attention_guidance_heads`) that guides those instead of heads 0, 1, …. `--data` may also be a
+NER folder (CoNLL columns or JSON lines), so the heads can be measured on a task's own sentences (labels are not
+read): `--data ../shared/data/conll2003 --split train`.
 """
 
 import argparse
@@ -126,7 +128,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="encoder folder or Hub id, or a DWAtt checkpoint")
-    add_glue_sample_arguments(parser, split="validation", max_examples=500)
+    add_glue_sample_arguments(parser, split="validation", max_examples=500, ner_folders=True)
     parser.add_argument("--suggest-guidance", default=None, metavar="COUNTS",
                         help="head counts per pattern, e.g. 0,1,1,4: also choose, per layer, the heads that already "
                              "follow each pattern most (an attention_guidance_heads value, in the JSON and framed in "
@@ -136,21 +138,25 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None) -> dict:
-    """The command line: the pattern mass of every head of a model on a GLUE task's examples, as JSON and a PNG."""
+    """The command line: the pattern mass of every head of a model on a GLUE task's or a NER folder's sentences, as
+    JSON and a PNG."""
     from transformers import AutoModel
 
-    from .data import analysis_record, glue_examples, padding_tokenizer, tokenized_text_batches
+    from .data import analysis_record, padding_tokenizer, text_examples, tokenized_text_batches
 
     args = _parse_args(argv)
     counts = normalize_attention_guidance_heads(args.suggest_guidance)  # text: head counts; fails before any data
-    dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
+    dataset, task_name, text_columns, is_split_into_words = text_examples(
+        args.data, args.task, args.split, args.max_examples, args.seed
+    )
     tokenizer = padding_tokenizer(args.model)
     model = AutoModel.from_pretrained(args.model, attn_implementation="eager")
     config = model.config
     guided = getattr(config, "attention_guidance_heads", None)  # a DWAtt checkpoint trained with guidance
     encoder = model.encoder if config.model_type == "dwatt" else model
-    mass = pattern_mass(encoder, tokenized_text_batches(dataset, text_columns, tokenizer, args.batch_size, args.max_length),
-                        total=-(-len(dataset) // args.batch_size))
+    batches = tokenized_text_batches(dataset, text_columns, tokenizer, args.batch_size, args.max_length,
+                                     is_split_into_words=is_split_into_words)
+    mass = pattern_mass(encoder, batches, total=-(-len(dataset) // args.batch_size))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

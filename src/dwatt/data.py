@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_dataset
@@ -1069,10 +1069,14 @@ def select_few_shot(dataset: Dataset, n: int, seed: int) -> Dataset:
     return dataset.select(indices.tolist())
 
 
-def add_glue_sample_arguments(parser, split: str, max_examples: int) -> None:
-    """The options of the analysis command lines that choose the examples: a GLUE folder, a split, a random draw,
-    and how they are tokenized (`glue_examples`, `tokenized_text_batches`)."""
-    parser.add_argument("--data", required=True, help="a GLUE task folder (train.tsv / dev.tsv), e.g. glue/SST-2")
+def add_glue_sample_arguments(parser, split: str, max_examples: int, ner_folders: bool = False) -> None:
+    """The options of the analysis command lines that choose the examples: a GLUE folder (or, with `ner_folders`, a
+    NER folder too), a split, a random draw, and how they are tokenized (`glue_examples` or `text_examples`,
+    `tokenized_text_batches`)."""
+    data_help = "a GLUE task folder (train.tsv / dev.tsv), e.g. glue/SST-2"
+    if ner_folders:
+        data_help += ", or a NER folder (train / valid / test CoNLL or JSON-lines files), e.g. conll2003"
+    parser.add_argument("--data", required=True, help=data_help)
     parser.add_argument("--task", default=None, help="GLUE task name, when the folder name does not say it")
     parser.add_argument("--split", default=split, help=f"train or validation (default: {split})")
     parser.add_argument("--max-examples", type=int, default=max_examples,
@@ -1119,6 +1123,42 @@ def glue_examples(data_dir: PathLike, task: str | None, split: str, max_examples
     if max_examples and max_examples < len(dataset):
         dataset = select_few_shot(dataset, max_examples, seed)
     return dataset, task_name, tuple(GLUE_TASKS[task_name].text_columns)
+
+
+class TextExamples(NamedTuple):
+    """Examples for an analysis that reads text only: which columns hold it and whether they hold words (NER)."""
+
+    dataset: Dataset
+    task_name: str
+    text_columns: tuple[str, ...]
+    is_split_into_words: bool
+
+
+def text_examples(data_dir: PathLike, task: str | None, split: str, max_examples: int, seed: int) -> TextExamples:
+    """A GLUE task folder's or a NER folder's `split`, `max_examples` of it drawn with `seed` (0: all).
+
+    For analyses of the encoder alone (`dwatt.attention_patterns`): the labels are not read, so a task's own training
+    sentences can be measured. A NER folder is named by `task` or by the folder (e.g. `conll2003`).
+    """
+    folder = Path(data_dir).expanduser()
+    glue_dir = _glue_task_dir(folder, task)
+    if any((glue_dir / name).is_file() for name in ("train.tsv", "dev.tsv", "dev_matched.tsv")):
+        return TextExamples(*glue_examples(data_dir, task, split, max_examples, seed), is_split_into_words=False)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: data folder not found; give a GLUE task folder or a NER folder.")
+    if not _find_split_files(folder, _SPLIT_STEMS, (".txt", ".conll", ".iob", ".iob2", ".jsonl", ".json")):
+        raise ValueError(
+            f"{folder}: found neither GLUE files (train.tsv, dev.tsv) nor NER files (train / valid / test .txt, "
+            ".conll, .iob, .iob2, .json, .jsonl): give a GLUE task folder such as glue/SST-2 or a NER folder such "
+            "as conll2003."
+        )
+    splits = load_ner_data(str(folder))
+    if split not in splits:
+        raise ValueError(f"{data_dir} has no {split!r} split; it has {sorted(splits)}.")
+    dataset = splits[split]
+    if max_examples and max_examples < len(dataset):
+        dataset = select_few_shot(dataset, max_examples, seed)
+    return TextExamples(dataset, task or folder.name, ("tokens",), is_split_into_words=True)
 
 
 def tokenized_text_batches(dataset: Dataset, text_columns: Sequence[str], tokenizer, batch_size: int, max_length: int,

@@ -37,6 +37,7 @@ from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, load_model, load_tokenizer
 from dwatt.peft_utils import apply_lora_from_args
 from dwatt.script_utils import (
+    apply_suggested_guidance_heads,
     check_splits,
     dataset_id_for_card,
     finish_run,
@@ -175,6 +176,8 @@ def main():
         data_collator = default_data_collator
     else:
         data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
+    # --attention_guidance_heads suggest:…: the heads to guide are chosen on the training examples, before training.
+    apply_suggested_guidance_heads(model, model_args, train_dataset, data_collator, training_args, logger)
     trainer = DWAttTrainer(
         model=model,
         args=training_args,

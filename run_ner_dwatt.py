@@ -30,6 +30,7 @@ from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, encoder_model_type, load_model, load_tokenizer
 from dwatt.peft_utils import apply_lora_from_args
 from dwatt.script_utils import (
+    apply_suggested_guidance_heads,
     check_splits,
     dataset_id_for_card,
     finish_run,
@@ -198,6 +199,8 @@ def main():
     predict_dataset = prepare("test", data_args.max_predict_samples, few_shot=False) if training_args.do_predict else None
 
     data_collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
+    # --attention_guidance_heads suggest:…: the heads to guide are chosen on the training examples, before training.
+    apply_suggested_guidance_heads(model, model_args, train_dataset, data_collator, training_args, logger)
     trainer = DWAttTrainer(
         model=model,
         args=training_args,

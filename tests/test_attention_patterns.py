@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pattern_reference import reference_mass
 from tiny_encoders import tiny_encoder_config
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification
@@ -14,25 +15,6 @@ from dwatt.attention_patterns import main, pattern_mass, pattern_mass_sums, sugg
 
 GLUE_SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue" / "SST-2"
 CONLL2003 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "conll2003"
-
-
-def reference_mass(attentions, attention_mask) -> torch.Tensor:
-    """Mean attention on the pattern's key over the real queries that have a real such key, one query at a time."""
-    mask = attention_mask.tolist()
-    num_layers, num_heads = len(attentions), attentions[0].shape[1]
-    mass = torch.zeros(num_layers, num_heads, 4, dtype=torch.float64)
-    for layer, probabilities in enumerate(attentions):
-        for head in range(num_heads):
-            for pattern in range(4):
-                values = []
-                for row, row_mask in enumerate(mask):
-                    real = [t for t, m in enumerate(row_mask) if m]
-                    for i in real:
-                        key = {0: i, 1: i + 1, 2: i - 1, 3: real[0]}[pattern]
-                        if key in real:
-                            values.append(float(probabilities[row, head, i, key]))
-                mass[layer, head, pattern] = sum(values) / len(values)
-    return mass
 
 
 def test_uniform_heads_give_one_over_the_sequence_length_and_pattern_heads_give_one():

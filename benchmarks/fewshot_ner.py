@@ -106,17 +106,18 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         dev, test = data.eval_sets(run.encoder)
         train = data.train_set(run.encoder, run.size, run.seed)
         set_seed(run.seed)  # the head's initial weights follow the seed
-        model = DWAttForTokenClassification.from_encoder_pretrained(
-            encoder_path, fusion=run.head, id2label=id2label, label2id={v: k for k, v in id2label.items()},
-            **run_settings.head_config,
+        collator = DataCollatorForTokenClassification(tokenizer)
+        model, chosen = common.from_encoder_pretrained(
+            DWAttForTokenClassification, encoder_path, run.head, run_settings.head_config, train, collator,
+            id2label=id2label, label2id={v: k for k, v in id2label.items()},
         )
         result = common.train_and_select(
-            model, tokenizer=tokenizer, collator=DataCollatorForTokenClassification(tokenizer),
+            model, tokenizer=tokenizer, collator=collator,
             train_dataset=train, dev_dataset=dev, test_dataset=test, compute_metrics=compute_metrics,
             settings=run_settings, seed=run.seed, device=setup.device, verify_restore=args.verify_restore,
             checkpoint_dir=setup.checkpoint_dir(run, run_settings),
         )
-        return {**result, "encoder_path": encoder_path}
+        return {**result, **chosen, "encoder_path": encoder_path}
 
     runs = common.build_grid([TASK], setup.encoders, args.sizes, args.seeds, args.heads)
     return setup.run_grid(runs, execute, "fewshot_ner", argv)

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import fewshot_common as common
 from dwatt.configuration_dwatt import ATTENTION_GUIDANCE_PATTERNS, attention_guidance_assignment, chosen_per_layer
+from dwatt.model_arguments import SUGGEST_PREFIX
 from fewshot_glue import DEFAULT_HEADS as GLUE_HEADS
 from fewshot_glue import load_task as load_glue_task
 
@@ -426,6 +427,8 @@ def head_config_value(key: str, value) -> str:
         shape = f"{list(counts.pop())} in each of {len(value)} layers" if len(counts) == 1 else f"{len(value)} layers"
         digest = hashlib.sha1(json.dumps(value).encode()).hexdigest()[:6]
         return f"heads chosen per layer ({shape}; {digest})"
+    if key == "attention_guidance_heads" and isinstance(value, str) and value.startswith(SUGGEST_PREFIX):
+        return f"heads suggested on each run's training examples ({value[len(SUGGEST_PREFIX):]})"
     return json.dumps(value)
 
 

@@ -387,6 +387,45 @@ def ablation_files(ner_run, workspace):
     return {"config": config, "lr": lr}
 
 
+def test_guidance_on_heads_suggested_per_run_is_chosen_on_that_runs_sentences(ner_run, workspace):
+    """`attention_guidance_heads=suggest:…`: each run chooses on its own few-shot draw and its row says which."""
+    from pattern_reference import reference_mass
+    from transformers import AutoModel, AutoTokenizer
+
+    from dwatt.attention_patterns import suggest_guidance_heads
+    from dwatt.data import load_ner_data, select_few_shot
+
+    out = workspace / "ablations" / "suggested.jsonl"
+    fewshot_ner.main([*ablation_argv(workspace, out, "--head-config", "attention_guidance_heads=suggest:0,1,1,1"),
+                      "--heads", "last"])
+    rows = fewshot_common.read_rows(out)
+    assert sorted(row["seed"] for row in rows) == list(SEEDS)
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "encoder")
+    stock = AutoModel.from_pretrained(workspace / "encoder", attn_implementation="eager").eval()
+    for row in rows:
+        sentences = list(select_few_shot(load_ner_data(str(workspace / "conll"))["train"], 6, row["seed"])["tokens"])
+        batch = tokenizer(sentences, is_split_into_words=True, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            attentions = stock(**batch, output_attentions=True).attentions
+        expected = suggest_guidance_heads(reference_mass(attentions, batch["attention_mask"]).numpy(), [0, 1, 1, 1])
+        assert row["suggested_attention_guidance_heads"] == expected
+        assert row["settings"]["head_config"] == {"attention_guidance_heads": "suggest:0,1,1,1"}
+    # The model the run trains guides those heads.
+    from transformers import DataCollatorForTokenClassification
+
+    data = fewshot_ner.NerData(workspace / "conll", {"tiny": str(workspace / "encoder")}, 64, None)
+    model, chosen = fewshot_common.from_encoder_pretrained(
+        DWAttForTokenClassification, str(workspace / "encoder"), "last", {"attention_guidance_heads": "suggest:0,1,1,1"},
+        data.train_set("tiny", 6, rows[0]["seed"]), DataCollatorForTokenClassification(tokenizer), num_labels=9,
+    )
+    assert model.config.attention_guidance_heads == chosen["suggested_attention_guidance_heads"]
+    assert chosen["suggested_attention_guidance_heads"] == rows[0]["suggested_attention_guidance_heads"]
+    assert report.head_config_value("attention_guidance_heads", "suggest:0,1,1,1") == (
+        "heads suggested on each run's training examples (0,1,1,1)")
+    with pytest.raises(SystemExit, match="suggest:1,1.*must be 4 non-negative head counts"):
+        fewshot_common.parse_head_config(["attention_guidance_heads=suggest:1,1"], ["last"])
+
+
 def test_head_config_reaches_the_model_and_the_settings(ablation_files, ner_run, workspace):
     rows = fewshot_common.read_rows(ablation_files["config"])
     assert len(rows) == len(SEEDS)

@@ -1045,7 +1045,10 @@ def render(ner: list[dict], glue: list[dict], smoke: list[dict], cost_paths: lis
         "sentences: the pretrained encoder, and the same encoder fine-tuned on 50 CoNLL-03 sentences (`last`, 200 "
         "steps) without guidance (*plain*), with guidance `0,1,1,4` on heads 0–5 (*guided*, the authors' fixed "
         "heads) and on the heads `--suggest-guidance 0,1,1,4` chose per layer in the pretrained encoder (*matched*), "
-        "α = 10 (`benchmarks/attention_patterns_after_guidance.sh`). The last columns: for each head choice, the "
+        "α = 10 (`benchmarks/attention_patterns_after_guidance.sh`); the pretrained encoder also on 500 CoNLL-03 "
+        "training sentences (*conll2003_train*: the choice on the task's own text differs from the SST-2 one in "
+        "previous-token heads of layers 3 and 5 and in one or two first-token heads per layer). The last columns: "
+        "for each head choice, the "
         "mean over layers of the attention its heads put on their pattern's token — read in every run, guided by "
         "that choice or not.",
         attention_patterns_section(attention_pattern_paths, out),

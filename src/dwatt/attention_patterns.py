@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .configuration_dwatt import (ATTENTION_GUIDANCE_PATTERNS, GuidanceHeads, attention_guidance_assignment,
-                                  normalize_attention_guidance_heads)
+                                  chosen_per_layer, normalize_attention_guidance_heads)
 from .modeling_dwatt import attention_pattern_keys, probabilities_on_keys
 
 
@@ -196,7 +196,9 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
         },
         **(provenance or {}),
     }
-    framed, framing = guided, "; framed: the guided heads" if guided else ""
+    framed, framing = guided, ""
+    if guided:
+        framing = f"; framed: the guided heads ({'chosen per layer' if chosen_per_layer(guided) else guided})"
     if counts is not None:
         framed = result["suggested_attention_guidance_heads"] = suggest_guidance_heads(mass, counts)
         framing = f"; framed: the heads suggested for {counts}"

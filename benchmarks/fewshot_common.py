@@ -48,10 +48,9 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import dwatt
+from dwatt import model_arguments
 from dwatt.attention_patterns import suggest_guidance_heads_on_examples
-from dwatt.configuration_dwatt import normalize_attention_guidance_heads
 from dwatt.data import select_few_shot
-from dwatt.model_arguments import SUGGEST_PREFIX
 from provenance import REPO, provenance
 from dwatt.depth_weights import WEIGHTED_FUSIONS, mean_depth_weights
 from dwatt.trainer import DWAttTrainer
@@ -218,10 +217,8 @@ def parse_head_config(entries: Sequence[str], heads: Sequence[str]) -> dict[str,
 def suggested_guidance_counts(head_config: dict[str, Any]) -> Optional[list[int]]:
     """The head counts of `attention_guidance_heads=suggest:COUNTS` (the scripts' option), else None."""
     value = head_config.get("attention_guidance_heads")
-    if not (isinstance(value, str) and value.startswith(SUGGEST_PREFIX)):
-        return None
     try:
-        return normalize_attention_guidance_heads(value[len(SUGGEST_PREFIX):])
+        return model_arguments.suggested_guidance_counts(value)
     except ValueError as error:
         raise SystemExit(f"--head-config attention_guidance_heads={value!r}: {error}") from None
 

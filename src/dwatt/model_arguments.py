@@ -125,17 +125,9 @@ class ModelArguments:
         # Decoded and checked once, here, so that a bad value fails before anything is loaded. With `suggest:` the
         # model is built guiding the counted heads 0, 1, … (eager attention, the loss on) and the script replaces
         # them with the measured choice before training (`dwatt.script_utils.apply_suggested_guidance_heads`).
-        text = self.attention_guidance_heads
-        self._suggest_guidance_heads = text is not None and text.strip().startswith(SUGGEST_PREFIX)
-        if self._suggest_guidance_heads:
-            text = text.strip()[len(SUGGEST_PREFIX):]
-            if text.lstrip().startswith("["):
-                raise ValueError(
-                    f"--attention_guidance_heads {self.attention_guidance_heads!r}: 'suggest:' takes head counts per "
-                    "pattern (self, next, previous, first), e.g. 'suggest:0,1,1,4'; give chosen heads as JSON "
-                    "without 'suggest:'."
-                )
-        self._attention_guidance_heads = parse_attention_guidance_heads(text)
+        self._suggested_guidance_counts = suggested_guidance_counts(self.attention_guidance_heads)
+        self._attention_guidance_heads = (self._suggested_guidance_counts if self._suggested_guidance_counts is not None
+                                          else parse_attention_guidance_heads(self.attention_guidance_heads))
         if self.use_lora:
             if self.lora_r < 1:
                 raise ValueError(f"--lora_r must be a positive rank, got {self.lora_r}.")
@@ -171,7 +163,7 @@ class ModelArguments:
     @property
     def suggested_guidance_counts(self) -> Optional[list[int]]:
         """The head counts per pattern of `--attention_guidance_heads suggest:COUNTS`, else None."""
-        return self._attention_guidance_heads if self._suggest_guidance_heads else None
+        return self._suggested_guidance_counts
 
     def attention_guidance_kwargs(self) -> dict:
         """The `DWAttConfig` attention-guidance arguments, when --attention_guidance_heads turns guidance on."""
@@ -183,6 +175,20 @@ class ModelArguments:
             "attention_guidance_constant_steps": self.attention_guidance_constant_steps,
             "attention_guidance_mask_padding": self.attention_guidance_mask_padding,
         }
+
+
+def suggested_guidance_counts(text: Optional[str]) -> Optional[list[int]]:
+    """The head counts of `suggest:COUNTS` (guide that many heads per pattern, chosen on the training examples), or
+    None for any other `--attention_guidance_heads` value."""
+    if not (isinstance(text, str) and text.strip().startswith(SUGGEST_PREFIX)):
+        return None
+    counts = text.strip()[len(SUGGEST_PREFIX):]
+    if counts.lstrip().startswith("["):
+        raise ValueError(
+            f"--attention_guidance_heads {text!r}: 'suggest:' takes head counts per pattern (self, next, previous, "
+            "first), e.g. 'suggest:0,1,1,4'; give chosen heads as JSON without 'suggest:'."
+        )
+    return normalize_attention_guidance_heads(counts)
 
 
 def parse_attention_guidance_heads(text: Optional[str]):

@@ -49,7 +49,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import dwatt
 from dwatt import model_arguments
-from dwatt.attention_patterns import suggest_guidance_heads_on_examples
+from dwatt.attention_patterns import guide_suggested_heads
 from dwatt.data import select_few_shot
 from provenance import REPO, provenance
 from dwatt.depth_weights import WEIGHTED_FUSIONS, mean_depth_weights
@@ -235,9 +235,7 @@ def from_encoder_pretrained(model_class, encoder_path: str, head: str, head_conf
     model = model_class.from_encoder_pretrained(encoder_path, fusion=head, **settings, **kwargs)
     if counts is None:
         return model, {}
-    heads = suggest_guidance_heads_on_examples(model, train_dataset, collator, counts)
-    model.config.attention_guidance_heads = heads
-    return model, {"suggested_attention_guidance_heads": heads}
+    return model, {"suggested_attention_guidance_heads": guide_suggested_heads(model, train_dataset, collator, counts)}
 
 
 def resolve_device(choice: str) -> str:

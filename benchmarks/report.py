@@ -398,7 +398,7 @@ def claim_dwatt_vs_concat(rows: Sequence[dict]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 ABLATION_HEADER = ("encoder", "size", "variant", "head", "seeds", "dev F1", "test F1", "Δ test F1 vs last",
-                   "last it is paired with", "best step / budget", "largest depth weight")
+                   "seeds above last", "last it is paired with", "best step / budget", "largest depth weight")
 MAIN_GRID = "main grid"
 
 
@@ -510,13 +510,14 @@ def ablation_table(rows: Sequence[dict]) -> str:
     """Dev/test F1 of each (variant, head) with the paired test-F1 gain over its `last` baseline."""
     lines = []
     for (encoder, size, variant, head), cell, baseline, baseline_variant in ablation_cells(rows, "encoder", "size"):
+        gains = paired_differences(cell, baseline, "test", "f1") if baseline else []
         lines.append((
             encoder, f"{size:,}", variant, head, len(cell), fmt([value(r, "dev", "f1") for r in cell]),
-            fmt([value(r, "test", "f1") for r in cell]),
-            fmt(paired_differences(cell, baseline, "test", "f1"), signed=True) if baseline else "—", baseline_variant,
+            fmt([value(r, "test", "f1") for r in cell]), fmt(gains, signed=True) if gains else "—",
+            f"{sum(gain > 0 for gain in gains)} / {len(gains)}" if gains else "—", baseline_variant,
             f"{mean_of(cell, lambda r: r['best_step'])} / {cell[0]['steps']}", largest_depth_weight(cell),
         ))
-    return table(ABLATION_HEADER, lines, align="llll" + "r" * 4 + "l" + "rr")
+    return table(ABLATION_HEADER, lines, align="llll" + "r" * 5 + "l" + "rr")
 
 
 GLUE_ABLATION_HEADER = ("task", "encoder", "size", "variant", "head", "seeds", "dev acc (selected step)",

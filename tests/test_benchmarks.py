@@ -519,6 +519,7 @@ def test_report_ablations_pair_each_variant_with_its_baseline(ablation_files, ne
     gains = [test_f1[("config", "concat", s)] - test_f1[("main", "last", s)] for s in SEEDS]
     line = table_row(text, "tiny", "6", 'concat_hidden_size=8, zero_init_residual=true', "concat")
     assert pm(gains, signed=True) in line and line.count("| main grid |") == 1
+    assert f"{pm(gains, signed=True)} | {sum(gain > 0 for gain in gains)} / {len(gains)} | main grid |" in line
     # The learning-rate variant changes `last` too: it pairs with its own `last`.
     gains = [test_f1[("lr", "dwatt", s)] - test_f1[("lr", "last", s)] for s in SEEDS]
     line = table_row(text, "tiny", "6", "head_lr=0.01", "dwatt")

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .callbacks import unwrap_dwatt_model
 from .configuration_dwatt import (ATTENTION_GUIDANCE_PATTERNS, GuidanceHeads, attention_guidance_assignment,
                                   chosen_per_layer, normalize_attention_guidance_heads)
+from .depth_weights import MODEL_INPUTS
 from .modeling_dwatt import attention_pattern_keys, probabilities_on_keys
 
 
@@ -98,23 +100,24 @@ def suggest_guidance_heads(mass: np.ndarray, counts: Sequence[int]) -> list[list
 # How many training examples `--attention_guidance_heads suggest:…` measures: enough for stable means (500 SST-2 and
 # 500 CoNLL-03 sentences choose the same next-token head in every MiniLM layer), about 20 s of MiniLM on 2 CPU cores.
 SUGGESTION_EXAMPLES = 500
-ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def suggest_guidance_heads_on_examples(model: torch.nn.Module, dataset, data_collator, counts: Sequence[int],
-                                       batch_size: int = 32, max_examples: int = SUGGESTION_EXAMPLES) -> list[list[list[int]]]:
-    """`suggest_guidance_heads` for a DWAtt model (or its PEFT wrapper) measured on the first `max_examples` of
-    `dataset`: tokenized examples as the Trainer gets them, batched by `data_collator`; their labels are not read.
-
-    The model's encoder must run eager attention, as a model built with attention guidance does."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel wraps it
-    encoder = base.base_model.encoder
+def guide_suggested_heads(model: torch.nn.Module, dataset, data_collator, counts: Sequence[int], batch_size: int = 32,
+                          max_examples: int = SUGGESTION_EXAMPLES) -> list[list[list[int]]]:
+    """Points a DWAtt model's attention guidance (`config.attention_guidance_heads`, read by the loss at every step
+    and saved with the model) at the heads `suggest_guidance_heads` chooses on the first `max_examples` of `dataset`
+    — tokenized examples as the Trainer gets them, batched by `data_collator`; their labels are not read — and
+    returns that choice. `model` may be wrapped (PEFT, DDP, torch.compile); its encoder must run eager attention, as
+    a model built with attention guidance does."""
+    dwatt_model = unwrap_dwatt_model(model)
     rows = dataset.select(range(min(max_examples, len(dataset))))
-    rows = rows.select_columns([column for column in ENCODER_INPUTS if column in rows.column_names])
+    rows = rows.select_columns([column for column in MODEL_INPUTS if column in rows.column_names])
     batches = (data_collator([rows[index] for index in range(start, min(start + batch_size, len(rows)))])
                for start in range(0, len(rows), batch_size))
-    mass = pattern_mass(encoder, batches, total=-(-len(rows) // batch_size))
-    return suggest_guidance_heads(mass, counts)
+    mass = pattern_mass(dwatt_model.base_model.encoder, batches, total=-(-len(rows) // batch_size))
+    heads = suggest_guidance_heads(mass, counts)
+    dwatt_model.config.attention_guidance_heads = heads
+    return heads
 
 
 def plot_pattern_mass(mass: np.ndarray, path: Path, title: str, guided: Optional[GuidanceHeads] = None) -> None:

@@ -943,6 +943,11 @@ def _find_split_files(folder: Path, stems: Mapping[str, Sequence[str]], suffixes
 
 
 _SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
+_NER_SUFFIXES = (".txt", ".conll", ".iob", ".iob2", ".jsonl", ".json")
+
+
+def _is_glue_folder(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("train.tsv", "dev.tsv", "dev_matched.tsv"))
 
 
 def _load_from_hub(
@@ -993,7 +998,7 @@ def load_text_classification_data(
             raise ValueError(f"{folder}: local dataset folder not found.")
         task = task_name or dataset_config_name
         glue_dir = _glue_task_dir(folder, task)
-        if any((glue_dir / name).is_file() for name in ("train.tsv", "dev.tsv", "dev_matched.tsv")):
+        if _is_glue_folder(glue_dir):
             return load_glue_folder(glue_dir, task)
         found = _find_split_files(folder, _SPLIT_STEMS, (".csv", ".tsv", ".jsonl", ".json"))
         if not found:
@@ -1037,7 +1042,7 @@ def load_ner_data(
         folder = Path(dataset_name).expanduser()
         if not folder.is_dir():
             raise ValueError(f"{folder}: local dataset folder not found.")
-        found = _find_split_files(folder, _SPLIT_STEMS, (".txt", ".conll", ".iob", ".iob2", ".jsonl", ".json"))
+        found = _find_split_files(folder, _SPLIT_STEMS, _NER_SUFFIXES)
         if not found:
             raise ValueError(f"{folder}: no train/valid/test files (.txt, .conll, .iob, .iob2, .json, .jsonl) found.")
         return load_ner_files(found, label_list=label_list)
@@ -1116,13 +1121,18 @@ def glue_examples(data_dir: PathLike, task: str | None, split: str, max_examples
     """A GLUE folder's `split`, `max_examples` of it drawn with `seed` (0: all), with its task name and text columns
     (for the analysis command lines: `dwatt.variability`, `dwatt.attention_patterns`)."""
     task_name = normalize_glue_task_name(task or Path(data_dir).name)
-    splits = load_glue_folder(data_dir, task)
+    dataset = _draw_from_split(load_glue_folder(data_dir, task), data_dir, split, max_examples, seed)
+    return dataset, task_name, tuple(GLUE_TASKS[task_name].text_columns)
+
+
+def _draw_from_split(splits: DatasetDict, data_dir: PathLike, split: str, max_examples: int, seed: int) -> Dataset:
+    """`max_examples` of `split` drawn with `seed` (0 or more than it holds: all), for the analysis command lines."""
     if split not in splits:
         raise ValueError(f"{data_dir} has no {split!r} split; it has {sorted(splits)}.")
     dataset = splits[split]
     if max_examples and max_examples < len(dataset):
         dataset = select_few_shot(dataset, max_examples, seed)
-    return dataset, task_name, tuple(GLUE_TASKS[task_name].text_columns)
+    return dataset
 
 
 class TextExamples(NamedTuple):
@@ -1141,23 +1151,16 @@ def text_examples(data_dir: PathLike, task: str | None, split: str, max_examples
     sentences can be measured. A NER folder is named by `task` or by the folder (e.g. `conll2003`).
     """
     folder = Path(data_dir).expanduser()
-    glue_dir = _glue_task_dir(folder, task)
-    if any((glue_dir / name).is_file() for name in ("train.tsv", "dev.tsv", "dev_matched.tsv")):
+    if _is_glue_folder(_glue_task_dir(folder, task)):
         return TextExamples(*glue_examples(data_dir, task, split, max_examples, seed), is_split_into_words=False)
     if not folder.is_dir():
         raise ValueError(f"{folder}: data folder not found; give a GLUE task folder or a NER folder.")
-    if not _find_split_files(folder, _SPLIT_STEMS, (".txt", ".conll", ".iob", ".iob2", ".jsonl", ".json")):
+    if not _find_split_files(folder, _SPLIT_STEMS, _NER_SUFFIXES):
         raise ValueError(
-            f"{folder}: found neither GLUE files (train.tsv, dev.tsv) nor NER files (train / valid / test .txt, "
-            ".conll, .iob, .iob2, .json, .jsonl): give a GLUE task folder such as glue/SST-2 or a NER folder such "
-            "as conll2003."
+            f"{folder}: found neither GLUE files (train.tsv, dev.tsv) nor NER files (train / valid / test "
+            f"{', '.join(_NER_SUFFIXES)}): give a GLUE task folder such as glue/SST-2 or a NER folder such as conll2003."
         )
-    splits = load_ner_data(str(folder))
-    if split not in splits:
-        raise ValueError(f"{data_dir} has no {split!r} split; it has {sorted(splits)}.")
-    dataset = splits[split]
-    if max_examples and max_examples < len(dataset):
-        dataset = select_few_shot(dataset, max_examples, seed)
+    dataset = _draw_from_split(load_ner_data(str(folder)), data_dir, split, max_examples, seed)
     return TextExamples(dataset, task or folder.name, ("tokens",), is_split_into_words=True)
 
 

@@ -14,7 +14,7 @@ import transformers
 import yaml
 from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
 
-from dwatt.attention_patterns import SUGGESTION_EXAMPLES, suggest_guidance_heads_on_examples
+from dwatt.attention_patterns import SUGGESTION_EXAMPLES, guide_suggested_heads
 from dwatt.data import select_few_shot
 from dwatt.distributed import join_cpu_process_group
 
@@ -100,10 +100,8 @@ def apply_suggested_guidance_heads(model: PreTrainedModel, model_args, train_dat
     counts = model_args.suggested_guidance_counts
     if counts is None or train_dataset is None:  # nothing to choose, or no training for guidance to act on
         return
-    heads = suggest_guidance_heads_on_examples(model, train_dataset, data_collator, counts,
-                                               batch_size=training_args.per_device_eval_batch_size)
-    # The loss reads the heads from the config at every step, and the saved checkpoint records the choice.
-    model.config.attention_guidance_heads = heads
+    heads = guide_suggested_heads(model, train_dataset, data_collator, counts,
+                                  batch_size=training_args.per_device_eval_batch_size)
     logger.info(f"Attention guidance on the heads that follow each pattern most in the first "
                 f"{min(SUGGESTION_EXAMPLES, len(train_dataset))} training examples: "
                 f"--attention_guidance_heads '{json.dumps(heads)}'")

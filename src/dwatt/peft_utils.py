@@ -11,6 +11,11 @@ How PEFT treats the rest of a DWAtt model (peft 0.21, checked by tests/test_peft
   `fusion_classifier` does not qualify, so a `target_modules` that matches a name inside the head (`"all-linear"`,
   `proj_in`, `key_proj`, `dense`, …) would put LoRA layers into it. `lora_config()` below therefore always sets
   `exclude_modules` to keep LoRA out of the fusion head and the classifier.
+- With the default `save_embedding_layers="auto"`, PEFT saves a resized embedding matrix with the adapter only when it
+  can read the base checkpoint's vocabulary size from `base_model_name_or_path`. A model built with
+  `from_encoder_pretrained` has no such name (no DWAtt checkpoint exists yet), so rows added by
+  `resize_token_embeddings` were silently left out and a fresh base resized the same way got other rows for them.
+  `lora_config()` therefore trains and saves those rows (`trainable_token_indices`, see `added_token_ids`).
 """
 
 import copy
@@ -96,6 +101,41 @@ def default_lora_target_modules(model_or_config) -> list[str]:
     )
 
 
+def added_token_ids(model: nn.Module) -> list[int]:
+    """Ids of the input-embedding rows a `from_encoder_pretrained` model has beyond its encoder checkpoint's vocabulary
+    (added by `resize_token_embeddings`); `[]` when there are none or PEFT itself can tell.
+
+    PEFT detects a resize by comparing with the checkpoint named in `name_or_path` (a DWAtt checkpoint loaded with
+    `from_pretrained`), so only models without one are compared here, with `config.encoder_name_or_path`.
+    """
+    config = getattr(model, "config", None)
+    encoder_name_or_path = getattr(config, "encoder_name_or_path", None)
+    vocab_size = getattr(config, "vocab_size", None)
+    if getattr(model, "name_or_path", "") or not encoder_name_or_path or not vocab_size:
+        return []
+    from transformers import AutoConfig
+
+    try:  # from_encoder_pretrained read this config already, so it is local or in the cache: never download here
+        pretrained_vocab_size = AutoConfig.from_pretrained(encoder_name_or_path, local_files_only=True).vocab_size
+    except (OSError, ValueError) as error:
+        logger.warning(
+            f"Could not read the vocabulary size of {encoder_name_or_path} ({error}); if you added tokens with "
+            "resize_token_embeddings, pass their ids as trainable_token_indices so that the adapter saves their rows."
+        )
+        return []
+    return list(range(pretrained_vocab_size, vocab_size))
+
+
+def _embedding_saved_in_full(model: nn.Module, kwargs: dict) -> bool:
+    """Whether the user already asked PEFT to train (and so save) the whole input embedding."""
+    embedding = model.get_input_embeddings()
+    name = next(name for name, module in model.named_modules() if module is embedding)
+    entries = [*(kwargs.get("modules_to_save") or [])]
+    if isinstance(kwargs.get("target_modules"), list):
+        entries += kwargs["target_modules"]
+    return any(name == entry or name.endswith("." + entry) for entry in entries)
+
+
 def peft_task_type(model: nn.Module) -> str:
     """PEFT's task type for a DWAtt model class: TOKEN_CLS, SEQ_CLS, or FEATURE_EXTRACTION for the bare model."""
     name = type(model).__name__
@@ -118,6 +158,26 @@ def parse_target_modules(text: Optional[Union[str, list]]) -> Optional[Union[str
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _keep_added_token_rows(model: nn.Module, target_modules, kwargs: dict) -> None:
+    """Adds the rows of `added_token_ids` to `kwargs["trainable_token_indices"]` (or checks the user's list has them)."""
+    added = added_token_ids(model)
+    chosen = kwargs.get("trainable_token_indices")
+    if added and chosen is None and not _embedding_saved_in_full(model, {**kwargs, "target_modules": target_modules}):
+        kwargs["trainable_token_indices"] = added
+        logger.info(
+            f"The embedding matrix has {len(added)} rows beyond the vocabulary of {model.config.encoder_name_or_path} "
+            f"(ids {added[0]}–{added[-1]}): LoRA trains them and saves them with the adapter (trainable_token_indices)."
+        )
+    elif added and isinstance(chosen, list) and not set(added) <= set(chosen):
+        missing = sorted(set(added) - set(chosen))
+        raise ValueError(
+            f"trainable_token_indices leaves out {len(missing)} of the ids added to the vocabulary after "
+            f"from_encoder_pretrained ({missing[:10]}{' …' if len(missing) > 10 else ''}): the adapter would not save "
+            "their rows, and a fresh base resized the same way would get other ones. Add them to "
+            "trainable_token_indices, or leave it out and dwatt adds them."
+        )
+
+
 def lora_config(
     model: nn.Module,
     r: int = 8,
@@ -128,9 +188,12 @@ def lora_config(
 ):
     """A `peft.LoraConfig` for a DWAtt model: the encoder's default targets (unless given), the task type from the
     model class, and LoRA kept out of the fusion head and the classifier (which are trained in full and saved with
-    the adapter). `kwargs` go to `LoraConfig` (`bias`, `use_rslora`, `layers_to_transform`, …)."""
+    the adapter). Rows added to the vocabulary after `from_encoder_pretrained` are trained and saved with the
+    adapter too (`trainable_token_indices`), so that a fresh base resized the same way gets them back. `kwargs` go to
+    `LoraConfig` (`bias`, `use_rslora`, `layers_to_transform`, `trainable_token_indices`, …)."""
     from peft import LoraConfig
 
+    _keep_added_token_rows(model, target_modules, kwargs)
     task_type = kwargs.pop("task_type", None) or peft_task_type(model)
     modules_to_save = kwargs.pop("modules_to_save", None)
     if task_type == "FEATURE_EXTRACTION" and modules_to_save is None:

@@ -493,6 +493,11 @@ def test_load_ner_data_from_files_and_folder(tmp_path):
     assert set(by_files) == {"train", "validation"}
     assert by_files["validation"]["tokens"] == [["Bob"]]
 
+    empty = tmp_path / "empty"
+    write(empty / "notes.md", "train.txt went elsewhere\n")
+    with pytest.raises(ValueError, match=r"empty: no train/valid/test files \(\.txt, \.conll, \.iob, \.iob2, \.jsonl, \.json\)"):
+        load_ner_data(str(empty))
+
 
 def test_load_text_classification_data_local(tmp_path):
     glue_dir = tmp_path / "glue"

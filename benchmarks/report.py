@@ -925,8 +925,24 @@ def attention_patterns_section(paths: Sequence[Path], out: Path) -> str:
     if not paths:
         return "Not measured yet (`python benchmarks/attention_patterns.py --model PATH --data GLUE_TASK_DIR --out DIR`)."
     results = [(path, json.loads(path.read_text())) for path in paths]
-    layers = max(len(data["mass"]) for _, data in results)
-    # Each distinct head choice of the page — a guided run's, or one `--suggest-guidance` proposed — named by the
+    # One table per encoder shape (layers × heads): a head choice only means something on the encoder it was made for.
+    shapes: dict[tuple[int, int], list] = {}
+    for path, data in results:
+        shapes.setdefault((len(data["mass"]), len(data["mass"][0])), []).append((path, data))
+    parts = [pattern_table(group) for _, group in sorted(shapes.items())]
+    for path, data in results:
+        png = path.with_name("attention_patterns.png")
+        if png.exists():
+            parts.append(f"![{path.parent.name}]({Path(os.path.relpath(png.resolve(), out.resolve().parent)).as_posix()})")
+    parts.append("Commands:\n\n" + "\n".join(f"- `{data['command']}` (commit {data.get('git_commit') or 'not recorded'})"
+                                             for _, data in results))
+    return "\n\n".join(parts)
+
+
+def pattern_table(results: Sequence[tuple[Path, dict]]) -> str:
+    """The table of `attention_patterns_section` for runs on encoders of one shape."""
+    layers = len(results[0][1]["mass"])
+    # Each distinct head choice of the table — a guided run's, or one `--suggest-guidance` proposed — named by the
     # first run that has it.
     settings: dict[str, list] = {}
     for path, data in results:
@@ -940,20 +956,13 @@ def attention_patterns_section(paths: Sequence[Path], out: Path) -> str:
             strongest = [f"{entry['mass']:.2f} (h{entry['head']})" for entry in data["strongest_head"][pattern]]
             means = []
             for heads in settings.values():
-                assignment = attention_guidance_assignment(heads, len(data["mass"]))
+                assignment = attention_guidance_assignment(heads, layers)
                 masses = [layer[head][index] for layer, layer_heads in zip(data["mass"], assignment) for head in layer_heads[index]]
                 means.append(f"{statistics.mean(masses):.2f}" if masses else "—")
-            lines.append((path.parent.name, pattern, *strongest, *["—"] * (layers - len(strongest)), *means))
+            lines.append((path.parent.name, pattern, *strongest, *means))
     setting_columns = [f"{name}, mean ({guidance_heads_label(heads)})" for name, heads in settings.items()]
-    parts = [table(("run", "pattern", *[f"layer {i + 1}: strongest head" for i in range(layers)], *setting_columns),
-                   lines, align="ll" + "r" * (layers + len(setting_columns)))]
-    for path, data in results:
-        png = path.with_name("attention_patterns.png")
-        if png.exists():
-            parts.append(f"![{path.parent.name}]({Path(os.path.relpath(png.resolve(), out.resolve().parent)).as_posix()})")
-    parts.append("Commands:\n\n" + "\n".join(f"- `{data['command']}` (commit {data.get('git_commit') or 'not recorded'})"
-                                             for _, data in results))
-    return "\n\n".join(parts)
+    return table(("run", "pattern", *[f"layer {i + 1}: strongest head" for i in range(layers)], *setting_columns),
+                 lines, align="ll" + "r" * (layers + len(setting_columns)))
 
 
 def guidance_heads_label(heads: list) -> str:

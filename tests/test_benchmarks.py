@@ -624,6 +624,22 @@ def test_report_attention_patterns_section_reads_every_run_at_every_head_choice(
     assert text.count("heads suggested in") == 0  # the plain run's suggestion is the matched run's choice
     assert report.attention_patterns_section([], tmp_path / "RESULTS.md").startswith("Not measured yet")
 
+    # A deeper encoder (3 layers) gets a table of its own: its suggestion is a column there, the 2-layer choices not.
+    folder = tmp_path / "results" / "attention_patterns" / "deeper"
+    folder.mkdir(parents=True)
+    deeper = [*mass, mass[0]]
+    (folder / "attention_patterns.json").write_text(json.dumps({
+        "command": "python -m dwatt.attention_patterns --out deeper", "mass": deeper,
+        "patterns": ["self", "next", "previous", "first"], "attention_guidance_heads": None,
+        "strongest_head": {pattern: [{"layer": layer + 1, "head": 0, "mass": deeper[layer][0][index]} for layer in range(3)]
+                           for index, pattern in enumerate(("self", "next", "previous", "first"))},
+        "suggested_attention_guidance_heads": [[[], [0], [], []]] * 3}))
+    text = report.attention_patterns_section([*paths, folder / "attention_patterns.json"], tmp_path / "RESULTS.md")
+    assert "| guided | next | 0.60 (h1) | 0.70 (h1) | 0.25 |" in text  # the 2-layer table as before
+    # Head 0's next-token mass over the 3 layers: (0.2 + 0.3 + 0.2) / 3.
+    assert "| run | pattern | layer 1: strongest head | layer 2: strongest head | layer 3: strongest head | heads suggested in deeper, mean (next 0/0/0) |" in text
+    assert "| deeper | next | 0.20 (h0) | 0.30 (h0) | 0.20 (h0) | 0.23 |" in text
+
 
 def test_report_guidance_cost_section_prints_each_ratio_with_its_quartiles(tmp_path):
     path = tmp_path / "guidance_cost_cpu.json"

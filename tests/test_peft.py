@@ -16,6 +16,7 @@ from peft.utils.other import ModulesToSaveWrapper
 from safetensors.torch import load_file, save_file
 from script_fixtures import CONLL_SENTENCES, tiny_encoder_folder, write_conll
 from test_remote_code import INTERPRETERS, _run_check
+from test_scripts import run_script
 from tiny_encoders import ENCODER_FAMILIES, VOCAB_SIZE, tiny_encoder_config
 from transformers import AutoModel, AutoTokenizer
 
@@ -419,15 +420,12 @@ def test_ner_script_with_lora_resumes_from_an_adapter_checkpoint_to_the_uninterr
     data = tmp_path / "conll"
     data.mkdir()
     write_conll(data / "train.txt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    common = [sys.executable, str(REPO / "run_ner_dwatt.py"), "--encoder_name_or_path", str(encoder), "--dataset_name",
-              str(data), "--do_train", "--use_lora", "--lora_target_modules", "query,value", "--learning_rate", "5e-2",
-              "--num_train_epochs", "4", "--per_device_train_batch_size", "2", "--save_strategy", "steps",
-              "--save_steps", "2", "--report_to", "none", "--seed", "0"]  # LoRA dropout 0.1 and head dropout stay on
+    common = ["--encoder_name_or_path", str(encoder), "--dataset_name", str(data), "--do_train", "--use_lora",
+              "--lora_target_modules", "query,value", "--learning_rate", "5e-2", "--num_train_epochs", "4",
+              "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "2", "--report_to",
+              "none", "--seed", "0"]  # LoRA dropout 0.1 and head dropout stay on
     for output, extra in (("full", []), ("resumed", ["--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-6")])):
-        result = subprocess.run([*common, "--output_dir", str(tmp_path / output), *extra], cwd=REPO, env=env,
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-5000:]
+        run_script("run_ner_dwatt.py", *common, "--output_dir", str(tmp_path / output), *extra)
     resumed_log = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())
     assert resumed_log["global_step"] == 12
     full, resumed = (load_file(tmp_path / name / "model.safetensors") for name in ("full", "resumed"))

@@ -52,6 +52,15 @@ def write_conll(path: Path, sentences=CONLL_SENTENCES, columns: int = 4) -> Path
     return path
 
 
+def write_conll_folder(folder: Path, with_validation: bool = True) -> Path:
+    """A CoNLL-2003-style dataset folder: train.txt with every sentence and valid.txt with the first four."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_conll(folder / "train.txt")
+    if with_validation:
+        write_conll(folder / "valid.txt", CONLL_SENTENCES[:4])
+    return folder
+
+
 def write_ner_jsonl(path: Path, sentences=CONLL_SENTENCES) -> Path:
     with path.open("w") as handle:
         for sentence in sentences:

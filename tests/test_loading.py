@@ -549,6 +549,15 @@ def test_saved_config_round_trips(tmp_path):
 # ------------------------------------------------------------------------------------------------------------------
 
 
+
+def test_id2label_alone_gives_label2id_too(tmp_path):
+    """transformers leaves label2id unset when only id2label is given; code that maps label names to ids reads it."""
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), id2label={0: "O", 1: "B-PER", 2: "I-PER"})
+    assert config.label2id == {"O": 0, "B-PER": 1, "I-PER": 2} and config.num_labels == 3
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["label2id"] == {"O": 0, "B-PER": 1, "I-PER": 2}
+
+
 def test_unknown_fusion_fails():
     with pytest.raises(ValueError, match=r"Unknown fusion 'nope'"):
         DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="nope")

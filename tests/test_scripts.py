@@ -25,10 +25,10 @@ from script_fixtures import (
 from seqeval.metrics import f1_score as seqeval_f1
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertConfig, BertModel
 
 from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
-from dwatt.model_arguments import ModelArguments
+from dwatt.model_arguments import ModelArguments, load_model
 from dwatt.model_card import command_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -370,6 +370,77 @@ def test_attention_guidance_heads_are_checked_when_the_options_are_read():
 def test_encoder_num_layers_needs_an_encoder_to_cut():
     with pytest.raises(ValueError, match="--encoder_num_layers cuts a plain pretrained encoder"):
         ModelArguments(model_name_or_path="some/dwatt-checkpoint", encoder_num_layers=2)
+
+
+
+NER_LABELS = sorted({tag for sentence in CONLL_SENTENCES for _, tag in sentence})
+
+
+def dwatt_checkpoint(encoder: Path, folder: Path, **head) -> Path:
+    """A DWAtt checkpoint made in Python as the README shows (id2label only), its labels in an order of its own."""
+    model = DWAttForTokenClassification.from_encoder_pretrained(
+        str(encoder), id2label=dict(enumerate(reversed(NER_LABELS))), **head)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(encoder).save_pretrained(folder)
+    return folder
+
+
+def test_ner_continues_a_dwatt_checkpoint_made_in_python(encoder, tmp_path):
+    """--model_name_or_path: the checkpoint's labels keep their ids and its head its settings; a new dropout applies.
+    (Its config had no label2id, which transformers leaves unset when only id2label is given: the script failed.)"""
+    checkpoint = dwatt_checkpoint(encoder, tmp_path / "checkpoint", fusion="concat", fusion_layers=[0, -1])
+    output = tmp_path / "out"
+    run_script(
+        "run_ner_dwatt.py", "--model_name_or_path", str(checkpoint), "--dataset_name", str(write_conll_folder(tmp_path / "conll")),
+        "--classifier_dropout", "0.0", "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING,
+    )
+    saved = read_json(output / "config.json")
+    assert saved["id2label"] == {str(i): label for i, label in enumerate(reversed(NER_LABELS))}
+    assert (saved["fusion"], saved["fusion_layers"], saved["classifier_dropout"]) == ("concat", [0, -1], 0.0)
+    before, after = load_file(checkpoint / "model.safetensors"), load_file(output / "model.safetensors")
+    assert set(before) == set(after) and not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    assert 0.0 <= read_json(output / "eval_results.json")["eval_f1"] <= 1.0
+
+
+def test_new_head_options_are_refused_for_a_checkpoint_where_they_would_be_ignored(encoder, tmp_path):
+    checkpoint = dwatt_checkpoint(encoder, tmp_path / "checkpoint", fusion="concat", fusion_layers=[0, -1])
+    config = DWAttForTokenClassification.config_class.from_pretrained(checkpoint)
+    with pytest.raises(ValueError, match=r"--fusion scalar_mix \(the checkpoint's: concat\), --deeper_num_layers 2 "
+                                         r"\(the checkpoint's: 1\), --pooling mean \(the checkpoint's: first\): these "
+                                         r"options build a new head.*--encoder_name_or_path"):
+        ModelArguments(model_name_or_path=str(checkpoint), fusion="scalar_mix", deeper_num_layers=2,
+                       pooling="mean").checkpoint_overrides(config)
+    # The checkpoint's own settings, however spelled, change nothing and pass; dropouts and guidance are applied.
+    same = ModelArguments(model_name_or_path=str(checkpoint), fusion="concat", fusion_layers="0,2",
+                          classifier_dropout=0.2, dwatt_weight_dropout=0.1, attention_guidance_heads="0,1,1,0")
+    overrides = same.checkpoint_overrides(config)
+    assert overrides["classifier_dropout"] == 0.2 and overrides["dwatt_weight_dropout"] == 0.1
+    assert overrides["attention_guidance_heads"] == [0, 1, 1, 0]
+    assert ModelArguments(model_name_or_path=str(checkpoint)).checkpoint_overrides(config) == {}
+
+
+def test_config_name_sets_the_encoder_config_or_the_checkpoint_config(encoder, tmp_path):
+    """--config_name, as in transformers' scripts: the config used instead of the model's own."""
+    encoder_config = BertConfig.from_pretrained(encoder)
+    encoder_config.hidden_dropout_prob = encoder_config.attention_probs_dropout_prob = 0.0
+    encoder_config.save_pretrained(tmp_path / "encoder-config")
+    model = load_model(ModelArguments(encoder_name_or_path=str(encoder), config_name=str(tmp_path / "encoder-config")),
+                       DWAttForTokenClassification, NER_LABELS)
+    assert BertConfig.from_pretrained(encoder).hidden_dropout_prob == 0.1  # not the encoder's own
+    assert model.config.encoder_config.hidden_dropout_prob == model.config.encoder_config.attention_probs_dropout_prob == 0.0
+    for key, tensor in BertModel.from_pretrained(encoder).state_dict().items():
+        if not key.startswith("pooler."):
+            assert torch.equal(model.dwatt.encoder.state_dict()[key], tensor), key
+
+    checkpoint = dwatt_checkpoint(encoder, tmp_path / "checkpoint")
+    checkpoint_config = DWAttForTokenClassification.config_class.from_pretrained(checkpoint)
+    checkpoint_config.classifier_dropout = 0.3
+    checkpoint_config.save_pretrained(tmp_path / "dwatt-config")
+    model = load_model(ModelArguments(model_name_or_path=str(checkpoint), config_name=str(tmp_path / "dwatt-config")),
+                       DWAttForTokenClassification, NER_LABELS)
+    assert model.config.classifier_dropout == 0.3 and model.dropout.p == 0.3
+    saved = load_file(checkpoint / "model.safetensors")
+    assert all(torch.equal(model.state_dict()[key], tensor) for key, tensor in saved.items())
 
 
 BAD_NER_JSONL = '{"tokens": ["John", "visited"], "ner_tags": ["B-PER", "O"]}\n{"tokens": ["Mary", "met", "Jones"], "ner_tags": ["B-PER", "O"]}\n'

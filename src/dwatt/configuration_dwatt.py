@@ -376,6 +376,10 @@ class DWAttConfig(PretrainedConfig):
                 pooling = "last" if encoder_config.model_type in DECODER_ONLY_MODEL_TYPES else "first"
         self.pooling = pooling
         super().__init__(**kwargs)
+        if self.id2label is not None and getattr(self, "label2id", None) is None:
+            # transformers leaves label2id unset when only id2label is given; the scripts (and anyone mapping label
+            # names to ids) read it.
+            self.label2id = {label: index for index, label in self.id2label.items()}
 
     @property
     def num_encoder_layers(self) -> int:

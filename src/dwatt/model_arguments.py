@@ -2,15 +2,24 @@
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional, Union
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .attention_patterns import SUGGESTION_EXAMPLES
-from .configuration_dwatt import FUSION_CHOICES, POOLING_CHOICES, normalize_attention_guidance_heads
+from .configuration_dwatt import (FUSION_CHOICES, POOLING_CHOICES, normalize_attention_guidance_heads,
+                                  normalize_fusion_layers)
 
 SUGGEST_PREFIX = "suggest:"  # --attention_guidance_heads suggest:0,1,1,4
+# Options that shape a new head. A DWAtt checkpoint keeps the head it was trained with, so with --model_name_or_path
+# these are refused where they differ from the checkpoint's; the dropouts are applied to its further training.
+NEW_HEAD_OPTIONS = (
+    "fusion", "fusion_layers", "dwatt_bottleneck_ratio", "dwatt_position_dim", "dwatt_num_heads", "dwatt_scale_scores",
+    "dwatt_shared_value_mlp", "concat_hidden_size", "scalar_mix_layer_norm", "deeper_num_layers", "zero_init_residual",
+    "pooling",
+)
+TRAINING_HEAD_OPTIONS = ("dwatt_weight_dropout", "classifier_dropout")
 
 
 @dataclass
@@ -75,7 +84,11 @@ class ModelArguments:
         default=None,
         metadata={"help": "Hub id of the encoder for the model card's base_model, when the encoder is a local folder."},
     )
-    config_name: Optional[str] = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    config_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Config name or path, if not the model's: the encoder's config with --encoder_name_or_path "
+                          "(e.g. other dropout), a DWAtt config with --model_name_or_path."},
+    )
     tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store downloads from the Hub."})
     model_revision: str = field(default="main", metadata={"help": "Model revision: branch, tag or commit id."})
@@ -175,6 +188,32 @@ class ModelArguments:
             "attention_guidance_constant_steps": self.attention_guidance_constant_steps,
             "attention_guidance_mask_padding": self.attention_guidance_mask_padding,
         }
+
+    def given_options(self, names: tuple[str, ...]) -> dict:
+        """Those of the options `names` set to something other than their defaults."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return {name: getattr(self, name) for name in names if getattr(self, name) != defaults[name]}
+
+    def checkpoint_overrides(self, checkpoint_config) -> dict:
+        """The `DWAttConfig` settings these options change for further training of a DWAtt checkpoint (guidance,
+        dropouts). New-head options that differ from the checkpoint's are refused: they would be ignored."""
+        conflicts = []
+        for name, value in self.given_options(NEW_HEAD_OPTIONS).items():
+            saved = getattr(checkpoint_config, name)
+            if name == "fusion_layers":
+                same = (normalize_fusion_layers(parse_fusion_layers(value), checkpoint_config.num_encoder_layers)
+                        == checkpoint_config.fusion_source_indices)
+            else:
+                same = value == saved
+            if not same:
+                conflicts.append(f"--{name} {value} (the checkpoint's: {saved})")
+        if conflicts:
+            raise ValueError(
+                f"{', '.join(conflicts)}: these options build a new head, and {self.model_name_or_path} keeps the one "
+                "it was trained with. Drop them to continue training it, or start a new head on the encoder with "
+                "--encoder_name_or_path."
+            )
+        return {**self.given_options(TRAINING_HEAD_OPTIONS), **self.attention_guidance_kwargs()}
 
 
 def suggested_guidance_counts(text: Optional[str]) -> Optional[list[int]]:
@@ -277,6 +316,7 @@ def load_model(
             model_args.encoder_name_or_path,
             fusion=model_args.fusion,
             encoder_kwargs={k: v for k, v in model_args.hub_kwargs().items() if v is not None},
+            encoder_config=model_args.config_name,
             encoder_num_layers=model_args.encoder_num_layers,
             **model_args.head_config_kwargs(),
             **label_kwargs,
@@ -293,15 +333,20 @@ def load_model(
             "as --encoder_name_or_path to wrap it with a fusion head."
         )
     # Guidance can be added to (or changed for) a checkpoint's further training: the model then builds its encoder
-    # with eager attention, as for a new head.
-    common = {"trust_remote_code": model_args.trust_remote_code, **model_args.hub_kwargs(),
-              **model_args.attention_guidance_kwargs()}
+    # with eager attention, as for a new head. So can other dropouts.
+    overrides = model_args.checkpoint_overrides(checkpoint_config)
     if model_args.ignore_mismatched_sizes:
-        # A new classifier for the data's labels, on purpose.
-        return model_class.from_pretrained(
-            model_args.model_name_or_path, ignore_mismatched_sizes=True, **common, **label_kwargs
-        )
-    model = model_class.from_pretrained(model_args.model_name_or_path, **common)
+        overrides.update(label_kwargs)  # a new classifier for the data's labels, on purpose
+    loading = {"trust_remote_code": model_args.trust_remote_code, **model_args.hub_kwargs()}
+    if model_args.config_name:  # its settings, not the checkpoint's own config.json
+        for key, value in overrides.items():
+            setattr(checkpoint_config, key, value)
+        loading["config"], overrides = checkpoint_config, {}
+    model = model_class.from_pretrained(
+        model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **loading, **overrides
+    )
+    if model_args.ignore_mismatched_sizes:
+        return model
     # Keep the checkpoint's own label order: the scripts map the data's labels through model.config.label2id.
     saved_labels = list(model.config.label2id)
     unknown = [str(label) for label in label_list if str(label) not in model.config.label2id]

@@ -1245,6 +1245,7 @@ class DWAttPreTrainedModel(PreTrainedModel):
         num_labels: Optional[int] = None,
         encoder_kwargs: Optional[dict] = None,
         encoder_num_layers: Optional[int] = None,
+        encoder_config: Optional[Union[str, PretrainedConfig]] = None,
         **config_kwargs,
     ) -> "DWAttPreTrainedModel":
         """Wraps a plain pretrained encoder (local folder or Hub name) with a new fusion head and classifier.
@@ -1261,6 +1262,8 @@ class DWAttPreTrainedModel(PreTrainedModel):
                 directly, as to `from_pretrained`: they go to the encoder's loader and are not saved in the config.
             encoder_num_layers: keep only the encoder's first k layers and drop the ones above (a smaller, faster
                 model whose last layer is the pretrained layer k), e.g. the layer `dwatt.variability` selects.
+            encoder_config: the encoder's config (or its name or path), if not the one saved with its weights: e.g.
+                the same architecture with other dropout (the scripts' `--config_name`).
             config_kwargs: further `DWAttConfig` arguments (`fusion_layers`, `pooling`, `id2label`, …), and `dtype`:
                 the whole model's (float32 unless given, whatever the checkpoint was saved in, as for fine-tuning;
                 `"auto"`: the checkpoint's).
@@ -1268,7 +1271,10 @@ class DWAttPreTrainedModel(PreTrainedModel):
         encoder_kwargs = dict(encoder_kwargs or {})
         _route_encoder_loading_options(config_kwargs, encoder_kwargs)
         dtype = _requested_dtype(config_kwargs, encoder_kwargs)
-        encoder_config = AutoConfig.from_pretrained(name_or_path, **encoder_kwargs)
+        if isinstance(encoder_config, PretrainedConfig):  # a copy: the model sets its dtype while it is built
+            encoder_config = type(encoder_config).from_dict(encoder_config.to_dict())
+        else:
+            encoder_config = AutoConfig.from_pretrained(encoder_config or name_or_path, **encoder_kwargs)
         if encoder_config.model_type == DWAttConfig.model_type:
             raise ValueError(
                 f"{name_or_path} is already a DWAtt checkpoint: load it with {cls.__name__}.from_pretrained."

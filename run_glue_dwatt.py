@@ -28,6 +28,7 @@ from dwatt import DWAttForSequenceClassification
 from dwatt.data import (
     GLUE_TASK_TO_KEYS,
     get_classification_label_info,
+    glue_task_named_by,
     infer_text_columns,
     load_text_classification_data,
     normalize_glue_task_name,
@@ -80,6 +81,8 @@ class DataTrainingArguments:
     max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Predict on the first N examples."})
 
     def __post_init__(self):
+        if self.task_name is None:  # a GLUE folder (glue/CoLA) or the Hub's GLUE with a configuration names its task
+            self.task_name = glue_task_named_by(self.dataset_name, self.dataset_config_name)
         if self.task_name is not None:
             self.task_name = normalize_glue_task_name(self.task_name)
         elif self.dataset_name is None and self.train_file is None:

@@ -16,6 +16,7 @@ import dwatt.data as data
 from dwatt.data import (
     CONLL2003_NER_LABELS,
     get_classification_label_info,
+    glue_task_named_by,
     get_ner_label_list,
     infer_text_columns,
     load_classification_files,
@@ -593,3 +594,17 @@ def test_real_shared_data_counts():
             assert 0.0 <= min(dev["label"]) and max(dev["label"]) <= 5.0
         else:
             assert set(dev["label"]) == {0, 1}, folder
+
+
+def test_glue_task_named_by_a_folder_or_the_hub_configuration(tmp_path):
+    sst2 = tmp_path / "glue" / "SST-2"
+    sst2.mkdir(parents=True)
+    (sst2 / "train.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "train.csv").write_text("sentence,label\ngood,1\n")
+    assert glue_task_named_by(str(sst2)) == "sst2"
+    assert glue_task_named_by(str(tmp_path / "glue"), "SST-2") == "sst2"  # the $GLUE_DIR layout
+    assert glue_task_named_by(str(tmp_path / "glue")) is None  # no task files there, no task named
+    assert glue_task_named_by(str(tmp_path / "csv")) is None
+    assert glue_task_named_by("nyu-mll/glue", "cola") == glue_task_named_by("glue", "CoLA") == "cola"
+    assert glue_task_named_by("imdb") is None and glue_task_named_by(None) is None

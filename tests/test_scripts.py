@@ -336,6 +336,20 @@ def test_glue_mrpc_tsv_end_to_end(encoder, tmp_path):
         assert {item["label"]: item["score"] for item in report["plain"]} == pytest.approx(expected, abs=1e-5)
 
 
+def test_glue_task_folder_alone_gives_that_tasks_metrics(encoder, tmp_path):
+    """--dataset_name glue/CoLA without --task_name: read as CoLA and scored as CoLA (Matthews correlation), as with
+    --task_name cola; it used to read the folder as CoLA but score plain accuracy."""
+    data = tmp_path / "CoLA"
+    data.mkdir()
+    write_cola_tsv(data / "train.tsv")
+    write_cola_tsv(data / "dev.tsv", SENTIMENT[:6])
+    output = tmp_path / "out"
+    run_script("run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data),
+               "--max_seq_length", "32", "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING)
+    assert "eval_matthews_correlation" in read_json(output / "eval_results.json")
+    assert read_json(output / "config.json")["finetuning_task"] == "cola"
+
+
 @pytest.mark.parametrize("layout", ["cola-tsv", "csv", "json-lines"])
 def test_glue_script_reads_cola_csv_and_json(encoder, tmp_path, layout):
     writer, suffix, task = {"cola-tsv": (write_cola_tsv, ".tsv", ["--task_name", "cola"]), "csv": (write_csv, ".csv", []),

@@ -957,6 +957,25 @@ def _load_from_hub(
     return load_dataset(name, config, revision=revision or default_revision, cache_dir=cache_dir, token=token)
 
 
+def glue_task_named_by(dataset_name: str | None, dataset_config_name: str | None = None) -> str | None:
+    """The GLUE task that `dataset_name` names by itself (a local GLUE task folder such as `glue/CoLA`, or GLUE on the
+    Hub with a configuration), so that a script given no `task_name` still computes that task's metrics; else None."""
+    if dataset_name is None:
+        return None
+    if _looks_like_local_path(dataset_name):
+        folder = _glue_task_dir(Path(dataset_name).expanduser(), dataset_config_name)
+        candidates = (dataset_config_name, folder.name) if _is_glue_folder(folder) else ()
+    else:
+        candidates = (dataset_config_name,) if dataset_name in ("glue", "nyu-mll/glue") else ()
+    for candidate in candidates:
+        if candidate:
+            try:
+                return normalize_glue_task_name(candidate)
+            except ValueError:
+                continue
+    return None
+
+
 def load_text_classification_data(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,

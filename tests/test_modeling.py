@@ -93,6 +93,27 @@ def test_hidden_states_and_attentions_when_asked(fusion):
     assert len(output.attentions) == 3 and output.attentions[0].shape == (3, 4, 9, 9)
 
 
+
+@pytest.mark.parametrize("model_class", TASK_CLASSES + [DWAttModel], ids=lambda c: c.__name__)
+def test_output_flags_set_in_the_config_apply_as_in_transformers_models(tmp_path, model_class):
+    """`from_pretrained(folder, output_hidden_states=True, output_attentions=True)` (flags in the config, none in the
+    call) returns the encoder's hidden states and attentions, the stock encoder's; an explicit False still wins."""
+    make_model(model_class, "bert", "dwatt").save_pretrained(tmp_path)
+    model = model_class.from_pretrained(tmp_path, output_hidden_states=True, output_attentions=True,
+                                        attn_implementation="eager").eval()
+    stock = AutoModel.from_config(model.config.encoder_config, attn_implementation="eager").eval()
+    stock.load_state_dict(model.base_model.encoder.state_dict(), strict=False)
+    input_ids, attention_mask = make_batch()
+    with torch.no_grad():
+        output = model(input_ids=input_ids, attention_mask=attention_mask)
+        expected = stock(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, output_attentions=True)
+        silenced = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=False, output_attentions=False)
+    assert len(output.hidden_states) == 4 and len(output.attentions) == 3
+    for got, want in zip(output.hidden_states + output.attentions, expected.hidden_states + expected.attentions):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert silenced.hidden_states is None and silenced.attentions is None
+
+
 def test_return_dict_false_gives_loss_first():
     model = make_model(DWAttForTokenClassification, "bert", "dwatt").eval()
     input_ids, attention_mask = make_batch()

@@ -1122,6 +1122,17 @@ class DWAttPreTrainedModel(PreTrainedModel):
     # The last unweighted guidance loss, detached (for logs; reading it does not synchronise a GPU until printed).
     last_attention_guidance_loss: Optional[torch.Tensor] = None
 
+    def _output_flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+        """The forward's output flags: the call's, or the config's where the call leaves them None (as in
+        transformers' models, so `from_pretrained(..., output_hidden_states=True)` works)."""
+        config = self.config
+        if output_attentions is None:
+            output_attentions = bool(getattr(config, "output_attentions", False))
+        if output_hidden_states is None:
+            output_hidden_states = bool(getattr(config, "output_hidden_states", False))
+        if return_dict is None:
+            return_dict = getattr(config, "return_dict", True)
+        return output_attentions, output_hidden_states, return_dict
     def _guides_attention(self) -> bool:
         return self.training and self.config.attention_guidance_heads is not None
 
@@ -1403,7 +1414,8 @@ class DWAttModel(DWAttPreTrainedModel):
             bottleneck. The output's `fused_readout` is then set and its `last_hidden_state` None; otherwise
             `fused_readout` is None and `last_hidden_state` the fused state, as without the argument.
         """
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict)
         if attention_mask is None:
             attention_mask = _all_real_tokens(input_ids, inputs_embeds)
 
@@ -1552,7 +1564,8 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
         output_fusion_weights (`bool`, *optional*):
             Also return the weights over depth at the pooled position(s).
         """
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict)
         if attention_mask is None:
             attention_mask = _all_real_tokens(input_ids, inputs_embeds)
         pooling = self.config.pooling
@@ -1637,7 +1650,8 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
         output_fusion_weights (`bool`, *optional*):
             Also return the per-token weights over depth, shape (B, T, H, n).
         """
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict)
         guiding = self._guides_attention()
         if guiding and attention_mask is None:
             attention_mask = _all_real_tokens(input_ids, inputs_embeds)

@@ -563,6 +563,33 @@ def test_unknown_fusion_fails():
         DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="nope")
 
 
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dwatt_num_heads=0), "dwatt_num_heads must be at least 1, got 0"),
+    (dict(dwatt_num_heads=-1), "dwatt_num_heads must be at least 1, got -1"),
+    (dict(dwatt_position_dim=0), "dwatt_position_dim must be at least 1"),
+    (dict(fusion="concat", concat_hidden_size=0), "concat_hidden_size must be at least 1"),
+    (dict(classifier_activation="foo"), "Unknown classifier_activation 'foo'.*'tanh'"),
+])
+def test_bad_head_settings_fail_when_the_config_is_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DWAttConfig(encoder_config=tiny_encoder_config("bert"), **kwargs)
+
+
+def test_model_from_a_config_without_encoder_fails_clearly():
+    with pytest.raises(ValueError, match=r"no encoder_config.*from_encoder_pretrained\(path\)"):
+        DWAttForTokenClassification(DWAttConfig(num_labels=3))
+
+
+@pytest.mark.parametrize("task_class", TASK_CLASSES, ids=lambda c: c.__name__)
+def test_plain_encoder_folder_opened_as_dwatt_points_to_from_encoder_pretrained(tmp_path, task_class):
+    _save_source(BertModel, "bert", tmp_path)
+    with pytest.raises(ValueError, match=r"plain 'bert' model, not of a DWAtt checkpoint.*from_encoder_pretrained\(path\)"):
+        task_class.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="plain 'bert' model"):
+        DWAttConfig.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("layers", [[7], [-5], [0, 4], "most"])
 def test_fusion_layers_out_of_range_fails(layers):
     assert LAYERS == 3  # hidden_states has 4 entries: valid indices are -4 … 3

@@ -8,6 +8,7 @@ public `transformers` names and must stay importable on its own.
 from typing import Any, Optional, Union
 
 from transformers import AutoConfig, PretrainedConfig
+from transformers.activations import ACT2FN
 
 # Stamped into every config so that a checkpoint says which dwatt code wrote it (a locally installed dwatt wins
 # over the Hub copy of the code in transformers 5, so the stamp is how a mismatch can be spotted).
@@ -309,6 +310,13 @@ class DWAttConfig(PretrainedConfig):
         dwatt_version: str = DWATT_CODE_VERSION,
         **kwargs,
     ):
+        saved_type = kwargs.get("model_type")
+        if saved_type is not None and saved_type != self.model_type:  # a plain encoder's config.json read as DWAtt's
+            raise ValueError(
+                f"This is the config of a plain {saved_type!r} model, not of a DWAtt checkpoint. Wrap the encoder with a "
+                "new fusion head with DWAttFor…Classification.from_encoder_pretrained(path) (the scripts: "
+                "--encoder_name_or_path path)."
+            )
         if isinstance(encoder_config, dict):
             encoder_config = dict(encoder_config)
             if "model_type" not in encoder_config:
@@ -322,6 +330,16 @@ class DWAttConfig(PretrainedConfig):
             raise ValueError(f"dwatt_bottleneck_ratio must be positive, got {dwatt_bottleneck_ratio}.")
         if deeper_num_layers < 1:
             raise ValueError(f"deeper_num_layers must be at least 1, got {deeper_num_layers}.")
+        if dwatt_num_heads < 1:
+            raise ValueError(f"dwatt_num_heads must be at least 1, got {dwatt_num_heads}.")
+        if dwatt_position_dim < 1:
+            raise ValueError(f"dwatt_position_dim must be at least 1 (the depth embeddings the keys are made from), "
+                             f"got {dwatt_position_dim}.")
+        if concat_hidden_size is not None and concat_hidden_size < 1:
+            raise ValueError(f"concat_hidden_size must be at least 1 (or None: the encoder's width), got {concat_hidden_size}.")
+        if classifier_activation is not None and classifier_activation not in ACT2FN:
+            raise ValueError(f"Unknown classifier_activation {classifier_activation!r}: use one of transformers' "
+                             f"activations ({', '.join(sorted(ACT2FN)[:8])}, …), e.g. 'tanh' (BERT) or 'gelu' (RoBERTa).")
         if zero_init_residual and fusion not in RESIDUAL_FUSIONS:
             raise ValueError(
                 f"zero_init_residual applies to the heads that add a fused term to the last layer "

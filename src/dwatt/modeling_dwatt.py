@@ -1329,6 +1329,12 @@ class DWAttModel(DWAttPreTrainedModel):
     """The encoder plus the fusion head; `last_hidden_state` of the output is the fused hidden state."""
 
     def __init__(self, config: DWAttConfig):
+        if config.encoder_config is None:
+            raise ValueError(
+                "This DWAttConfig has no encoder_config, so there is no encoder to build. Wrap a pretrained encoder "
+                "with DWAttFor…Classification.from_encoder_pretrained(path), or give the config one: "
+                "DWAttConfig(encoder_config=AutoConfig.from_pretrained(path), …)."
+            )
         super().__init__(config)
         # Attention guidance needs the attention probabilities, which only eager attention returns.
         guided = config.attention_guidance_heads is not None

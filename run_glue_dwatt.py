@@ -93,7 +93,8 @@ def glue_dataset_id(data_args: DataTrainingArguments) -> str:
     """The card's dataset: GLUE on the Hub when only a task is named, else the named dataset or files' folder."""
     if data_args.dataset_name is None and data_args.train_file is None:
         return "nyu-mll/glue"
-    return dataset_id_for_card(data_args.dataset_name, data_args.train_file, data_args.validation_file)
+    return dataset_id_for_card(
+        data_args.dataset_name, data_args.train_file, data_args.validation_file, data_args.test_file)
 
 
 def main():
@@ -120,6 +121,12 @@ def main():
         validation_split, test_split = "validation", "test"
     check_splits(raw_datasets, training_args, validation_split=validation_split, test_split=test_split)
 
+    # The label set is read from a labelled split: GLUE's test splits have none.
+    if not training_args.do_train and validation_split not in raw_datasets:
+        raise ValueError(
+            f"Without --do_train the label set is read from the {validation_split} split, which the data lacks (it has "
+            f"{list(raw_datasets)}): give it too (--validation_file, or a folder with dev.tsv)."
+        )
     reference = raw_datasets["train"] if training_args.do_train else raw_datasets[validation_split]
     if "label" not in reference.column_names:
         raise ValueError(f"The data has no 'label' column (columns: {reference.column_names}).")

@@ -90,8 +90,9 @@ class DataTrainingArguments:
     )
 
     def __post_init__(self):
-        if self.dataset_name is None and self.train_file is None and self.validation_file is None:
-            raise ValueError("Need either --dataset_name (Hub id or local folder) or --train_file/--validation_file.")
+        if self.dataset_name is None and all(f is None for f in (self.train_file, self.validation_file, self.test_file)):
+            raise ValueError(
+                "Need either --dataset_name (Hub id or local folder) or --train_file/--validation_file/--test_file.")
         self.task_name = self.task_name.lower()
 
 
@@ -124,8 +125,11 @@ def main():
         cache_dir=model_args.cache_dir,
         token=model_args.token,
     )
-    reference_split = "train" if training_args.do_train else "validation"
     check_splits(raw_datasets, training_args)
+    # The columns are read from the first split the run uses (a --do_predict run may have a test split only).
+    used = [split for split, flag in (("train", "do_train"), ("validation", "do_eval"), ("test", "do_predict"))
+            if getattr(training_args, flag)]
+    reference_split = used[0] if used else next(iter(raw_datasets))
     column_names = raw_datasets[reference_split].column_names
     features = raw_datasets[reference_split].features
     text_column_name = data_args.text_column_name or ("tokens" if "tokens" in column_names else column_names[0])
@@ -211,7 +215,8 @@ def main():
         compute_metrics=make_ner_compute_metrics(model_label_list, data_args.return_entity_level_metrics),
         card_info={
             "task": "token-classification",
-            "dataset_id": dataset_id_for_card(data_args.dataset_name, data_args.train_file, data_args.validation_file),
+            "dataset_id": dataset_id_for_card(
+                data_args.dataset_name, data_args.train_file, data_args.validation_file, data_args.test_file),
             "dataset_config": data_args.dataset_config_name,
             "hyperparameters": run_hyperparameters(model, training_args, data_args),
             "license": model_args.card_license,

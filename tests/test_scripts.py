@@ -416,6 +416,29 @@ def test_ner_continues_a_dwatt_checkpoint_made_in_python(encoder, tmp_path):
     assert 0.0 <= read_json(output / "eval_results.json")["eval_f1"] <= 1.0
 
 
+
+def test_predict_only_runs_on_a_test_file_alone(encoder, tmp_path):
+    """`--do_predict` with a checkpoint and only a test file (the columns came from a validation split it lacked)."""
+    checkpoint = dwatt_checkpoint(encoder, tmp_path / "checkpoint")
+    test_file = write_conll(tmp_path / "test.txt", CONLL_SENTENCES[2:])
+    output = tmp_path / "out"
+    run_script("run_ner_dwatt.py", "--model_name_or_path", str(checkpoint), "--test_file", str(test_file),
+               "--output_dir", str(output), "--do_predict", "--report_to", "none", "--per_device_eval_batch_size", "4")
+    predictions = [line.split() for line in (output / "predictions.txt").read_text().splitlines()]
+    assert [len(p) for p in predictions] == [len(s) for s in CONLL_SENTENCES[2:]]
+    gold = [[tag for _, tag in sentence] for sentence in CONLL_SENTENCES[2:]]
+    assert read_json(output / "predict_results.json")["predict_f1"] == pytest.approx(seqeval_f1(gold, predictions))
+
+    # The GLUE script reads its label set from a labelled split, which GLUE's test files are not: it says so.
+    glue = tmp_path / "SST-2"
+    glue.mkdir()
+    (glue / "test.tsv").write_text("index\tsentence\n0\ta great film\n")
+    result = run_script("run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(glue),
+                        "--output_dir", str(tmp_path / "glue-out"), "--do_predict", "--report_to", "none", check=False)
+    assert result.returncode != 0
+    assert "Without --do_train the label set is read from the validation split, which the data lacks" in result.stderr
+
+
 def test_new_head_options_are_refused_for_a_checkpoint_where_they_would_be_ignored(encoder, tmp_path):
     checkpoint = dwatt_checkpoint(encoder, tmp_path / "checkpoint", fusion="concat", fusion_layers=[0, -1])
     config = DWAttForTokenClassification.config_class.from_pretrained(checkpoint)

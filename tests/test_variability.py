@@ -92,6 +92,18 @@ def test_command_line_refuses_a_regression_task_before_loading_anything(tmp_path
         main(["--encoder", str(tmp_path / "no-encoder-here"), "--data", str(tmp_path / "STS-B"), "--out", str(tmp_path)])
 
 
+
+def test_command_line_refuses_an_unlabelled_split_before_loading_the_encoder(tmp_path):
+    from dwatt.variability import main
+
+    sst2 = tmp_path / "SST-2"
+    sst2.mkdir()
+    (sst2 / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    (sst2 / "test.tsv").write_text("index\tsentence\n0\tgood\n1\tbad\n")
+    with pytest.raises(ValueError, match=r"The test split of .*SST-2 has no labels .*use --split validation"):
+        main(["--encoder", str(tmp_path / "no-encoder-here"), "--data", str(sst2), "--split", "test", "--out", str(tmp_path)])
+
+
 def test_select_layer_takes_the_lowest_layer_within_the_tolerance():
     variability = [0.9, 0.5, 0.52, 0.4, 0.41]
     assert select_layer(variability) == 3

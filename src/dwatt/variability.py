@@ -152,6 +152,9 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
         raise ValueError(f"{task_name} is a regression task: hidden-state variability needs classes. Use a "
                          "classification task (SST-2, MRPC, RTE, CoLA, …).")
     dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
+    if "label" not in dataset.column_names or all(label < 0 for label in dataset["label"]):  # GLUE's test files
+        raise ValueError(f"The {args.split} split of {args.data} has no labels (GLUE's test files have none): "
+                         "use --split validation or --split train.")
 
     tokenizer = padding_tokenizer(args.encoder)
     encoder = AutoModel.from_pretrained(args.encoder)

@@ -87,8 +87,11 @@ def test_last_equals_stock_sequence_classifier(family):
     with torch.no_grad():
         expected = stock(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         got = ours(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        # Without a mask the decoder classifiers pool the last token that is not padding (pad_token_id).
+        expected_unmasked, got_unmasked = stock(input_ids=input_ids).logits, ours(input_ids=input_ids).logits
     torch.testing.assert_close(got.logits, expected.logits)
     torch.testing.assert_close(got.loss, expected.loss)
+    torch.testing.assert_close(got_unmasked, expected_unmasked)
 
 
 @pytest.mark.parametrize("model_class", [DWAttForTokenClassification, DWAttForSequenceClassification])

@@ -1572,10 +1572,16 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
         """
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict)
-        if attention_mask is None:
-            attention_mask = _all_real_tokens(input_ids, inputs_embeds)
         pooling = self.config.pooling
-        positions = None if pooling == "mean" else pooling_positions(attention_mask, pooling)
+        pooling_mask = attention_mask
+        if attention_mask is None:
+            attention_mask = pooling_mask = _all_real_tokens(input_ids, inputs_embeds)
+            pad_token_id = getattr(self.config.encoder_config, "pad_token_id", None)
+            if pooling == "last" and input_ids is not None and pad_token_id is not None:
+                # As transformers' decoder classifiers do without a mask: the last token that is not padding (causal
+                # attention keeps right padding out of the tokens before it).
+                pooling_mask = (input_ids != pad_token_id).long()
+        positions = None if pooling == "mean" else pooling_positions(pooling_mask, pooling)
         guiding = self._guides_attention()
         outputs = self.dwatt(
             input_ids=input_ids,

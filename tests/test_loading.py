@@ -161,7 +161,7 @@ def test_from_encoder_pretrained_hands_loading_options_to_the_loader(tmp_path):
     (dict(encoder_kwargs={"device_map": "cpu"}), "takes no device_map"),
     (dict(dtype=torch.float16, encoder_kwargs={"dtype": torch.bfloat16}), "Conflicting dtypes"),
     (dict(dtype=torch.int8), "give a floating-point torch dtype"),
-    (dict(dtype="float17"), "give a floating-point torch dtype"),
+    (dict(dtype="float17"), "dtype=.float17.: give a floating-point torch dtype"),
     (dict(attn_implementation="sdpa", encoder_kwargs={"attn_implementation": "eager"}), "attn_implementation is given twice"),
 ])
 def test_from_encoder_pretrained_refuses_unclear_loading_options(tmp_path, kwargs, message):

@@ -1092,12 +1092,12 @@ def _requested_dtype(config_kwargs: dict, encoder_kwargs: dict) -> Union[str, to
     for place, kwargs in (("", config_kwargs), ("encoder_kwargs ", encoder_kwargs)):
         for key in ("dtype", "torch_dtype"):
             if key in kwargs and kwargs[key] is not None:
-                value = kwargs.pop(key)
+                value = raw = kwargs.pop(key)
                 if isinstance(value, str) and value != "auto":
                     value = getattr(torch, value.removeprefix("torch."), None)
                 if not (value == "auto" or isinstance(value, torch.dtype) and value.is_floating_point):
-                    raise ValueError(f"{place}{key}={kwargs.get(key, value)!r}: give a floating-point torch dtype "
-                                     "(torch.bfloat16, \"float16\", …) or \"auto\" (the checkpoint's).")
+                    raise ValueError(f"{place}{key}={raw!r}: give a floating-point torch dtype (torch.bfloat16, "
+                                     "\"float16\", …) or \"auto\" (the checkpoint's).")
                 given[f"{place}{key}"] = value
             kwargs.pop(key, None)
     if len(set(given.values())) > 1:
@@ -1133,6 +1133,7 @@ class DWAttPreTrainedModel(PreTrainedModel):
         if return_dict is None:
             return_dict = getattr(config, "return_dict", True)
         return output_attentions, output_hidden_states, return_dict
+
     def _guides_attention(self) -> bool:
         return self.training and self.config.attention_guidance_heads is not None
 

@@ -186,6 +186,29 @@ def guidance_heads_from_the_stock_encoder(encoder_folder, batch, counts) -> list
     return suggest_guidance_heads(reference_mass(attentions, batch["attention_mask"]).numpy(), counts)
 
 
+def test_a_new_training_run_in_a_used_output_folder_reports_only_itself(encoder, tmp_path):
+    """A second run into the same --output_dir: its card and folder hold its own results, not the first run's test
+    metrics, predictions and DWAtt depth weights (they used to end up in the card); checkpoints are left alone."""
+    data, output = write_conll_folder(tmp_path / "conll"), tmp_path / "out"
+    write_conll(data / "test.txt", CONLL_SENTENCES[2:])
+    common = ["run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data),
+              "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING]
+    run_script(*common, "--fusion", "dwatt", "--do_predict")
+    assert {"predict_results.json", "predictions.txt", "depth_weights.json", "depth_weights.png"} <= {p.name for p in output.iterdir()}
+    (output / "checkpoint-7").mkdir()
+    (output / "checkpoint-7" / "trainer_state.json").write_text("{}")
+    second = run_script(*common, "--fusion", "last")
+    assert "held the results of an earlier run" in second.stdout + second.stderr
+    names = {p.name for p in output.iterdir()}
+    assert not {"predict_results.json", "predictions.txt", "depth_weights.json", "depth_weights.png"} & names
+    assert (output / "checkpoint-7" / "trainer_state.json").read_text() == "{}"
+    assert "predict_f1" not in read_json(output / "all_results.json")
+    card = ModelCard.load(output / "README.md")
+    assert "fusion-last" in card.data.tags and "depth_weights.png" not in card.text
+    results = card.data.eval_results or []
+    assert results and all("test" not in (result.dataset_split or "") for result in results)
+
+
 @pytest.mark.parametrize("argv, shown", [
     (["run.py", "--token", "hf_A", "--seed", "0"], "python run.py --token '***' --seed 0"),
     (["run.py", "--hub_token=hf_A", "--tokenizer_name", "tok"], "python run.py '--hub_token=***' --tokenizer_name tok"),

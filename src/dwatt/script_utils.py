@@ -65,6 +65,29 @@ def setup_logging(training_args: TrainingArguments, logger: logging.Logger) -> N
     logger.info(f"Training/evaluation parameters {training_args}")
 
 
+# What a run writes beside the model, and its model card reads back. A training run into a folder that holds an
+# earlier run's copies removes them first: the card would otherwise report that run's metrics and depth weights.
+RUN_RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "predict_results.json",
+                    "depth_weights.json", "depth_weights.png", "predictions.txt", "lora.json")
+RUN_RESULT_PATTERNS = ("predict_results_*.txt",)
+
+
+def remove_earlier_results(training_args: TrainingArguments, logger: logging.Logger) -> list[str]:
+    """With --do_train, removes an earlier run's result files (not its checkpoints) from the output folder; returns
+    their names. (transformers 5 dropped --overwrite_output_dir: a run simply replaces the folder's model.)"""
+    folder = Path(training_args.output_dir)
+    if not training_args.do_train or training_args.process_index != 0 or not folder.is_dir():
+        return []
+    stale = [folder / name for name in RUN_RESULT_FILES if (folder / name).is_file()]
+    stale += [path for pattern in RUN_RESULT_PATTERNS for path in sorted(folder.glob(pattern))]
+    for path in stale:
+        path.unlink()
+    if stale:
+        logger.warning(f"{folder} held the results of an earlier run ({', '.join(p.name for p in stale)}): removed, "
+                       "so that this run's model card reports this run only.")
+    return [path.name for path in stale]
+
+
 def check_splits(
     raw_datasets, training_args: TrainingArguments, validation_split: str = "validation", test_split: str = "test"
 ) -> None:

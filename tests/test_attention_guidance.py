@@ -14,7 +14,7 @@ from tiny_encoders import DECODER_FAMILIES, ENCODER_FAMILIES, HEADS, LAYERS, VOC
 from transformers import AutoModel, AutoModelForTokenClassification, Trainer, TrainerCallback
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
-from dwatt.callbacks import attention_guidance_scale
+from dwatt.callbacks import AttentionGuidanceCallback, attention_guidance_scale
 from dwatt.model_arguments import ModelArguments
 from dwatt.modeling_dwatt import attention_guidance_loss, attention_pattern_keys
 from dwatt.trainer import AccumulationExactLoss, DWAttTrainer
@@ -381,6 +381,25 @@ def test_label_smoothing_keeps_the_guidance_term(tmp_path):
 
     batches = recorder.batches[-2:]  # after DWAttTrainer's depth-weight probe batch
     assert max_difference(state(trainer.model), reference_step(model, batches, smoothed)) < 1e-5
+
+
+
+def test_stock_trainer_with_label_smoothing_refuses_to_drop_the_guidance_term(tmp_path):
+    """transformers.Trainer's label smoother computes the loss from the logits alone: with guidance on, the callback
+    the docs prescribe for the stock Trainer stops the run instead of letting the term vanish. (DWAttTrainer adds it:
+    the test above.)"""
+    model = guided_model("sequence", attention_guidance_weight=2.0)
+    args = training_args(tmp_path, per_device_train_batch_size=4, label_smoothing_factor=0.1)
+    trainer = Trainer(model=model, args=args, train_dataset=make_examples("sequence", 8), data_collator=collate,
+                      callbacks=[AttentionGuidanceCallback()])
+    with pytest.raises(ValueError, match="attention guidance term would be dropped.*DWAttTrainer"):
+        trainer.train()
+    before = state(model)
+    plain = guided_model("sequence", attention_guidance_weight=2.0)
+    plain.config.attention_guidance_heads = None  # no guidance: label smoothing is fine under the stock Trainer
+    Trainer(model=plain, args=args, train_dataset=make_examples("sequence", 8), data_collator=collate,
+            callbacks=[AttentionGuidanceCallback()]).train()
+    assert max_difference(state(model), before) == 0  # the refused run never stepped
 
 
 def test_exact_accumulation_loss_weights_the_guidance_by_the_micro_batch_share():

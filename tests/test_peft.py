@@ -15,9 +15,10 @@ from script_fixtures import CONLL_SENTENCES, tiny_encoder_folder, write_conll_fo
 from test_remote_code import INTERPRETERS, _run_check
 from test_scripts import run_script
 from tiny_encoders import ENCODER_FAMILIES, VOCAB_SIZE, tiny_encoder_config
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, TrainingArguments
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
+from dwatt.trainer import DWAttTrainer
 from dwatt.peft_utils import (
     DEFAULT_LORA_TARGET_MODULES,
     added_token_ids,
@@ -120,6 +121,25 @@ def test_lora_never_enters_the_fusion_head(targets):
         assert "base_model.model.dwatt.fusion_classifier" in wrapped
 
 
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_dwatt_trainer_refuses_lora_inside_the_head_whose_adapter_cannot_be_reloaded(tmp_path, task):
+    """A plain LoraConfig whose targets match inside the fusion head (here `proj_in`; `all-linear` does it too) puts
+    LoRA there, in a module PEFT also keeps as modules_to_save: the adapter saves but does not load back (checked
+    here, so this test notices when PEFT learns to), so DWAttTrainer refuses it before any checkpoint is written;
+    lora_config() passes."""
+    targets = ["query", "value", "proj_in"]
+    plain = get_peft_model(make_model(task), LoraConfig(task_type=TASKS[task][1], target_modules=targets))
+    assert any(".fusion_classifier." in name for name in lora_layers(plain))
+    plain.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(KeyError, match="fusion_classifier"):
+        PeftModel.from_pretrained(make_model(task), tmp_path / "adapter")
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match=r"LoRA sits inside the fusion head.*dwatt.peft_utils.lora_config"):
+        DWAttTrainer(model=plain, args=args)
+    DWAttTrainer(model=get_lora_model(make_model(task), target_modules=targets), args=args)
+
+
 def test_bare_model_saves_its_head_too():
     model = DWAttModel(DWAttConfig(encoder_config=tiny_encoder_config("bert")))
     peft_model = get_lora_model(model)
@@ -217,7 +237,6 @@ def test_merged_model_keeps_code_files_and_loads_as_remote_code(tmp_path, monkey
 
 def test_lora_with_activation_checkpointing_trains_the_adapter(tmp_path):
     """Frozen embeddings + checkpointing is the classic way to get no gradients into LoRA; check the step is exact."""
-    from dwatt.trainer import DWAttTrainer
     from test_trainer_loop import collate, make_examples, max_difference, state, training_args
 
     examples = make_examples("token", 8)

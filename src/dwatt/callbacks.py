@@ -142,6 +142,20 @@ class AttentionGuidanceCallback(TrainerCallback):
     (without it the weight stays `attention_guidance_weight` throughout).
     """
 
+    def __init__(self, trainer_adds_guidance_to_smoothed_loss: bool = False):
+        # DWAttTrainer adds the term to a label-smoothed loss; the stock Trainer computes that loss from the logits
+        # alone and would drop it.
+        self.trainer_adds_guidance_to_smoothed_loss = trainer_adds_guidance_to_smoothed_loss
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        guided = model is not None and getattr(unwrap_dwatt_model(model).config, "attention_guidance_heads", None)
+        if guided is not None and args.label_smoothing_factor > 0 and not self.trainer_adds_guidance_to_smoothed_loss:
+            raise ValueError(
+                "label_smoothing_factor > 0 under transformers.Trainer computes the loss from the logits alone, so the "
+                "attention guidance term would be dropped from training. Use dwatt.trainer.DWAttTrainer (which adds "
+                "it), or set label_smoothing_factor=0."
+            )
+
     def _apply(self, state, model) -> None:
         target = unwrap_dwatt_model(model)
         if getattr(target.config, "attention_guidance_heads", None) is None:

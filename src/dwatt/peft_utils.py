@@ -20,6 +20,7 @@ How PEFT treats the rest of a DWAtt model (peft 0.21, checked by tests/test_peft
 
 import copy
 import logging
+import re
 from typing import Optional, Union
 
 from torch import nn
@@ -225,6 +226,31 @@ def is_peft_model(model) -> bool:
     except ImportError:
         return False
     return isinstance(model, PeftModel)
+
+
+def lora_layers_in_head(peft_model) -> list[str]:
+    """Names of the modules inside the fusion head or classifier that carry LoRA layers (empty for `lora_config()`).
+
+    A plain `LoraConfig` whose `target_modules` match names inside the head (`all-linear`, `dense`, `proj_in`) puts
+    them there. PEFT trains and saves them, and `merge_and_unload` works, but it cannot load the adapter back
+    (`KeyError: …fusion_classifier…lora_A…`): the head is also one of its `modules_to_save`."""
+    head = re.compile(HEAD_EXCLUDE_PATTERN)
+    return [name.removeprefix("base_model.model.") for name, module in peft_model.named_modules()
+            if hasattr(module, "lora_A") and head.fullmatch(name.removeprefix("base_model.model."))]
+
+
+def check_adapter_reloads(peft_model) -> None:
+    """Refuses a PEFT model whose adapter could be saved but not loaded again (LoRA inside the head): its checkpoints
+    could never be resumed nor its adapter reloaded."""
+    inside = lora_layers_in_head(peft_model) if is_peft_model(peft_model) else []
+    if inside:
+        raise ValueError(
+            f"LoRA sits inside the fusion head or classifier ({', '.join(inside[:3])}{', …' if len(inside) > 3 else ''}), "
+            "which PEFT also trains in full as modules_to_save: it would save the adapter but fail to load it back, so "
+            "no checkpoint could be resumed. Build the config with dwatt.peft_utils.lora_config(model, "
+            "target_modules=…), which keeps LoRA out of the head, or add "
+            "exclude_modules=dwatt.peft_utils.HEAD_EXCLUDE_PATTERN to your LoraConfig."
+        )
 
 
 def merged_copy(peft_model) -> nn.Module:

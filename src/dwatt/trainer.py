@@ -35,7 +35,7 @@ from .callbacks import AttentionGuidanceCallback, DepthWeightLoggingCallback, un
 from .depth_weights import MODEL_INPUTS, depth_weight_entropy, mean_depth_weights, plot_depth_weights
 from .model_card import write_model_card
 from .modeling_dwatt import sequence_classification_loss
-from .peft_utils import is_peft_model, lora_summary, merged_copy
+from .peft_utils import check_adapter_reloads, is_peft_model, lora_summary, merged_copy
 
 
 class AccumulationExactLoss:
@@ -100,6 +100,7 @@ class DWAttTrainer(Trainer):
         if exact_accumulation_loss and is_dwatt and kwargs.get("compute_loss_func") is None and not smoothing:
             kwargs["compute_loss_func"] = AccumulationExactLoss(config)
         super().__init__(*args, **kwargs)
+        check_adapter_reloads(self.model)
         if is_peft_model(self.model) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise NotImplementedError(
                 "DWAttTrainer saves LoRA runs as merged models, which is not implemented for FSDP/DeepSpeed-sharded "
@@ -113,7 +114,8 @@ class DWAttTrainer(Trainer):
             # First in line, so that the reporting integrations (TensorBoard, W&B, …) see the added values too.
             self.callback_handler.callbacks.insert(0, self.depth_weight_callback)
         if is_dwatt and getattr(config, "attention_guidance_heads", None) is not None:
-            self.callback_handler.callbacks.insert(0, AttentionGuidanceCallback())
+            guidance_callback = AttentionGuidanceCallback(trainer_adds_guidance_to_smoothed_loss=True)
+            self.callback_handler.callbacks.insert(0, guidance_callback)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Trainer's `compute_loss`; with label smoothing, which computes the loss from the logits alone, it adds the

@@ -371,6 +371,8 @@ def test_glue_task_folder_alone_gives_that_tasks_metrics(encoder, tmp_path):
                "--max_seq_length", "32", "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING)
     assert "eval_matthews_correlation" in read_json(output / "eval_results.json")
     assert read_json(output / "config.json")["finetuning_task"] == "cola"
+    card = ModelCard.load(output / "README.md")  # the same data as GLUE's on the Hub, not a dataset called "CoLA"
+    assert card.data.datasets == ["nyu-mll/glue"] and card.data.eval_results[0].dataset_config == "cola"
 
 
 @pytest.mark.parametrize("layout", ["cola-tsv", "csv", "json-lines"])

@@ -93,8 +93,8 @@ class DataTrainingArguments:
 def glue_dataset_id(data_args: DataTrainingArguments) -> str:
     """The card's dataset: GLUE on the Hub when only a task is named or a local GLUE task folder (the same data) is
     read, else the named dataset or files' folder."""
-    named_folder = glue_task_named_by(data_args.dataset_name, data_args.task_name or data_args.dataset_config_name)
-    if data_args.train_file is None and (data_args.dataset_name is None or named_folder is not None):
+    folder_task = glue_task_named_by(data_args.dataset_name, data_args.task_name or data_args.dataset_config_name)
+    if data_args.train_file is None and (data_args.dataset_name is None or folder_task is not None):
         return "nyu-mll/glue"
     return dataset_id_for_card(
         data_args.dataset_name, data_args.train_file, data_args.validation_file, data_args.test_file)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,11 +26,12 @@ from script_fixtures import (
 from seqeval.metrics import f1_score as seqeval_f1
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoTokenizer, BertConfig, BertModel, TrainingArguments
 
 from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.model_arguments import ModelArguments, load_model
 from dwatt.model_card import command_line
+from dwatt.script_utils import run_hyperparameters
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_CHECK = Path(__file__).with_name("pipeline_check.py")
@@ -184,6 +186,16 @@ def guidance_heads_from_the_stock_encoder(encoder_folder, batch, counts) -> list
     with torch.no_grad():
         attentions = stock(**batch, output_attentions=True).attentions
     return suggest_guidance_heads(reference_mass(attentions, batch["attention_mask"]).numpy(), counts)
+
+
+def test_card_reports_the_step_budget_that_was_in_force(tmp_path):
+    """--max_steps overrides --num_train_epochs: the card reported the unused epochs (3.0) beside it."""
+    model = SimpleNamespace(config=SimpleNamespace(fusion="dwatt", fusion_layers="all"))
+    data = SimpleNamespace(max_train_samples=50, few_shot_seed=1)
+    by_steps = run_hyperparameters(model, TrainingArguments(str(tmp_path), max_steps=4, report_to=[]), data)
+    by_epochs = run_hyperparameters(model, TrainingArguments(str(tmp_path), num_train_epochs=2, report_to=[]), data)
+    assert by_steps["max_steps"] == 4 and "num_train_epochs" not in by_steps
+    assert by_epochs["num_train_epochs"] == 2 and "max_steps" not in by_epochs
 
 
 def test_a_new_training_run_in_a_used_output_folder_reports_only_itself(encoder, tmp_path):

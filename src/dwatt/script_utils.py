@@ -140,15 +140,17 @@ def dataset_id_for_card(dataset_name: Optional[str], *files: Optional[str]) -> s
 
 
 def run_hyperparameters(model: PreTrainedModel, training_args: TrainingArguments, data_args) -> dict:
-    """The settings a model card reports next to the exact command."""
+    """The settings a model card reports next to the exact command (the step budget as it was set: --max_steps
+    overrides --num_train_epochs)."""
+    budget = ({"max_steps": training_args.max_steps} if training_args.max_steps > 0
+              else {"num_train_epochs": training_args.num_train_epochs})
     return {
         "fusion": model.config.fusion,
         "fusion_layers": model.config.fusion_layers,
         "learning_rate": training_args.learning_rate,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-        "num_train_epochs": training_args.num_train_epochs,
-        "max_steps": training_args.max_steps,
+        **budget,
         "seed": training_args.seed,
         "max_train_samples": data_args.max_train_samples,
         "few_shot_seed": data_args.few_shot_seed,

@@ -1,5 +1,7 @@
 """The model matrix: every tiny encoder family x every fusion head x both task classes."""
 
+import warnings
+
 import pytest
 import torch
 from tiny_encoders import DECODER_FAMILIES, ENCODER_FAMILIES, VOCAB_SIZE, tiny_encoder_config
@@ -112,6 +114,20 @@ def test_output_flags_set_in_the_config_apply_as_in_transformers_models(tmp_path
     for got, want in zip(output.hidden_states + output.attentions, expected.hidden_states + expected.attentions):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     assert silenced.hidden_states is None and silenced.attentions is None
+
+
+
+@pytest.mark.parametrize("label_shape", [(1,), (1, 1)])
+def test_regression_loss_of_a_batch_of_one_is_the_squared_error(label_shape):
+    """A last batch of one example (STS-B): (1,) labels against (1, 1) logits broadcast wrongly if squeezed apart."""
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="dwatt", num_labels=1)
+    model = DWAttForSequenceClassification(config).eval()
+    input_ids, attention_mask = make_batch()
+    labels = torch.full(label_shape, 2.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns about broadcasting in mse_loss
+        output = model(input_ids=input_ids[:1], attention_mask=attention_mask[:1], labels=labels)
+    torch.testing.assert_close(output.loss, (output.logits[0, 0] - 2.5) ** 2)
 
 
 def test_return_dict_false_gives_loss_first():

@@ -1533,7 +1533,8 @@ def sequence_classification_loss(
             config.problem_type = "multi_label_classification"
     if config.problem_type == "regression":
         if num_labels == 1:
-            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype), reduction=reduction)
+            # (B,) against (B,): labels come as (B,) or (B, 1), and a batch of one must not broadcast.
+            return F.mse_loss(logits.reshape(-1), labels.reshape(-1).to(logits.dtype), reduction=reduction)
         return F.mse_loss(logits, labels.to(logits.dtype), reduction=reduction)
     if config.problem_type == "single_label_classification":
         return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1), reduction=reduction)

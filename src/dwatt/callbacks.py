@@ -3,7 +3,9 @@
 `DepthWeightLoggingCallback` adds, to every training log (the dicts with a `loss` that `Trainer` writes every
 `logging_steps`), one `depth_weight_<i>` entry per fusion source (i = index into `hidden_states`, 0 = embeddings) and
 their entropy `depth_weight_entropy` (nats; log(n) = uniform, 0 = a single layer). They land in
-`trainer.state.log_history` and in every reporting integration (TensorBoard, W&B, …).
+`trainer.state.log_history`, and in the reporting integrations (TensorBoard, W&B, …) that run after the callback:
+`DWAttTrainer` puts it first. The stock `Trainer` runs `callbacks=[…]` after its integrations, so insert it in front
+instead: `trainer.callback_handler.callbacks.insert(0, DepthWeightLoggingCallback(probe_batch))`.
 
 How the weights are measured:
 - `scalar_mix`: `softmax(w)` of the head's parameters, exactly the weights it applies to every token.

@@ -130,6 +130,25 @@ def test_regression_loss_of_a_batch_of_one_is_the_squared_error(label_shape):
     torch.testing.assert_close(output.loss, (output.logits[0, 0] - 2.5) ** 2)
 
 
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("family", sorted(DECODER_FAMILIES))
+def test_decoder_sequence_logits_without_a_mask_do_not_depend_on_right_padding(family, fusion):
+    """No attention_mask: as transformers' decoder classifiers, the tokens after the last non-pad token are padding,
+    for the pooled position and for a head that mixes tokens (`deeper` attended to the pads)."""
+    torch.manual_seed(0)
+    config = DWAttConfig(encoder_config=tiny_encoder_config(family), fusion=fusion, num_labels=3)
+    model = DWAttForSequenceClassification(config).eval()
+    pad = config.encoder_config.pad_token_id
+    sentence = torch.randint(4, VOCAB_SIZE, (1, 5))
+    sentence[0, 2] = pad  # a pad id inside the text (GPT-2 pads with its EOS id) stays a real token
+    with torch.no_grad():
+        alone = model(input_ids=sentence).logits
+        for pads in (3, 40):
+            padded = torch.cat([sentence, torch.full((1, pads), pad)], dim=1)
+            torch.testing.assert_close(model(input_ids=padded).logits, alone, rtol=1e-5, atol=1e-6)
+
+
 def test_return_dict_false_gives_loss_first():
     model = make_model(DWAttForTokenClassification, "bert", "dwatt").eval()
     input_ids, attention_mask = make_batch()

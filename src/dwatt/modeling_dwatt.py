@@ -135,6 +135,17 @@ def _gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Te
     return states.gather(1, _position_index(positions, states.shape[-1]))
 
 
+def _mask_after_last_real_token(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Without an attention mask, what transformers' decoder classifiers take as padding: the tokens after the last one
+    that is not `pad_token_id` (a pad id inside the text, as when it is the EOS id, stays real). (B, T) -> (B, T).
+
+    Causal attention keeps those tokens out of the ones before them anyway; the mask also keeps them out of the
+    pooled position and of a head that mixes tokens (`deeper`), so the logits do not depend on the padding."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+    last_real = (positions * (input_ids != pad_token_id)).argmax(dim=-1)  # (B,), 0 for a row of pads only
+    return (positions[None, :] <= last_real[:, None]).long()
+
+
 def _all_real_tokens(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor]) -> torch.Tensor:
     """The attention mask of a batch without padding: (B, T) ones."""
     reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
@@ -1575,15 +1586,13 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict)
         pooling = self.config.pooling
-        pooling_mask = attention_mask
         if attention_mask is None:
-            attention_mask = pooling_mask = _all_real_tokens(input_ids, inputs_embeds)
             pad_token_id = getattr(self.config.encoder_config, "pad_token_id", None)
             if pooling == "last" and input_ids is not None and pad_token_id is not None:
-                # As transformers' decoder classifiers do without a mask: the last token that is not padding (causal
-                # attention keeps right padding out of the tokens before it).
-                pooling_mask = (input_ids != pad_token_id).long()
-        positions = None if pooling == "mean" else pooling_positions(pooling_mask, pooling)
+                attention_mask = _mask_after_last_real_token(input_ids, pad_token_id)
+            else:
+                attention_mask = _all_real_tokens(input_ids, inputs_embeds)
+        positions = None if pooling == "mean" else pooling_positions(attention_mask, pooling)
         guiding = self._guides_attention()
         outputs = self.dwatt(
             input_ids=input_ids,

@@ -206,6 +206,7 @@ def main():
             "dataset_config": data_args.task_name or data_args.dataset_config_name,
             "hyperparameters": run_hyperparameters(model, training_args, data_args),
             "license": model_args.card_license,
+            "sentence_pairs": sentence2_key is not None,
         },
         log_depth_weights=model_args.log_depth_weights,
     )

@@ -1,7 +1,9 @@
 """End to end: run_ner_dwatt.py and run_glue_dwatt.py on a tiny encoder and tiny data files written by the tests."""
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ from script_fixtures import (
 from seqeval.metrics import f1_score as seqeval_f1
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, BertConfig, BertModel, TrainingArguments
+from transformers import AutoTokenizer, BertConfig, BertModel, TrainingArguments, pipeline
 
 from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.model_arguments import ModelArguments, load_model
@@ -358,7 +360,18 @@ def test_glue_mrpc_tsv_end_to_end(encoder, tmp_path):
     predicted = [int({v: k for k, v in names.items()}[line.split("\t")[1]]) for line in lines[1:]]
     accuracy = sum(p == g for p, g in zip(predicted, gold)) / len(gold)
     assert read_json(output / "predict_results.json")["predict_accuracy"] == pytest.approx(accuracy)
-    assert_hub_repo_folder(output, "text-classification")
+    card = assert_hub_repo_folder(output, "text-classification")
+    # The card's usage example passes a sentence pair, which the pipeline scores like the model.
+    example = re.search(r"print\(classifier\((\{.*\})\)\)", card.text)
+    pair = ast.literal_eval(example.group(1))
+    assert set(pair) == {"text", "text_pair"}
+    scored = pipeline("text-classification", model=str(output))(pair)
+    model = DWAttForSequenceClassification.from_pretrained(output).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    with torch.no_grad():
+        probabilities = model(**tokenizer(pair["text"], pair["text_pair"], return_tensors="pt")).logits.softmax(-1)[0]
+    assert scored["label"] == model.config.id2label[int(probabilities.argmax())]
+    assert scored["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
 
     text = "a great film"
     model = DWAttForSequenceClassification.from_pretrained(output).eval()

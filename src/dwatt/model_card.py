@@ -44,6 +44,8 @@ TASKS = {
     "token-classification": ("Token Classification", "TokenClassification", "Hugging Face is based in New York City."),
     "text-classification": ("Text Classification", "SequenceClassification", "A gripping, beautifully made film."),
 }
+# The pipeline input of the usage example for a classifier of sentence pairs (MRPC, RTE, MNLI, …).
+PAIR_EXAMPLE = {"text": "The company posted a profit in May.", "text_pair": "In May the firm reported a profit."}
 
 
 # Options whose values are secrets: the card is published with the checkpoint, so their values are masked.
@@ -104,10 +106,12 @@ def build_model_card(
     seq_len: int = 128,
     model_name: Optional[str] = None,
     lora: Optional[dict] = None,
+    sentence_pairs: bool = False,
 ) -> ModelCard:
     """Builds the card; `eval_metrics`/`test_metrics` are the Trainer's dicts (`eval_…`, `predict_…` keys).
 
-    `lora` (`dwatt.peft_utils.lora_summary`) marks a LoRA run whose adapter was merged into the saved weights.
+    `lora` (`dwatt.peft_utils.lora_summary`) marks a LoRA run whose adapter was merged into the saved weights;
+    `sentence_pairs` a text classifier of sentence pairs, whose usage example then passes a pair.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
@@ -183,7 +187,8 @@ def build_model_card(
         repo_id=repo_id or "path/to/this/folder",
         revision=revision,
         auto_suffix=auto_suffix,
-        example_text=example_text,
+        example_input=(repr(PAIR_EXAMPLE) if sentence_pairs and task == "text-classification"
+                       else json.dumps(example_text)),
         command=command or command_line(),
         hyperparameters_table=_markdown_table(["hyperparameter", "value"], [[k, v] for k, v in hyperparameters.items()]) if hyperparameters else "",
         results_table=_markdown_table(["split", "metric", "value"], result_rows) if result_rows else "No evaluation was run.",
@@ -210,6 +215,7 @@ def write_model_card(
     license: str = "apache-2.0",
     command: Optional[str] = None,
     lora: Optional[dict] = None,
+    sentence_pairs: bool = False,
 ) -> Path:
     """Writes `README.md` into `output_dir` from the run's files there: eval_results.json, predict_results.json and
     depth_weights.json / depth_weights.png (when present)."""
@@ -231,6 +237,7 @@ def write_model_card(
         depth_weights_png="depth_weights.png" if (folder / "depth_weights.png").exists() else None,
         model_name=folder.resolve().name if repo_id is None else None,
         lora=lora,
+        sentence_pairs=sentence_pairs,
     )
     path = folder / "README.md"
     card.save(str(path))

@@ -1143,6 +1143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     rows = [r for r in rows if not r.get("smoke")]
     ner = [r for r in rows if r["benchmark"] == "fewshot_ner"]
     glue = [r for r in rows if r["benchmark"] == "fewshot_glue"]
+    if glue and not args.glue_dir.is_dir():  # else RESULTS.md would lose its majority-class line without a word
+        raise SystemExit(f"{args.glue_dir} not found: the sentence-task tables quote the majority-class dev accuracy "
+                         "of each GLUE task. Run from a checkout with ../shared/data beside it, or pass --glue-dir DIR.")
     for path in args.plots_dir.glob("*.png"):  # plots of rows that no longer exist must not linger
         path.unlink()
     ablation_rows = load_rows(args.ablations)

@@ -542,6 +542,9 @@ def test_report_pairs_sentence_task_ablations_with_the_sentence_grid(ablation_fi
         "--device", "cpu", "--out", str(zero_init),
     ])
     out = workspace / "GLUE_ABLATIONS.md"
+    with pytest.raises(SystemExit, match="no-glue-here not found: the sentence-task tables quote the majority-class"):
+        report.main(["--results", str(glue_out), "--glue-dir", str(workspace / "no-glue-here"), "--out", str(out)])
+    assert not out.exists()
     report.main(["--results", str(ner_run["out"]), str(glue_out), "--ablations", *map(str, ablation_files.values()),
                  str(zero_init), "--smoke", "--cost", "--init-scale", "--out", str(out), "--plots-dir", str(workspace / "p4")])
     text = out.read_text()

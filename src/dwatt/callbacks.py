@@ -150,8 +150,8 @@ class AttentionGuidanceCallback(TrainerCallback):
         self.trainer_adds_guidance_to_smoothed_loss = trainer_adds_guidance_to_smoothed_loss
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        guided = model is not None and getattr(unwrap_dwatt_model(model).config, "attention_guidance_heads", None)
-        if guided is not None and args.label_smoothing_factor > 0 and not self.trainer_adds_guidance_to_smoothed_loss:
+        heads = getattr(unwrap_dwatt_model(model).config, "attention_guidance_heads", None) if model is not None else None
+        if heads is not None and args.label_smoothing_factor > 0 and not self.trainer_adds_guidance_to_smoothed_loss:
             raise ValueError(
                 "label_smoothing_factor > 0 under transformers.Trainer computes the loss from the logits alone, so the "
                 "attention guidance term would be dropped from training. Use dwatt.trainer.DWAttTrainer (which adds "

@@ -504,6 +504,11 @@ def test_new_head_options_are_refused_for_a_checkpoint_where_they_would_be_ignor
     assert overrides["classifier_dropout"] == 0.2 and overrides["dwatt_weight_dropout"] == 0.1
     assert overrides["attention_guidance_heads"] == [0, 1, 1, 0]
     assert ModelArguments(model_name_or_path=str(checkpoint)).checkpoint_overrides(config) == {}
+    # Given on the command line, an option counts even at its default value: `--fusion dwatt` on a Concat checkpoint.
+    result = run_script("run_ner_dwatt.py", "--model_name_or_path", str(checkpoint), "--fusion", "dwatt",
+                        "--dataset_name", str(write_conll_folder(tmp_path / "conll")), "--output_dir", str(tmp_path / "out"),
+                        "--do_train", "--report_to", "none", check=False)
+    assert result.returncode != 0 and "--fusion dwatt (the checkpoint's: concat): these options build a new head" in result.stderr
 
 
 def test_config_name_sets_the_encoder_config_or_the_checkpoint_config(encoder, tmp_path):

@@ -3,7 +3,7 @@
 import json
 import os
 from dataclasses import dataclass, field, fields
-from typing import Optional, Union
+from typing import ClassVar, Optional, Union
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -189,8 +189,14 @@ class ModelArguments:
             "attention_guidance_mask_padding": self.attention_guidance_mask_padding,
         }
 
+    # The options given on the command line or in the settings file (set by `dwatt.script_utils.parse_arguments`);
+    # None when the arguments were built otherwise, and then an option counts as given where it is not its default.
+    explicit_options: ClassVar[Optional[frozenset]] = None
+
     def given_options(self, names: tuple[str, ...]) -> dict:
-        """Those of the options `names` set to something other than their defaults."""
+        """Those of the options `names` that the user gave (or, without that record, that differ from their defaults)."""
+        if self.explicit_options is not None:
+            return {name: getattr(self, name) for name in names if name in self.explicit_options}
         defaults = {f.name: f.default for f in fields(self)}
         return {name: getattr(self, name) for name in names if getattr(self, name) != defaults[name]}
 

@@ -35,8 +35,14 @@ def parse_arguments(dataclass_types: tuple) -> tuple:
         given = vars(parser.parse_known_args()[0])  # every flag, defaults filled in
     join_cpu_process_group(bool(given["use_cpu"]), int(given["ddp_timeout"]), given["ddp_backend"])
     if settings_file is not None:
-        return parser.parse_dict(settings)
-    return parser.parse_args_into_dataclasses()
+        parsed, explicit = parser.parse_dict(settings), set(settings)
+    else:
+        parsed = parser.parse_args_into_dataclasses()
+        explicit = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in sys.argv[1:] if arg.startswith("--")}
+    for arguments in parsed:  # which options the user set, even to their defaults (`--fusion dwatt`)
+        if hasattr(arguments, "explicit_options"):
+            arguments.explicit_options = frozenset(explicit)
+    return parsed
 
 
 TRAINING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainingArguments) if field.init}

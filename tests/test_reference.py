@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tiny_encoders import VOCAB_SIZE, tiny_encoder_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from dwatt import DWAttConfig, DWAttForTokenClassification, DWAttModel
+from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
 
 
 def encoder_states(model: DWAttModel, input_ids, attention_mask):
@@ -151,7 +151,8 @@ def test_scalar_mix_layer_norm_uses_each_sequences_real_tokens():
         length = int(attention_mask[b].sum())
         normalised = []
         for state in states:
-            real = state[b, :length].double()  # AllenNLP: one mean/variance over all unmasked elements, no affine
+            # One mean/variance over all unmasked elements, no affine: AllenNLP's, per sequence instead of per batch.
+            real = state[b, :length].double()
             mean = real.mean()
             std = ((real - mean) ** 2).mean().add(1e-12).sqrt()
             normalised.append((state[b].double() - mean) / std)
@@ -266,6 +267,22 @@ def test_flops_per_token_agree_with_torch_flop_counter(fusion):
         assert model.fusion_cost(short)["flops_per_token"] == per_token_short
         return
     assert model.fusion_cost(16)["flops_per_token"] == per_token
+
+
+@pytest.mark.parametrize("pooling", ["first", "last", "mean"])
+def test_pooled_flops_follow_the_pooling(pooling):
+    """A sequence classifier fuses its pooled position only, or every token under mean pooling: the head's FLOPs
+    counted by torch in a whole forward (Concat's are all matrix products, so torch sees them all) are fusion_cost's."""
+    config = DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="concat", pooling=pooling, num_labels=2)
+    model = DWAttForSequenceClassification(config).eval()
+    length = 10
+    input_ids = torch.randint(4, VOCAB_SIZE, (1, length))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    measured = sum(counter.get_flop_counts()["DWAttForSequenceClassification.dwatt.fusion_classifier"].values())
+    fused_positions = length if pooling == "mean" else 1
+    assert measured == fused_positions * model.dwatt.fusion_cost(length)["flops_per_token"]
+    assert model.dwatt.fusion_cost(length)["flops_per_pooled_sequence"] == measured
 
 
 def test_deeper_pooled_flops_agree_with_torch_flop_counter():

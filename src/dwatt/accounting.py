@@ -34,6 +34,7 @@ def cost_summary(model: nn.Module, seq_len: int = 128) -> dict:
         "encoder_flops_per_token": encoder_flops,
         "added_parameters_fraction": head["added_parameters"] / encoder_parameters,
         "flops_fraction": head["flops_per_token"] / encoder_flops,
-        # Sequence classification fuses one position per sequence: the head's FLOPs there over the encoder's for all.
+        # Sequence classification fuses the pooled position only (every token with pooling="mean"): the head's FLOPs
+        # per sequence over the encoder's for all its tokens.
         "pooled_flops_fraction": head["flops_per_pooled_sequence"] / (encoder_flops * seq_len),
     }

@@ -230,8 +230,9 @@ class DWAttConfig(PretrainedConfig):
             Hidden width of the Concat head's bottleneck MLP. Defaults to the encoder's hidden size d, which puts
             Concat within a few percent of DWAtt's parameter count.
         scalar_mix_layer_norm (`bool`, defaults to `False`):
-            Normalise each source before mixing (AllenNLP semantics: one mean and variance over the unmasked
-            elements, no affine). Statistics are taken per sequence, so a prediction never depends on its batchmates.
+            Normalise each source before mixing: one mean and variance over its unmasked elements, no affine, as in
+            AllenNLP's ScalarMix, except that the statistics are taken per sequence where AllenNLP pools the whole
+            batch, so that a prediction never depends on its batchmates (or on the batch size).
         deeper_num_layers (`int`, defaults to 1):
             Extra transformer layers of the `"deeper"` head.
         zero_init_residual (`bool`, defaults to `False`):

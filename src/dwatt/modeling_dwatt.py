@@ -1372,12 +1372,18 @@ class DWAttModel(DWAttPreTrainedModel):
         self.encoder.set_input_embeddings(value)
 
     def fusion_cost(self, seq_len: int) -> dict:
-        """The head's added parameters and forward FLOPs per fused token and per pooled sequence, for cards and benchmarks."""
+        """The head's added parameters and forward FLOPs per fused token and per pooled sequence (what sequence
+        classification costs with this config's `pooling`), for cards and benchmarks."""
+        flops_per_token = self.fusion_classifier.flops_per_token(seq_len)
+        if self.config.pooling == "mean":  # the mean of the fused states: every token is fused
+            flops_per_pooled_sequence = seq_len * flops_per_token
+        else:  # the first or last real token: the head fuses that position only
+            flops_per_pooled_sequence = self.fusion_classifier.flops_per_pooled_sequence(seq_len)
         return {
             "fusion": self.config.fusion,
             "added_parameters": self.fusion_classifier.num_added_parameters(),
-            "flops_per_token": self.fusion_classifier.flops_per_token(seq_len),
-            "flops_per_pooled_sequence": self.fusion_classifier.flops_per_pooled_sequence(seq_len),
+            "flops_per_token": flops_per_token,
+            "flops_per_pooled_sequence": flops_per_pooled_sequence,
         }
 
     def _encode_streaming(self, encoder_inputs: dict, stream: SourceStream):

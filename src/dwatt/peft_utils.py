@@ -147,6 +147,23 @@ def peft_task_type(model: nn.Module) -> str:
     return "FEATURE_EXTRACTION"
 
 
+def prompt_learning_sizes(model_or_config) -> dict[str, int]:
+    """`num_layers`, `token_dim` and `num_attention_heads` of the wrapped encoder, for PEFT's prompt-learning configs.
+
+    PEFT reads these sizes from the top level of `config.to_dict()`; a `DWAttConfig` keeps them in `encoder_config`,
+    so PEFT asks for them ("Please specify `num_layers` in `peft_config`"). Pass them on:
+    `PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20, **prompt_learning_sizes(model))`.
+    """
+    encoder_config = _encoder_config(model_or_config)
+    config = getattr(model_or_config, "config", model_or_config)
+    # attribute_map translates the family's own names (DistilBERT's n_layers/dim/n_heads, GPT-2's n_layer/n_embd).
+    return {
+        "num_layers": config.num_encoder_layers,
+        "token_dim": encoder_config.hidden_size,
+        "num_attention_heads": encoder_config.num_attention_heads,
+    }
+
+
 def parse_target_modules(text: Optional[Union[str, list]]) -> Optional[Union[str, list[str]]]:
     """`None` → `None` (the defaults); `"all-linear"` stays; `"query,value"` → `["query", "value"]`."""
     if text is None or isinstance(text, list):

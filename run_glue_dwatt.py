@@ -35,7 +35,7 @@ from dwatt.data import (
 )
 from dwatt.metrics import make_glue_compute_metrics
 from dwatt.distributed import check_distributed_launch
-from dwatt.model_arguments import ModelArguments, load_model, load_tokenizer
+from dwatt.model_arguments import ModelArguments, checkpoint_labels, load_model, load_tokenizer
 from dwatt.peft_utils import apply_lora_from_args
 from dwatt.script_utils import (
     apply_suggested_guidance_heads,
@@ -125,16 +125,23 @@ def main():
         validation_split, test_split = "validation", "test"
     check_splits(raw_datasets, training_args, validation_split=validation_split, test_split=test_split)
 
-    # The label set is read from a labelled split: GLUE's test splits have none.
-    if not training_args.do_train and validation_split not in raw_datasets:
+    # The label set: the training split's, else a checkpoint's own, else the validation split's. (GLUE's test splits
+    # have no labels, and a test file may have no label column.)
+    saved_labels = checkpoint_labels(model_args)
+    if not training_args.do_train and validation_split not in raw_datasets and saved_labels is None:
         raise ValueError(
             f"Without --do_train the label set is read from the {validation_split} split, which the data lacks (it has "
-            f"{list(raw_datasets)}): give it too (--validation_file, or a folder with dev.tsv)."
+            f"{list(raw_datasets)}): give it too (--validation_file, or a folder with dev.tsv), or predict with a "
+            "trained checkpoint (--model_name_or_path), which has its own."
         )
-    reference = raw_datasets["train"] if training_args.do_train else raw_datasets[validation_split]
-    if "label" not in reference.column_names:
-        raise ValueError(f"The data has no 'label' column (columns: {reference.column_names}).")
-    is_regression, label_list = get_classification_label_info(reference)
+    reference_split = "train" if training_args.do_train else validation_split if validation_split in raw_datasets else test_split
+    reference = raw_datasets[reference_split]
+    if "label" in reference.column_names:
+        is_regression, label_list = get_classification_label_info(reference)
+    elif saved_labels is not None and not training_args.do_train:  # an unlabelled test file, for a checkpoint
+        is_regression, label_list = not saved_labels, saved_labels or None  # [] for a regression checkpoint
+    else:
+        raise ValueError(f"The {reference_split} data has no 'label' column (columns: {reference.column_names}).")
     if data_args.task_name is not None:
         sentence1_key, sentence2_key = GLUE_TASK_TO_KEYS[data_args.task_name]
     else:
@@ -156,7 +163,7 @@ def main():
     # Data labels → model ids. A checkpoint keeps its own label order; ClassLabel ids are mapped through the names.
     if is_regression:
         label_to_id = None
-    elif isinstance(reference.features["label"], ClassLabel):  # ids into label_list
+    elif "label" in reference.features and isinstance(reference.features["label"], ClassLabel):  # ids into label_list
         label_to_id = {i: model.config.label2id[str(name)] for i, name in enumerate(label_list)}
     else:  # raw values from CSV/JSON files
         label_to_id = {value: model.config.label2id[str(value)] for value in label_list}
@@ -168,7 +175,7 @@ def main():
     def preprocess(examples):
         texts = (examples[sentence1_key],) if sentence2_key is None else (examples[sentence1_key], examples[sentence2_key])
         result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
-        if label_to_id is not None:
+        if label_to_id is not None and "label" in examples:  # a test file may have no label column
             result["label"] = [label_to_id[label] if label != -1 else -1 for label in examples["label"]]
         return result
 
@@ -182,9 +189,14 @@ def main():
     eval_datasets = {}
     if training_args.do_eval:
         eval_datasets[data_args.task_name or "eval"] = prepare(validation_split, data_args.max_eval_samples, few_shot=False)
-        if mnli and "validation_mismatched" in raw_datasets:
-            eval_datasets["mnli-mm"] = prepare("validation_mismatched", data_args.max_eval_samples, few_shot=False)
-    predict_dataset = prepare(test_split, data_args.max_predict_samples, few_shot=False) if training_args.do_predict else None
+        if mnli and "validation_mismatched" in raw_datasets:  # its metrics end in _mm, as in run_glue.py
+            eval_datasets["mm"] = prepare("validation_mismatched", data_args.max_eval_samples, few_shot=False)
+    # Named as run_glue.py names the prediction files: predict_results_<name>.txt.
+    predict_datasets = {}
+    if training_args.do_predict:
+        predict_datasets[data_args.task_name or "text-classification"] = prepare(test_split, data_args.max_predict_samples, few_shot=False)
+        if mnli and "test_mismatched" in raw_datasets:
+            predict_datasets["mnli-mm"] = prepare("test_mismatched", data_args.max_predict_samples, few_shot=False)
 
     if data_args.pad_to_max_length:
         data_collator = default_data_collator
@@ -214,21 +226,27 @@ def main():
 
     if training_args.do_predict:
         logger.info("*** Predict ***")
-        labelled = all(label != -1 for label in predict_dataset["label"])
-        # An unlabelled GLUE test split has label -1 everywhere: predict without scoring, as run_glue.py does.
-        dataset = predict_dataset if labelled else predict_dataset.remove_columns("label")
+    scores = {}  # of the labelled test splits; MNLI's mismatched one with its suffix, as for evaluation
+    for name, predict_dataset in predict_datasets.items():
+        # An unlabelled test split (GLUE's: label -1 everywhere; a file without a label column) is predicted without
+        # scoring, as run_glue.py does.
+        labelled = "label" in predict_dataset.column_names and all(label != -1 for label in predict_dataset["label"])
+        unscored = "label" in predict_dataset.column_names and not labelled
+        dataset = predict_dataset.remove_columns("label") if unscored else predict_dataset
         output = trainer.predict(dataset, metric_key_prefix="predict")
         predictions = np.squeeze(output.predictions) if is_regression else np.argmax(output.predictions, axis=1)
         if labelled:
-            trainer.log_metrics("predict", output.metrics)
-            trainer.save_metrics("predict", output.metrics)
+            metrics = output.metrics if name != "mnli-mm" else {f"{k}_mm": v for k, v in output.metrics.items()}
+            trainer.log_metrics("predict", metrics)
+            scores.update(metrics)
         if trainer.is_world_process_zero():
-            name = data_args.task_name or "text-classification"
             with open(os.path.join(training_args.output_dir, f"predict_results_{name}.txt"), "w") as writer:
                 writer.write("index\tprediction\n")
                 for index, item in enumerate(np.atleast_1d(predictions)):
                     value = f"{item:3.3f}" if is_regression else model.config.id2label[int(item)]
                     writer.write(f"{index}\t{value}\n")
+    if scores:
+        trainer.save_metrics("predict", scores)
 
     finish_run(trainer, training_args)
 

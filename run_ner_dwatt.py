@@ -21,13 +21,13 @@ from typing import Optional
 
 import numpy as np
 from datasets import ClassLabel
-from transformers import AutoConfig, DataCollatorForTokenClassification, TrainingArguments, set_seed
+from transformers import DataCollatorForTokenClassification, TrainingArguments, set_seed
 
 from dwatt import DWAttForTokenClassification
 from dwatt.data import get_ner_label_list, load_ner_data
 from dwatt.metrics import align_ner_predictions, make_ner_compute_metrics
 from dwatt.distributed import check_distributed_launch
-from dwatt.model_arguments import ModelArguments, encoder_model_type, load_model, load_tokenizer
+from dwatt.model_arguments import ModelArguments, checkpoint_labels, encoder_model_type, load_model, load_tokenizer
 from dwatt.peft_utils import apply_lora_from_args
 from dwatt.script_utils import (
     apply_suggested_guidance_heads,
@@ -97,16 +97,6 @@ class DataTrainingArguments:
         self.task_name = self.task_name.lower()
 
 
-def checkpoint_labels(model_args: ModelArguments) -> Optional[list[str]]:
-    """The label list of a DWAtt checkpoint being continued (None when starting from a plain encoder)."""
-    if model_args.model_name_or_path is None or model_args.ignore_mismatched_sizes:
-        return None
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **model_args.hub_kwargs()
-    )
-    return [config.id2label[i] for i in range(config.num_labels)]
-
-
 def main():
     model_args, data_args, training_args = parse_arguments((ModelArguments, DataTrainingArguments, TrainingArguments))
     setup_logging(training_args, logger)
@@ -123,6 +113,9 @@ def main():
         validation_file=data_args.validation_file,
         test_file=data_args.test_file,
         label_list=label_names,
+        # Local files: the columns to read (JSON), or the kind of tags (CoNLL columns: ner_tags, pos_tags, chunk_tags).
+        token_column=data_args.text_column_name or "tokens",
+        tag_column=data_args.label_column_name or f"{data_args.task_name}_tags",
         revision=data_args.dataset_revision,
         cache_dir=model_args.cache_dir,
         token=model_args.token,
@@ -134,16 +127,21 @@ def main():
     reference_split = used[0] if used else next(iter(raw_datasets))
     column_names = raw_datasets[reference_split].column_names
     features = raw_datasets[reference_split].features
-    text_column_name = data_args.text_column_name or ("tokens" if "tokens" in column_names else column_names[0])
+    # As run_ner.py chooses them, except that the fallbacks skip the "id" column (the Hub's first), which it did not.
+    others = [column for column in column_names if column != "id"]
+    text_column_name = data_args.text_column_name or ("tokens" if "tokens" in column_names else others[0])
     if data_args.label_column_name is not None:
         label_column_name = data_args.label_column_name
     elif f"{data_args.task_name}_tags" in column_names:
         label_column_name = f"{data_args.task_name}_tags"
     else:
-        label_column_name = column_names[1]
+        label_column_name = next((column for column in others if column != text_column_name), text_column_name)
     for column in (text_column_name, label_column_name):
         if column not in column_names:
             raise ValueError(f"Column {column!r} is not in the data (columns: {column_names}); set --text_column_name/--label_column_name.")
+    if label_column_name == text_column_name:
+        raise ValueError(f"The words and the tags would both come from column {text_column_name!r} (columns: "
+                         f"{column_names}): set --label_column_name.")
 
     labels_are_int = isinstance(features[label_column_name].feature, ClassLabel)
     label_list = get_ner_label_list(raw_datasets[reference_split], label_column_name)

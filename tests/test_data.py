@@ -359,6 +359,28 @@ def test_conll_four_columns_with_docstart(tmp_path):
     assert tags == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"], ["B-LOC"]]
 
 
+@pytest.mark.parametrize("tag_column, expected", [
+    ("ner_tags", [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"], ["B-LOC"]]),
+    ("pos_tags", [["NNP", "VBZ", "JJ"], ["NNP", "NNP"], ["NNP"]]),
+    ("chunk_tags", [["B-NP", "B-VP", "B-NP"], ["B-NP", "I-NP"], ["B-NP"]]),
+])
+def test_conll_files_give_the_tags_named_like_the_hubs_columns(tmp_path, tag_column, expected):
+    """run_ner.py --task_name pos/chunk reads pos_tags/chunk_tags: CoNLL-2003's second and third columns."""
+    splits = load_ner_files({"train": write(tmp_path / "train.txt", CONLL_4_COLUMNS)}, tag_column=tag_column)
+    ds = splits["train"]
+    assert ds.column_names == ["id", "tokens", tag_column]
+    names = get_ner_label_list(ds, tag_column)
+    assert [[names[i] for i in sentence] for sentence in ds[tag_column]] == expected
+
+
+def test_conll_tags_that_the_files_do_not_hold_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="CoNLL column files hold NER, POS and chunk tags .* not 'upos'"):
+        load_ner_files({"train": write(tmp_path / "train.txt", CONLL_4_COLUMNS)}, tag_column="upos")
+    two_columns = write(tmp_path / "two.txt", "Anna B-PER\nJansen I-PER\n")
+    with pytest.raises(ValueError, match="reading pos_tags needs the 4 columns 'token POS chunk NER', found 2"):
+        load_ner_files({"train": two_columns}, tag_column="pos_tags")
+
+
 def test_conll_ids_follow_given_label_list(tmp_path):
     ds = load_conll(write(tmp_path / "train.txt", CONLL_4_COLUMNS), label_list=CONLL2003_NER_LABELS)
     # Hub conll2003 ids: O=0 B-PER=1 I-PER=2 B-ORG=3 I-ORG=4 B-LOC=5 I-LOC=6 B-MISC=7 I-MISC=8
@@ -441,6 +463,19 @@ def test_ner_jsonl(tmp_path):
     assert ds["tokens"] == [["Ann", "runs"], ["Oslo"]]
     assert get_ner_label_list(ds) == ["B-LOC", "B-PER", "O"]
     assert ds["ner_tags"] == [[1, 2], [0]]
+
+
+def test_ner_json_columns_are_chosen_by_name(tmp_path):
+    """Any column names (run_ner.py's --text_column_name/--label_column_name), other columns ignored; a missing one
+    is named with the options that choose it."""
+    records = [{"id": 7, "words": ["Ann", "runs"], "pos_tags": ["NNP", "VBZ"], "tags": ["B-PER", "O"]}]
+    path = write(tmp_path / "train.json", "".join(json.dumps(record) + "\n" for record in records))
+    ds = load_ner_files({"train": path}, token_column="words", tag_column="pos_tags")["train"]
+    assert ds.column_names == ["id", "words", "pos_tags"]
+    assert ds["words"] == [["Ann", "runs"]]
+    assert get_ner_label_list(ds, "pos_tags") == ["NNP", "VBZ"]
+    with pytest.raises(ValueError, match=r"missing required column\(s\) \['tokens'\].*--text_column_name"):
+        load_ner_files({"train": path}, tag_column="tags")
 
 
 def test_ner_jsonl_length_mismatch(tmp_path):
@@ -608,3 +643,23 @@ def test_glue_task_named_by_a_folder_or_the_hub_configuration(tmp_path):
     assert glue_task_named_by(str(tmp_path / "csv")) is None
     assert glue_task_named_by("nyu-mll/glue", "cola") == glue_task_named_by("glue", "CoLA") == "cola"
     assert glue_task_named_by("imdb") is None and glue_task_named_by(None) is None
+
+
+def test_named_glue_labels_in_files_get_the_hubs_ids(tmp_path):
+    """MRPC's names sorted would make "equivalent" id 0, and GLUE's F1 (positive: id 1) would score the other class."""
+    rows = [("a", "b", "equivalent"), ("c", "d", "not_equivalent"), ("e", "f", "equivalent")]
+    train = tmp_path / "train.csv"
+    train.write_text("sentence1,sentence2,label\n" + "".join(f"{a},{b},{label}\n" for a, b, label in rows))
+    test = tmp_path / "test.csv"
+    test.write_text("sentence1,sentence2\ng,h\n")
+    splits = load_text_classification_data(task_name="mrpc", train_file=str(train), test_file=str(test))
+    assert splits["train"].features["label"].names == ["not_equivalent", "equivalent"]
+    assert splits["train"]["label"] == [1, 0, 1]
+    assert "label" not in splits["test"].column_names
+    # Without a task, or for a task scored by accuracy, other names keep run_glue.py's sorted order.
+    assert load_text_classification_data(train_file=str(train))["train"]["label"] == [r[2] for r in rows]
+    other = tmp_path / "other.csv"
+    other.write_text("sentence,label\nx,yes\ny,no\n")
+    assert load_text_classification_data(task_name="sst2", train_file=str(other))["train"]["label"] == ["yes", "no"]
+    with pytest.raises(ValueError, match=r"The mrpc labels \['no', 'yes'\] are not GLUE's .* positive class"):
+        load_text_classification_data(task_name="mrpc", train_file=str(other))

@@ -26,6 +26,7 @@ from script_fixtures import (
     write_ner_jsonl,
 )
 from seqeval.metrics import f1_score as seqeval_f1
+from sklearn.metrics import f1_score as sklearn_f1
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel, TrainingArguments, pipeline
@@ -174,6 +175,24 @@ def test_ner_json_lines_with_entity_level_metrics_from_a_yaml_file(encoder, tmp_
     assert logs and all(entry["attention_guidance_scale"] == 1.0 and entry["attention_guidance_loss"] > 0 for entry in logs)
     card = assert_hub_repo_folder(output, "token-classification")
     assert "attention_guidance_heads=[0, 1, 1, 2]" in card.text
+
+
+def test_ner_task_pos_on_json_with_columns_of_its_own(encoder, tmp_path):
+    """--task_name pos reads pos_tags, --text_column_name the words: run_ner.py's column choices on local files (the
+    script trained on the words as labels, or refused the columns)."""
+    pos = {"John": "NNP", "Smith": "NNP", "visited": "VBD", "Paris": "NNP", ".": "."}
+    records = [{"words": [t for t, _ in s], "ner_tags": [g for _, g in s], "pos_tags": [pos.get(t, "NN") for t, _ in s]}
+               for s in CONLL_SENTENCES]
+    for name, rows in (("train", records), ("dev", records[:3])):
+        (tmp_path / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = tmp_path / "out"
+    run_script(
+        "run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--task_name", "pos", "--text_column_name", "words",
+        "--train_file", str(tmp_path / "train.json"), "--validation_file", str(tmp_path / "dev.json"),
+        "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING,
+    )
+    assert sorted(read_json(output / "config.json")["label2id"]) == [".", "NN", "NNP", "VBD"]
+    assert read_json(output / "config.json")["finetuning_task"] == "pos"
 
 
 def guidance_heads_from_the_stock_encoder(encoder_folder, batch, counts) -> list:
@@ -382,6 +401,84 @@ def test_glue_mrpc_tsv_end_to_end(encoder, tmp_path):
     for python, _ in INTERPRETERS:
         report = run_pipeline_check(python, output, "text-classification", text)
         assert {item["label"]: item["score"] for item in report["plain"]} == pytest.approx(expected, abs=1e-5)
+
+
+MRPC_NAMES = ("not_equivalent", "equivalent")  # GLUE's label ids: F1 counts "equivalent" (id 1) as positive
+
+
+def write_pair_csv(path: Path, rows, labelled: bool = True) -> Path:
+    """Sentence pairs with GLUE's MRPC label names, as a user exports them (or no label column, for a test file)."""
+    header = "sentence1,sentence2" + (",label" if labelled else "")
+    body = "".join(f'"{text}","{text} indeed"' + (f",{MRPC_NAMES[label]}" if labelled else "") + "\n" for text, label in rows)
+    path.write_text(header + "\n" + body)
+    return path
+
+
+def test_glue_mrpc_csv_with_label_names_scores_f1_on_equivalent(encoder, tmp_path):
+    """Named labels of an F1 task get GLUE's ids (they were sorted: "equivalent" became id 0, and F1 scored the other
+    class); a checkpoint then predicts on an unlabelled test file (it crashed on the missing label column) and
+    evaluates on a dev file that lacks one of its labels (refused as a label mismatch)."""
+    output = tmp_path / "out"
+    run_script(
+        "run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--task_name", "mrpc",
+        "--train_file", str(write_pair_csv(tmp_path / "train.csv", SENTIMENT)),
+        "--validation_file", str(write_pair_csv(tmp_path / "dev.csv", SENTIMENT[:4])),
+        "--test_file", str(write_pair_csv(tmp_path / "test.csv", SENTIMENT)), "--max_seq_length", "32",
+        "--output_dir", str(output), "--do_train", "--do_eval", "--do_predict", *FAST_TRAINING,
+    )
+    assert read_json(output / "config.json")["id2label"] == {"0": "not_equivalent", "1": "equivalent"}
+    lines = (output / "predict_results_mrpc.txt").read_text().splitlines()[1:]
+    predicted = [line.split("\t")[1] for line in lines]
+    gold = [MRPC_NAMES[label] for _, label in SENTIMENT]
+    expected = sklearn_f1(gold, predicted, pos_label="equivalent")
+    assert read_json(output / "predict_results.json")["predict_f1"] == pytest.approx(expected)
+
+    later = tmp_path / "later"
+    only_equivalent = [row for row in SENTIMENT if row[1] == 1]
+    run_script(
+        "run_glue_dwatt.py", "--model_name_or_path", str(output), "--task_name", "mrpc",
+        "--validation_file", str(write_pair_csv(tmp_path / "dev-equivalent.csv", only_equivalent)),
+        "--test_file", str(write_pair_csv(tmp_path / "test-unlabelled.csv", SENTIMENT, labelled=False)),
+        "--max_seq_length", "32", "--output_dir", str(later), "--do_eval", "--do_predict", *FAST_TRAINING,
+    )
+    assert read_json(later / "eval_results.json")["eval_samples"] == len(only_equivalent)
+    assert (later / "predict_results_mrpc.txt").read_text().splitlines()[1:] == lines  # the same model, the same rows
+    assert not (later / "predict_results.json").exists()  # nothing to score
+
+    # Predicting alone: the checkpoint's labels stand in for a validation split.
+    alone = tmp_path / "alone"
+    run_script(
+        "run_glue_dwatt.py", "--model_name_or_path", str(output), "--task_name", "mrpc", "--max_seq_length", "32",
+        "--test_file", str(tmp_path / "test-unlabelled.csv"), "--output_dir", str(alone), "--do_predict", *FAST_TRAINING,
+    )
+    assert (alone / "predict_results_mrpc.txt").read_text().splitlines()[1:] == lines
+
+
+def write_mnli_folder(folder: Path) -> Path:
+    """GLUE's MNLI layout: matched and mismatched dev and test files (the test files unlabelled)."""
+    folder.mkdir(parents=True)
+    names = ("entailment", "neutral", "contradiction")
+    header = "index\tgenre\tsentence1\tsentence2"
+    for name, rows in (("train", SENTIMENT), ("dev_matched", SENTIMENT[:3]), ("dev_mismatched", SENTIMENT[3:7])):
+        body = "".join(f"{i}\tfiction\t{text}\t{text} so\t{names[(i + label) % 3]}\n" for i, (text, label) in enumerate(rows))
+        (folder / f"{name}.tsv").write_text(header + "\tgold_label\n" + body)
+    for name, rows in (("test_matched", SENTIMENT[:2]), ("test_mismatched", SENTIMENT[:5])):
+        (folder / f"{name}.tsv").write_text(header + "\n" + "".join(f"{i}\tfiction\t{t}\t{t} so\n" for i, (t, _) in enumerate(rows)))
+    return folder
+
+
+def test_glue_mnli_reports_and_predicts_the_mismatched_sets_as_run_glue_does(encoder, tmp_path):
+    output = tmp_path / "out"
+    run_script(
+        "run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(write_mnli_folder(tmp_path / "MNLI")),
+        "--task_name", "mnli", "--max_seq_length", "32", "--output_dir", str(output),
+        "--do_train", "--do_eval", "--do_predict", *FAST_TRAINING,
+    )
+    results = read_json(output / "eval_results.json")
+    assert (results["eval_samples"], results["eval_samples_mm"]) == (3, 4)
+    assert {"eval_accuracy", "eval_accuracy_mm"} <= set(results)
+    for name, rows in (("mnli", 2), ("mnli-mm", 5)):
+        assert len((output / f"predict_results_{name}.txt").read_text().splitlines()) == 1 + rows
 
 
 def test_glue_task_folder_alone_gives_that_tasks_metrics(encoder, tmp_path):

@@ -718,8 +718,19 @@ class _Sentence:
 _COLUMN_SPLIT = re.compile(r"[ \t]+")  # ASCII blanks only: str.split() would also break tokens at U+00A0 etc.
 
 
-def _read_conll_sentences(path: PathLike) -> list[_Sentence]:
-    """Parse a CoNLL column file: token first, tag last, 2-4 columns, blank lines between sentences."""
+# Where CoNLL-2003's column files keep each kind of tag ("token POS chunk NER"), by the Hub dataset's column names.
+CONLL_TAG_COLUMNS = {"ner_tags": -1, "pos_tags": 1, "chunk_tags": 2}
+
+
+def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[_Sentence]:
+    """Parse a CoNLL column file: token first, tag last, 2-4 columns, blank lines between sentences. `tag_column`
+    "pos_tags"/"chunk_tags" reads the POS or chunk tags of a 4-column file instead of the last column's."""
+    if tag_column not in CONLL_TAG_COLUMNS:
+        raise ValueError(
+            f"{path}: CoNLL column files hold NER, POS and chunk tags ({', '.join(CONLL_TAG_COLUMNS)}), not "
+            f"{tag_column!r}: pass one of those as the label column (--label_column_name), or use JSON lines."
+        )
+    tag_index = CONLL_TAG_COLUMNS[tag_column]
     text = _read_text(path)
     sentences: list[_Sentence] = []
     current = _Sentence([], [], [])
@@ -749,6 +760,11 @@ def _read_conll_sentences(path: PathLike) -> list[_Sentence]:
             )
         if first_width is None:
             first_width = (len(columns), line)
+            if tag_index > 0 and len(columns) != 4:
+                raise _data_error(
+                    path, line, f"reading {tag_column} needs the 4 columns 'token POS chunk NER', found {len(columns)}",
+                    "read the NER tags (the last column) or give the file all four columns",
+                )
         elif len(columns) != first_width[0]:
             # A changing column count means a token or tag went missing: the last column is no longer the tag.
             raise _data_error(
@@ -758,7 +774,7 @@ def _read_conll_sentences(path: PathLike) -> list[_Sentence]:
                 "give every token line the same columns 'token [POS] [chunk] tag'",
             )
         current.tokens.append(columns[0])
-        current.tags.append(columns[-1])
+        current.tags.append(columns[tag_index])
         current.lines.append(line)
     flush()
 
@@ -789,7 +805,8 @@ def _read_ner_jsonl_sentences(
                 path,
                 line,
                 f"missing required column(s) {missing}",
-                f"give every line both {token_column!r} and {tag_column!r}",
+                f"give every line both {token_column!r} and {tag_column!r}, or name the file's columns "
+                "(--text_column_name, --label_column_name)",
             )
         tokens, tags = record[token_column], record[tag_column]
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
@@ -813,19 +830,22 @@ def _read_ner_jsonl_sentences(
     return sentences
 
 
-def _read_ner_sentences(path: PathLike) -> list[_Sentence]:
+def _read_ner_sentences(path: PathLike, token_column: str = "tokens", tag_column: str = "ner_tags") -> list[_Sentence]:
     # JSON by extension; everything else (.txt, .conll, .iob2, ...) is a CoNLL column file.
     if Path(path).suffix.lower() in (".json", ".jsonl"):
-        return _read_ner_jsonl_sentences(path)
-    return _read_conll_sentences(path)
+        return _read_ner_jsonl_sentences(path, token_column, tag_column)
+    return _read_conll_sentences(path, tag_column)
 
 
 def _encode_ner_splits(
     sentences_by_split: Mapping[str, list[_Sentence]],
     paths: Mapping[str, PathLike],
     label_list: Sequence[str] | None,
+    token_column: str = "tokens",
+    tag_column: str = "ner_tags",
 ) -> DatasetDict:
-    """Check every tag against the label list (or derive it) and build the ClassLabel-encoded splits."""
+    """Check every tag against the label list (or derive it) and build the ClassLabel-encoded splits: columns `id`,
+    `token_column` and `tag_column`."""
     if label_list is None:
         for split, sentences in sentences_by_split.items():
             for sentence in sentences:
@@ -845,7 +865,7 @@ def _encode_ner_splits(
         raise ValueError(f"label_list has duplicates: {names}")
     label_to_id = {name: i for i, name in enumerate(names)}
     features = Features(
-        {"id": Value("string"), "tokens": List(Value("string")), "ner_tags": List(ClassLabel(names=names))}
+        {"id": Value("string"), token_column: List(Value("string")), tag_column: List(ClassLabel(names=names))}
     )
 
     splits = {}
@@ -870,8 +890,8 @@ def _encode_ner_splits(
         splits[split] = Dataset.from_dict(
             {
                 "id": [str(i) for i in range(len(sentences))],
-                "tokens": [s.tokens for s in sentences],
-                "ner_tags": encoded,
+                token_column: [s.tokens for s in sentences],
+                tag_column: encoded,
             },
             features=features,
         )
@@ -879,17 +899,22 @@ def _encode_ner_splits(
 
 
 def load_ner_files(
-    data_files: Mapping[str, PathLike | None], *, label_list: Sequence[str] | None = None
+    data_files: Mapping[str, PathLike | None],
+    *,
+    label_list: Sequence[str] | None = None,
+    token_column: str = "tokens",
+    tag_column: str = "ner_tags",
 ) -> DatasetDict:
     """Load CoNLL column files and/or JSON-lines NER files, one per split.
 
-    Gives columns `id`, `tokens` and `ner_tags` (ClassLabel ids). With `label_list`, every tag must be in it and the
-    ids follow its order (pass `CONLL2003_NER_LABELS` for the Hub's conll2003 ids); without, the label list is the
-    sorted set of tags over all splits.
+    Gives columns `id`, `token_column` and `tag_column` (ClassLabel ids), read from the JSON records' columns of those
+    names; from CoNLL files, `tag_column` "ner_tags" (the last column), "pos_tags" or "chunk_tags" picks the tags.
+    With `label_list`, every tag must be in it and the ids follow its order (pass `CONLL2003_NER_LABELS` for the Hub's
+    conll2003 ids); without, the label list is the sorted set of tags over all splits.
     """
     files = _check_data_files(data_files)
-    sentences = {split: _read_ner_sentences(path) for split, path in files.items()}
-    return _encode_ner_splits(sentences, files, label_list)
+    sentences = {split: _read_ner_sentences(path, token_column, tag_column) for split, path in files.items()}
+    return _encode_ner_splits(sentences, files, label_list, token_column, tag_column)
 
 
 def load_conll(path: PathLike, *, label_list: Sequence[str] | None = None) -> Dataset:
@@ -904,9 +929,10 @@ def load_ner_jsonl(
     token_column: str = "tokens",
     tag_column: str = "ner_tags",
 ) -> Dataset:
-    """Load one JSON-lines NER file ({"tokens": [...], "ner_tags": [...]} per line) as a `Dataset`."""
+    """Load one JSON-lines NER file ({"tokens": [...], "ner_tags": [...]} per line) as a `Dataset` with the columns
+    `id`, `token_column` and `tag_column`."""
     sentences = _read_ner_jsonl_sentences(path, token_column, tag_column)
-    return _encode_ner_splits({"train": sentences}, {"train": path}, label_list)["train"]
+    return _encode_ner_splits({"train": sentences}, {"train": path}, label_list, token_column, tag_column)["train"]
 
 
 def load_ner_file(path: PathLike, *, label_list: Sequence[str] | None = None) -> Dataset:
@@ -976,6 +1002,38 @@ def glue_task_named_by(dataset_name: str | None, dataset_config_name: str | None
     return None
 
 
+# GLUE tasks scored with F1, where the label with id 1 is the positive class.
+_F1_GLUE_TASKS = ("mrpc", "qqp")
+
+
+def _in_glue_label_order(splits: DatasetDict, task_name: str | None, label_list: Sequence[str] | None) -> DatasetDict:
+    """CSV/JSON files of a named GLUE task whose labels are the task's label names get the Hub's label ids.
+
+    Sorted, MRPC's names would give `equivalent` id 0, and GLUE's F1 (positive class: id 1) would score the wrong
+    class. Numeric labels are GLUE's ids already and stay as they are. Other names are refused for the F1 tasks,
+    where nothing tells which one is the positive class.
+    """
+    if task_name is None or label_list is not None:
+        return splits
+    task = normalize_glue_task_name(task_name)
+    names = GLUE_TASKS[task].label_names
+    labelled = [split for split in splits.values() if "label" in split.column_names]
+    if names is None or not labelled or any(split.features["label"].dtype != "string" for split in labelled):
+        return splits
+    found = sorted({value for split in labelled for value in split.unique("label")})
+    if set(found) <= set(names):
+        return DatasetDict({
+            name: split.cast_column("label", ClassLabel(names=list(names))) if "label" in split.column_names else split
+            for name, split in splits.items()
+        })
+    if task in _F1_GLUE_TASKS:
+        raise ValueError(
+            f"The {task} labels {found} are not GLUE's {list(names)}, so the positive class of its F1 is unknown: "
+            f"name them {' and '.join(names)}, or use GLUE's ids 0 and 1 ({names[1]} = 1)."
+        )
+    return splits
+
+
 def load_text_classification_data(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -1009,7 +1067,7 @@ def load_text_classification_data(
                     for split, path in _check_data_files(files).items()
                 }
             )
-        return load_classification_files(files, label_list=label_list)
+        return _in_glue_label_order(load_classification_files(files, label_list=label_list), task_name, label_list)
 
     if dataset_name is not None and _looks_like_local_path(dataset_name):
         folder = Path(dataset_name).expanduser()
@@ -1024,7 +1082,7 @@ def load_text_classification_data(
             raise ValueError(
                 f"{folder}: found neither GLUE files (train.tsv, dev.tsv) nor train/validation/test .csv/.json files."
             )
-        return load_classification_files(found, label_list=label_list)
+        return _in_glue_label_order(load_classification_files(found, label_list=label_list), task, label_list)
 
     if dataset_name is not None:
         return _load_from_hub(dataset_name, dataset_config_name, revision, cache_dir, token)
@@ -1041,11 +1099,16 @@ def load_ner_data(
     validation_file: PathLike | None = None,
     test_file: PathLike | None = None,
     label_list: Sequence[str] | None = None,
+    token_column: str = "tokens",
+    tag_column: str = "ner_tags",
     revision: str | None = None,
     cache_dir: str | None = None,
     token: str | bool | None = None,
 ) -> DatasetDict:
     """Single entry point for NER, mirroring run_ner.py's arguments.
+
+    Local files give the columns `id`, `token_column` and `tag_column` (see `load_ner_files`); a Hub dataset keeps
+    its own columns.
 
     In order of precedence: local `train_file`/`validation_file`/`test_file` (CoNLL columns, or JSON lines for
     .json/.jsonl); `dataset_name` naming a local folder with `train`/`valid|validation|dev`/`test` files (`.txt`,
@@ -1055,7 +1118,7 @@ def load_ner_data(
     """
     files = {"train": train_file, "validation": validation_file, "test": test_file}
     if any(path is not None for path in files.values()):
-        return load_ner_files(files, label_list=label_list)
+        return load_ner_files(files, label_list=label_list, token_column=token_column, tag_column=tag_column)
 
     if dataset_name is not None and _looks_like_local_path(dataset_name):
         folder = Path(dataset_name).expanduser()
@@ -1064,7 +1127,7 @@ def load_ner_data(
         found = _find_split_files(folder, _SPLIT_STEMS, _NER_SUFFIXES)
         if not found:
             raise ValueError(f"{folder}: no train/valid/test files ({', '.join(_NER_SUFFIXES)}) found.")
-        return load_ner_files(found, label_list=label_list)
+        return load_ner_files(found, label_list=label_list, token_column=token_column, tag_column=tag_column)
 
     if dataset_name is not None:
         return _load_from_hub(dataset_name, dataset_config_name, revision, cache_dir, token)

@@ -290,6 +290,20 @@ def encoder_model_type(model_args: ModelArguments) -> str:
     return config.model_type
 
 
+def checkpoint_labels(model_args: ModelArguments) -> Optional[list[str]]:
+    """The label names of the DWAtt checkpoint being continued, in id order (None when starting from a plain encoder
+    or training a new classifier with --ignore_mismatched_sizes; [] for a regression checkpoint)."""
+    if model_args.model_name_or_path is None or model_args.ignore_mismatched_sizes:
+        return None
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
+    )
+    if config.problem_type == "regression":
+        return []
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
 def load_model(
     model_args: ModelArguments,
     model_class: type,
@@ -300,7 +314,7 @@ def load_model(
     """A `model_class` (DWAttForTokenClassification / …ForSequenceClassification) for the labels in `label_list`.
 
     From `--encoder_name_or_path`: a new head and classifier on the pretrained encoder. From `--model_name_or_path`:
-    the checkpoint as saved (its label count must match unless --ignore_mismatched_sizes).
+    the checkpoint as saved, whose labels must include the data's (unless --ignore_mismatched_sizes).
     """
     num_labels = len(label_list)
     label_kwargs = {"num_labels": num_labels}
@@ -353,14 +367,13 @@ def load_model(
     )
     if model_args.ignore_mismatched_sizes:
         return model
-    # Keep the checkpoint's own label order: the scripts map the data's labels through model.config.label2id.
+    # Keep the checkpoint's own label order: the scripts map the data's labels through model.config.label2id. The
+    # data may lack some of the checkpoint's labels (a dev file without one class), never have others.
     saved_labels = list(model.config.label2id)
     unknown = [str(label) for label in label_list if str(label) not in model.config.label2id]
-    if problem_type != "regression" and (unknown or len(saved_labels) != num_labels):
+    if problem_type != "regression" and unknown:
         raise ValueError(
-            f"The data's labels {[str(label) for label in label_list]} do not match the labels of checkpoint "
-            f"{model_args.model_name_or_path} {saved_labels}"
-            + (f" (not in the checkpoint: {unknown})" if unknown else "")
-            + ". Pass --ignore_mismatched_sizes to train a new classifier for the data's labels."
+            f"The data's labels {unknown} are not labels of checkpoint {model_args.model_name_or_path} "
+            f"{saved_labels}. Pass --ignore_mismatched_sizes to train a new classifier for the data's labels."
         )
     return model

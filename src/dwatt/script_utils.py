@@ -166,7 +166,9 @@ def run_hyperparameters(model: PreTrainedModel, training_args: TrainingArguments
 def train_evaluate_predict(trainer, training_args: TrainingArguments, train_dataset, eval_datasets: dict, logger) -> None:
     """Train (then save the model folder and metrics) and evaluate, as the official scripts do.
 
-    `eval_datasets` maps a task name to its evaluation set (MNLI has two); results go to eval_results.json.
+    `eval_datasets` maps a name to each evaluation set: the first set's metrics keep their names, a later set's get
+    `_<name>` appended (MNLI's mismatched set, named "mm": `eval_accuracy_mm`, as in run_glue.py). All go to
+    eval_results.json.
     """
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -34,6 +34,25 @@ DECODER_ONLY_MODEL_TYPES = frozenset(
 )
 
 
+def is_decoder_only(encoder_config: PretrainedConfig) -> bool:
+    """A causal decoder (GPT-2, Llama, StarCoder2, …): each token sees only the ones before it, so a sequence is
+    pooled at its last token and attention cannot be guided to the next one.
+
+    Known families, and any other that transformers offers a causal LM for and no masked LM (BERT-like encoders have
+    both), except encoder-decoder models (refused by DWAttConfig) and BertGeneration (an encoder as often as not).
+    """
+    model_type = encoder_config.model_type
+    if model_type in DECODER_ONLY_MODEL_TYPES:
+        return True
+    from transformers.models.auto.modeling_auto import (  # plain name tables, read on demand
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    return (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            and not getattr(encoder_config, "is_encoder_decoder", False) and model_type != "bert-generation")
+
+
 def _num_encoder_layers(encoder_config: PretrainedConfig) -> int:
     num_layers = getattr(encoder_config, "num_hidden_layers", None)
     if not isinstance(num_layers, int):
@@ -189,7 +208,7 @@ def _check_attention_guidance_fits(heads: GuidanceHeads, encoder_config: Pretrai
                     f"{available} (heads are numbered 0 to {available - 1})."
                 )
     next_pattern = ATTENTION_GUIDANCE_PATTERNS.index("next")
-    if encoder_config.model_type in DECODER_ONLY_MODEL_TYPES and any(layer[next_pattern] for layer in assignment):
+    if is_decoder_only(encoder_config) and any(layer[next_pattern] for layer in assignment):
         raise ValueError(
             f"attention_guidance_heads={heads} guides heads to the next token, which a causal "
             f"{encoder_config.model_type!r} encoder cannot attend to: "
@@ -380,6 +399,18 @@ class DWAttConfig(PretrainedConfig):
         self.dwatt_version = dwatt_version
 
         if encoder_config is not None:
+            if getattr(encoder_config, "is_encoder_decoder", False):
+                raise ValueError(
+                    f"{type(encoder_config).__name__} describes an encoder-decoder model ({encoder_config.model_type}); "
+                    "dwatt fuses the layers of an encoder alone, and a DWAtt model built on this one would need decoder "
+                    "inputs in every forward. Wrap an encoder-only model (BERT, RoBERTa, DeBERTa, ModernBERT, …) or a "
+                    "decoder-only one."
+                )
+            if fusion == "deeper" and not isinstance(getattr(encoder_config, "num_attention_heads", None), int):
+                raise ValueError(
+                    f'fusion="deeper" adds transformer layers shaped like the encoder\'s, and {type(encoder_config).__name__} '
+                    "has no num_attention_heads (its layers do not use attention): choose dwatt, concat or scalar_mix."
+                )
             num_layers = _num_encoder_layers(encoder_config)
             # Validate now so a bad index fails when the config is made, not deep inside a forward pass.
             normalize_fusion_layers(fusion_layers, num_layers)
@@ -392,7 +423,7 @@ class DWAttConfig(PretrainedConfig):
             if attention_guidance_heads is not None:
                 _check_attention_guidance_fits(attention_guidance_heads, encoder_config)
             if pooling is None:
-                pooling = "last" if encoder_config.model_type in DECODER_ONLY_MODEL_TYPES else "first"
+                pooling = "last" if is_decoder_only(encoder_config) else "first"
         self.pooling = pooling
         super().__init__(**kwargs)
         if self.id2label is not None and getattr(self, "label2id", None) is None:

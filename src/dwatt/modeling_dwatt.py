@@ -162,6 +162,11 @@ def pooling_positions(attention_mask: torch.Tensor, pooling: str) -> torch.Tenso
     raise ValueError(f"pooling {pooling!r} has no single position; use 'first' or 'last'.")
 
 
+# Encoders whose layers pass their states time-major, (T, B, d): the streaming hooks could not tell them from (B, T, d)
+# when B == T, so these always take the plain path.
+TIME_MAJOR_MODEL_TYPES = frozenset({"xlnet"})
+
+
 def encoder_layers(encoder: nn.Module, num_layers: int) -> Optional[tuple[list[nn.Module], int]]:
     """The encoder's `num_layers` transformer layers in order and the index of the hidden state in a layer's output
     tuple; None when they cannot be told apart for sure.
@@ -195,12 +200,12 @@ class HiddenStateHooks:
     The hooks see every forward pass through these layers while they are registered, another thread's too (another
     request in a server; nn.DataParallel replicas share hook dicts). Such a pass adds calls, so `complete` is then
     False and the caller discards what was handed over and takes the plain path: right values, computed twice.
-    States of another shape than this pass's (B, T) are never handed over.
+    States of another shape than this pass's (B, T, d) are never handed over.
     """
 
-    def __init__(self, layers: list[nn.Module], output_index: int, batch_shape: torch.Size,
+    def __init__(self, layers: list[nn.Module], output_index: int, state_shape: tuple[int, int, int],
                  on_state: Callable[[int, torch.Tensor], None]):
-        self.layers, self.output_index, self.batch_shape, self.on_state = layers, output_index, batch_shape, on_state
+        self.layers, self.output_index, self.state_shape, self.on_state = layers, output_index, state_shape, on_state
         # One entry per hook call, by list.append: atomic across threads, where a counter's `+= 1` can lose a call.
         self._input_calls: list[None] = []  # the first layer's pre-hook: once for this pass alone
         self._output_calls: list[None] = []  # the layers' forward hooks: L times for this pass alone
@@ -224,7 +229,7 @@ class HiddenStateHooks:
     def _hand_over(self, index: int, hidden: object) -> None:
         if self.failed:
             return
-        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and hidden.shape[:2] == self.batch_shape:
+        if isinstance(hidden, torch.Tensor) and hidden.shape == self.state_shape:
             self.on_state(index, hidden)
         else:
             self.failed = True
@@ -973,6 +978,11 @@ class OffloadedWeights:
             module._hf_hook.post_forward(module, None)
 
 
+# Per-layer settings of encoder configs: attention kinds (ModernBERT, Qwen2, …), Longformer's attention windows,
+# GPT-Neo's expanded attention kinds.
+PER_LAYER_SETTINGS = ("layer_types", "attention_window", "attention_layers")
+
+
 def _keep_first_layers(encoder_config: PretrainedConfig, num_layers: int) -> None:
     """Makes `encoder_config` describe the encoder's first `num_layers` layers only (in place); loading the
     pretrained weights with it then leaves the layers above unused."""
@@ -982,10 +992,16 @@ def _keep_first_layers(encoder_config: PretrainedConfig, num_layers: int) -> Non
             f"encoder_num_layers={num_layers!r} is out of range: the encoder has {total} layers, so keep 1 to {total} "
             "(the layer index that dwatt.variability selects, for instance)."
         )
-    layer_types = getattr(encoder_config, "layer_types", None)  # per-layer attention kinds (ModernBERT, Qwen2, …)
     encoder_config.num_hidden_layers = num_layers
-    if isinstance(layer_types, (list, tuple)) and len(layer_types) == total:
-        encoder_config.layer_types = list(layer_types[:num_layers])
+    # Settings with one entry per layer, which the config checks against num_hidden_layers.
+    for name in PER_LAYER_SETTINGS:
+        values = getattr(encoder_config, name, None)
+        if isinstance(values, (list, tuple)) and len(values) == total:
+            setattr(encoder_config, name, list(values[:num_layers]))
+    if getattr(encoder_config, "attention_types", None) is not None and encoder_config.model_type == "gpt_neo":
+        # GPT-Neo keeps its per-layer kinds run-length coded ([[["global", "local"], 6]]) and expands them into
+        # attention_layers (trimmed above): code the kept layers as one run.
+        encoder_config.attention_types = [[list(encoder_config.attention_layers), 1]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1393,7 +1409,7 @@ class DWAttModel(DWAttPreTrainedModel):
         path, which gives the same values (to rounding for token-level DWAtt, whose readout stream, and whose batched
         value path, sum the same terms in another order)."""
         found = encoder_layers(self.encoder, self._num_states - 1)
-        if found is None:
+        if found is None or self.config.encoder_config.model_type in TIME_MAJOR_MODEL_TYPES:
             return None
         last = self._num_states - 1
         slots = {index: slot for slot, index in enumerate(self._source_indices)}
@@ -1402,14 +1418,37 @@ class DWAttModel(DWAttPreTrainedModel):
             if index in slots and index != last:  # source L is the final output, after any final norm: added below
                 stream.add(slots[index], hidden)
 
-        batch_shape = encoder_inputs["attention_mask"].shape  # (B, T)
-        with HiddenStateHooks(*found, batch_shape, on_state) as hooks:
+        state_shape = (*encoder_inputs["attention_mask"].shape, self.config.encoder_config.hidden_size)  # (B, T, d)
+        with HiddenStateHooks(*found, state_shape, on_state) as hooks:
             encoder_outputs = self.encoder(**encoder_inputs, output_hidden_states=False, return_dict=True)
         if not hooks.complete:
             return None
+        encoder_outputs.last_hidden_state = self._checked_state(
+            "last_hidden_state", encoder_outputs.last_hidden_state, encoder_inputs["attention_mask"].shape)
         if last in slots:
             stream.add(slots[last], encoder_outputs.last_hidden_state)
         return encoder_outputs
+
+    def _checked_state(self, name: str, state: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
+        """`state` from the encoder as (B, T, d) for inputs of `batch_shape` (B, T): cut to T tokens where the encoder
+        padded the sequence at its end (BigBird's block-sparse attention pads its hidden_states, not its
+        last_hidden_state); refused, with what to do, where the encoder changed the sequence length or the width."""
+        batch, length = batch_shape
+        width = self.config.encoder_config.hidden_size
+        encoder = type(self.encoder).__name__
+        if state.dim() != 3 or state.shape[0] != batch or state.shape[1] < length:
+            raise ValueError(
+                f"The encoder {encoder} returned {name} of shape {tuple(state.shape)} for {batch} sequence(s) of {length} "
+                "tokens: dwatt fuses one state per input token from every layer, and this encoder changes the sequence "
+                "length (as Funnel's pooling and CANINE's downsampling do). Wrap an encoder that keeps it."
+            )
+        if state.shape[2] != width:
+            raise ValueError(
+                f"The encoder {encoder} returned {name} {state.shape[2]} wide, where its config's hidden_size is "
+                f"{width} (an output projection, as OPT's word_embed_proj_dim, or Reformer's two reversible streams): "
+                "dwatt needs every hidden state at the encoder's hidden size. Wrap an encoder whose outputs keep it."
+            )
+        return state[:, :length] if state.shape[1] > length else state
 
     def forward(
         self,
@@ -1487,14 +1526,17 @@ class DWAttModel(DWAttPreTrainedModel):
             found = "no hidden_states" if hidden_states is None else f"{len(hidden_states)} hidden states"
             raise ValueError(
                 f"The encoder {type(self.encoder).__name__} returned {found} with output_hidden_states=True; dwatt needs "
-                f"all {self._num_states} (embedding output + {self._num_states - 1} layers). Use an encoder class "
-                "that returns hidden_states."
+                f"all {self._num_states}: the embedding output and one per layer ({self._num_states - 1}). Use an "
+                "encoder class that returns hidden_states; encoders whose layers are grouped in blocks that change the "
+                "sequence length (Funnel, CANINE) cannot be wrapped."
             )
-        last_hidden_state = encoder_outputs.last_hidden_state  # (B, T, d), after any final norm
+        batch_shape = attention_mask.shape  # (B, T)
+        last_hidden_state = self._checked_state("last_hidden_state", encoder_outputs.last_hidden_state, batch_shape)
         # Source L is the encoder's final output, which for some families (ModernBERT) follows a final norm that the
         # raw hidden_states[L] has not been through.
         sources = [
-            last_hidden_state if i == self._num_states - 1 else hidden_states[i] for i in self._source_indices
+            last_hidden_state if i == self._num_states - 1 else self._checked_state(f"hidden_states[{i}]", hidden_states[i], batch_shape)
+            for i in self._source_indices
         ] if self._head_reads_sources else []
         with OffloadedWeights(hooked):
             fused, weights = self.fusion_classifier(

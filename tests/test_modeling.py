@@ -343,7 +343,9 @@ def test_dwatt_per_source_and_batched_paths_train_alike(settings, model_class):
 @pytest.mark.parametrize("model_class", TASK_CLASSES, ids=lambda c: c.__name__)
 def test_compiled_inference_takes_the_plain_path(model_class, monkeypatch):
     """Under torch.compile the no-grad forward asks the encoder for its hidden states instead of hooking its layers:
-    hooks that call back into Python break the graph at every layer. The logits are those of eager inference."""
+    hooks that call back into Python break the graph at every layer. The logits are those of eager inference, in one
+    graph (fullgraph: transformers' own capture hooks, installed at the first forward that wants hidden states, took a
+    lock that dynamo cannot trace, and eager no-grad inference never installed them)."""
     model = make_model(model_class, "bert", "dwatt").eval()
     input_ids, attention_mask = make_batch()
     with torch.no_grad():
@@ -355,9 +357,28 @@ def test_compiled_inference_takes_the_plain_path(model_class, monkeypatch):
     monkeypatch.setattr(dwatt.modeling_dwatt.HiddenStateHooks, "__enter__", no_hooks)
     torch._dynamo.reset()
     with torch.no_grad():
-        compiled = torch.compile(model, backend="eager")(input_ids=input_ids, attention_mask=attention_mask).logits
+        compiled = torch.compile(model, backend="eager", fullgraph=True)(input_ids=input_ids, attention_mask=attention_mask).logits
     torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_class", TASK_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("fusion", ["concat", "deeper", "dwatt"])
+def test_dynamically_quantized_heads_run_close_to_float(model_class, fusion):
+    """torch's int8 recipe swaps every nn.Linear for one whose `weight` is a method: Concat's running sum and the
+    pooled deeper layer read the weights as tensors and failed ('function' object has no attribute 'view'); they now
+    call such a layer. The stock BERT classifiers quantize the same way."""
+    torch.manual_seed(0)
+    model = make_model(model_class, "bert", fusion).eval()
+    input_ids, attention_mask = make_batch()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        assert not any(type(module) is torch.nn.Linear for module in quantized.dwatt.fusion_classifier.modules())
+        got = quantized(input_ids=input_ids, attention_mask=attention_mask).logits
+    real = attention_mask.bool() if model_class is DWAttForTokenClassification else slice(None)
+    error = (got[real] - expected[real]).abs().max() / expected[real].abs().max()
+    assert error < 0.05, error  # int8 weights: about 1% here, the stock BERT classifiers' too
 
 
 @pytest.mark.parametrize("fusion", ["concat", "dwatt"])

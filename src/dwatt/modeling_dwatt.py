@@ -109,6 +109,18 @@ def build_encoder(encoder_config, attn_implementation: Optional[str] = None) -> 
         return AutoModel.from_config(encoder_config, **kwargs)
 
 
+def _install_output_capturing_hooks(encoder: nn.Module) -> None:
+    """transformers 5 installs the hooks that collect `hidden_states` and `attentions` at the first forward that asks
+    for them, under a threading lock that torch.compile cannot trace: `torch.compile(model, fullgraph=True)` failed
+    there, and without fullgraph the graph broke. The plain path always asks, so they are installed with the encoder.
+    (transformers 4.x collects them without hooks.)"""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return
+    maybe_install_capturing_hooks(encoder)
+
+
 def _accepts_argument(function, name: str) -> bool:
     """Whether `function` (through any functools.wraps decorators) has a parameter called `name`."""
     while hasattr(function, "__wrapped__"):
@@ -128,6 +140,13 @@ def _is_compiling() -> bool:
     """Whether torch.compile is tracing this call (torch.compiler.is_compiling is public from torch 2.3 on)."""
     is_compiling = getattr(torch.compiler, "is_compiling", None)
     return bool(is_compiling is not None and is_compiling())
+
+
+def _is_plain_linear(module: nn.Module) -> bool:
+    """Whether the head may read `module.weight`/`.bias` as tensors and apply them piecewise (to column blocks or one
+    position). Anything else in its place (torch's dynamically quantized Linear, whose `weight` is a method; a LoRA
+    layer, whose update the bare weight lacks) is called as a module instead."""
+    return type(module) is nn.Linear
 
 
 def _gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -748,16 +767,25 @@ class ConcatSourceStream(SourceStream):
     def __init__(self, head: ConcatFusion, positions: Optional[torch.Tensor]):
         self.head, self.positions = head, positions
         proj_in = head.mlp.proj_in
+        self.parts: Optional[list] = None
+        if not _is_plain_linear(proj_in):  # quantized, or another layer in its place: U applied to [z_1; …; z_n]
+            self.parts = [None] * head.num_sources
+            return
         # U's column blocks U_n as views (width, d) from one unbind: its backward writes all n weight-gradient blocks
         # into one (width, n·d) tensor, where n column slices would each build (and add) a full-size gradient.
         self.blocks = proj_in.weight.view(proj_in.out_features, head.num_sources, head.hidden_size).unbind(1)
         self.hidden = proj_in.bias
 
     def add(self, slot, source):
+        if self.parts is not None:
+            self.parts[slot] = self.at_positions(source)  # (B, T', d)
+            return
         self.hidden = self.hidden + F.linear(self.at_positions(source), self.blocks[slot])  # (B, T', width)
 
     def finish(self, last_hidden_state, output_weights):
         mlp = self.head.mlp
+        if self.parts is not None:
+            self.hidden = mlp.proj_in(torch.cat(self.parts, dim=-1))  # (B, T', width)
         return self.at_positions(last_hidden_state) + mlp.proj_out(mlp.norm(F.gelu(self.hidden))), None  # (B, T', d)
 
 
@@ -857,7 +885,11 @@ class TransformerLayer(nn.Module):
     ) -> torch.Tensor:
         """Multi-head self-attention before the output projection: (B, T, d) -> (B, T', d)."""
         batch, length, hidden = hidden_states.shape
-        if positions is None:
+        if positions is not None and not _is_plain_linear(self.attn_qkv):  # quantized: project every token, keep
+            qkv = self.attn_qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)  # one query
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, h)
+            query = query.gather(2, positions.view(batch, 1, 1, 1).expand(batch, self.num_heads, 1, self.head_dim))
+        elif positions is None:
             qkv = self.attn_qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, h)
         else:
@@ -1367,6 +1399,7 @@ class DWAttModel(DWAttPreTrainedModel):
         # Attention guidance needs the attention probabilities, which only eager attention returns.
         guided = config.attention_guidance_heads is not None
         self.encoder = build_encoder(config.encoder_config, attn_implementation="eager" if guided else None)
+        _install_output_capturing_hooks(self.encoder)
         # The name ends in "classifier" on purpose: PEFT's token/sequence-classification models train and save every
         # module whose name ends in "classifier" or "score" (and keep LoRA out of them), so the head comes along.
         self.fusion_classifier = build_fusion_head(config)

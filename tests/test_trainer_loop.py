@@ -10,6 +10,7 @@ is part of what it checks.
 import copy
 import math
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -101,12 +102,13 @@ def loss_logs(trainer) -> list[dict]:
     return [entry for entry in trainer.state.log_history if "loss" in entry]
 
 
-def reference_sgd_step(model, examples: list[dict], lr: float) -> tuple[float, dict]:
+def reference_sgd_step(model, examples: list[dict], lr: float, label_smoothing: float = 0.0) -> tuple[float, dict]:
     """One SGD step on the mean loss over all labelled items of `examples` (one padded batch), by hand."""
     model = copy.deepcopy(model).train()
     batch = collate(examples)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = F.cross_entropy(logits.reshape(-1, NUM_LABELS), batch["labels"].reshape(-1), ignore_index=-100)
+    loss = F.cross_entropy(logits.reshape(-1, NUM_LABELS), batch["labels"].reshape(-1), ignore_index=-100,
+                           label_smoothing=label_smoothing)
     loss.backward()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -132,17 +134,21 @@ class RecordBatches:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("task", ["token", "sequence"])
-def test_gradient_accumulation_matches_one_big_batch(tmp_path, task):
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, task, label_smoothing):
+    """Also with label smoothing, which used to turn the whole-step normalisation off (a mean of micro-batch means,
+    where the stock Trainer gives stock BERT the big batch's smoothed loss)."""
     examples = make_examples(task, 16)
     model = make_model(task)
-    expected_loss, expected_weights = reference_sgd_step(model, examples, LR)
+    expected_loss, expected_weights = reference_sgd_step(model, examples, LR, label_smoothing)
 
     results = {}
     for name, batch_size, accumulation in (("one-batch-of-16", 16, 1), ("4x4-accumulated", 4, 4)):
         trainer = DWAttTrainer(
             model=copy.deepcopy(model), train_dataset=examples, data_collator=collate,
-            args=training_args(tmp_path / name, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation),
+            args=training_args(tmp_path / name, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                               label_smoothing_factor=label_smoothing),
         )
         trainer.train()
         (log,) = loss_logs(trainer)
@@ -403,3 +409,14 @@ def test_heads_without_depth_weights_log_none(tmp_path):
                            args=training_args(tmp_path, per_device_train_batch_size=4, max_steps=2))
     trainer.train()
     assert loss_logs(trainer) and not any(key.startswith("depth_weight") for log in loss_logs(trainer) for key in log)
+
+
+def test_label_smoothing_of_a_regression_or_multi_label_model_is_refused():
+    """The stock label smoother would take the log-softmax of a regression score; the exact loss says what is wrong."""
+    from dwatt.modeling_dwatt import sequence_classification_loss
+
+    for problem_type, labels in (("regression", torch.tensor([0.5, 1.5])), ("multi_label_classification", torch.ones(2, 3))):
+        config = SimpleNamespace(problem_type=problem_type)
+        logits = torch.zeros(2, 1 if problem_type == "regression" else 3)
+        with pytest.raises(ValueError, match=f"smooths the classes of a single-label classifier.*'{problem_type}'"):
+            sequence_classification_loss(logits, labels, config, label_smoothing=0.1)

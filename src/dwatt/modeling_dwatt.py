@@ -1610,10 +1610,11 @@ def _classifier_dropout(config: DWAttConfig) -> float:
 
 
 def sequence_classification_loss(
-    logits: torch.Tensor, labels: torch.Tensor, config: DWAttConfig, reduction: str = "mean"
+    logits: torch.Tensor, labels: torch.Tensor, config: DWAttConfig, reduction: str = "mean", label_smoothing: float = 0.0
 ) -> torch.Tensor:
     """The loss of transformers' sequence classifiers: regression, single- or multi-label by `config.problem_type`
-    (inferred from the labels and set on the config the first time, as transformers does)."""
+    (inferred from the labels and set on the config the first time, as transformers does). `label_smoothing`, for
+    single-label classification, is the Trainer's `label_smoothing_factor`."""
     labels = labels.to(logits.device)
     num_labels = logits.shape[-1]
     if config.problem_type is None:
@@ -1623,13 +1624,19 @@ def sequence_classification_loss(
             config.problem_type = "single_label_classification"
         else:
             config.problem_type = "multi_label_classification"
+    if label_smoothing and config.problem_type != "single_label_classification":
+        raise ValueError(
+            f"label_smoothing_factor={label_smoothing} smooths the classes of a single-label classifier; this model's "
+            f"problem_type is {config.problem_type!r}: train it without label smoothing."
+        )
     if config.problem_type == "regression":
         if num_labels == 1:
             # (B,) against (B,): labels come as (B,) or (B, 1), and a batch of one must not broadcast.
             return F.mse_loss(logits.reshape(-1), labels.reshape(-1).to(logits.dtype), reduction=reduction)
         return F.mse_loss(logits, labels.to(logits.dtype), reduction=reduction)
     if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1), reduction=reduction)
+        return F.cross_entropy(
+            logits.view(-1, num_labels), labels.view(-1), reduction=reduction, label_smoothing=label_smoothing)
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction=reduction)
 
 

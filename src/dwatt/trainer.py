@@ -9,7 +9,8 @@ What `DWAttTrainer` changes (each can be switched off; everything else is `trans
   give the same loss and gradients even when the micro-batches hold different numbers of labelled tokens. With the
   stock `Trainer` (dwatt models set `accepts_loss_kwargs = False`) each micro-batch's mean is divided by the
   accumulation steps instead: identical for sequence classification with equal micro-batches, a mean of
-  per-micro-batch means for token classification.
+  per-micro-batch means for token classification. With `label_smoothing_factor` the loss is the smoothed
+  cross-entropy of Trainer's label smoother, normalised the same way.
 - Depth weights (`log_depth_weights=True`): see `dwatt.callbacks.DepthWeightLoggingCallback`.
 - Attention guidance (a model config with `attention_guidance_heads`): `dwatt.callbacks.AttentionGuidanceCallback`
   applies its weight schedule and logs it; the guidance term is part of the loss whichever way the loss is computed
@@ -43,20 +44,23 @@ class AccumulationExactLoss:
     labelled items of the whole optimizer step instead of those of each micro-batch.
 
     `num_items_in_batch` is Trainer's count of labels != -100 over the step's micro-batches (summed over processes);
-    without it (evaluation) the loss is the plain mean, exactly the model's.
+    without it (evaluation) the loss is the plain mean, exactly the model's. `label_smoothing` (Trainer's
+    `label_smoothing_factor`) smooths the cross-entropy as Trainer's `LabelSmoother` does.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, label_smoothing: float = 0.0):
         self.config = config
+        self.label_smoothing = label_smoothing
 
     def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
         labels = labels.to(logits.device)
         reduction = "mean" if num_items_in_batch is None else "sum"
         if logits.dim() == 3:  # token classification: (B, T, C), labels (B, T) with -100 = ignored
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction,
+                                   label_smoothing=self.label_smoothing)
         else:
-            loss = sequence_classification_loss(logits, labels, self.config, reduction)
+            loss = sequence_classification_loss(logits, labels, self.config, reduction, self.label_smoothing)
         guidance = outputs.get("attention_guidance_loss") if isinstance(outputs, dict) else None
         if num_items_in_batch is not None:
             if torch.is_tensor(num_items_in_batch):
@@ -79,8 +83,8 @@ class DWAttTrainer(Trainer):
             (`task`, `dataset_id`, `dataset_config`, `hyperparameters`, `license`, `command`).
         log_depth_weights: log the head's mean weights over depth and their entropy with every training log.
         depth_weight_probe_size: training examples in the fixed probe batch for input-dependent heads (dwatt).
-        exact_accumulation_loss: normalise the loss over the labelled items of the whole optimizer step (ignored
-            when a `compute_loss_func` or label smoothing is given).
+        exact_accumulation_loss: normalise the loss over the labelled items of the whole optimizer step, label
+            smoothing included (ignored when a `compute_loss_func` is given).
     """
 
     def __init__(
@@ -97,8 +101,9 @@ class DWAttTrainer(Trainer):
         smoothing = getattr(training_args, "label_smoothing_factor", 0) if training_args is not None else 0
         config = getattr(unwrap_dwatt_model(model), "config", None) if model is not None else None
         is_dwatt = getattr(config, "model_type", None) == "dwatt"
-        if exact_accumulation_loss and is_dwatt and kwargs.get("compute_loss_func") is None and not smoothing:
-            kwargs["compute_loss_func"] = AccumulationExactLoss(config)
+        if exact_accumulation_loss and is_dwatt and kwargs.get("compute_loss_func") is None:
+            # Trainer prefers a compute_loss_func to its label smoother, so this one smooths as the smoother would.
+            kwargs["compute_loss_func"] = AccumulationExactLoss(config, label_smoothing=smoothing)
         super().__init__(*args, **kwargs)
         check_adapter_reloads(self.model)
         if is_peft_model(self.model) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):

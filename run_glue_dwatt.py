@@ -134,7 +134,10 @@ def main():
             f"{list(raw_datasets)}): give it too (--validation_file, or a folder with dev.tsv), or predict with a "
             "trained checkpoint (--model_name_or_path), which has its own."
         )
-    reference_split = "train" if training_args.do_train else validation_split if validation_split in raw_datasets else test_split
+    if training_args.do_train:
+        reference_split = "train"
+    else:
+        reference_split = validation_split if validation_split in raw_datasets else test_split
     reference = raw_datasets[reference_split]
     if "label" in reference.column_names:
         is_regression, label_list = get_classification_label_info(reference)
@@ -194,7 +197,8 @@ def main():
     # Named as run_glue.py names the prediction files: predict_results_<name>.txt.
     predict_datasets = {}
     if training_args.do_predict:
-        predict_datasets[data_args.task_name or "text-classification"] = prepare(test_split, data_args.max_predict_samples, few_shot=False)
+        name = data_args.task_name or "text-classification"
+        predict_datasets[name] = prepare(test_split, data_args.max_predict_samples, few_shot=False)
         if mnli and "test_mismatched" in raw_datasets:
             predict_datasets["mnli-mm"] = prepare("test_mismatched", data_args.max_predict_samples, few_shot=False)
 

@@ -1015,7 +1015,10 @@ def _in_glue_label_order(splits: DatasetDict, task_name: str | None, label_list:
     """
     if task_name is None or label_list is not None:
         return splits
-    task = normalize_glue_task_name(task_name)
+    try:
+        task = normalize_glue_task_name(task_name)
+    except ValueError:  # a folder's dataset_config_name that names no GLUE task
+        return splits
     names = GLUE_TASKS[task].label_names
     labelled = [split for split in splits.values() if "label" in split.column_names]
     if names is None or not labelled or any(split.features["label"].dtype != "string" for split in labelled):

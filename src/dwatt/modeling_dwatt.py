@@ -1568,7 +1568,8 @@ class DWAttModel(DWAttPreTrainedModel):
         # Source L is the encoder's final output, which for some families (ModernBERT) follows a final norm that the
         # raw hidden_states[L] has not been through.
         sources = [
-            last_hidden_state if i == self._num_states - 1 else self._checked_state(f"hidden_states[{i}]", hidden_states[i], batch_shape)
+            last_hidden_state if i == self._num_states - 1
+            else self._checked_state(f"hidden_states[{i}]", hidden_states[i], batch_shape)
             for i in self._source_indices
         ] if self._head_reads_sources else []
         with OffloadedWeights(hooked):

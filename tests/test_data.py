@@ -663,3 +663,9 @@ def test_named_glue_labels_in_files_get_the_hubs_ids(tmp_path):
     assert load_text_classification_data(task_name="sst2", train_file=str(other))["train"]["label"] == ["yes", "no"]
     with pytest.raises(ValueError, match=r"The mrpc labels \['no', 'yes'\] are not GLUE's .* positive class"):
         load_text_classification_data(task_name="mrpc", train_file=str(other))
+
+
+def test_a_folders_configuration_that_names_no_glue_task_keeps_the_labels(tmp_path):
+    (tmp_path / "train.csv").write_text("sentence,label\nx,yes\ny,no\n")
+    splits = load_text_classification_data(str(tmp_path), dataset_config_name="en")
+    assert splits["train"]["label"] == ["yes", "no"]

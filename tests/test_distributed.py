@@ -30,7 +30,7 @@ ACCELERATE_CONFIG = REPO / "examples" / "accelerate_ddp_cpu.yaml"
 FULL_MATRIX = os.environ.get("DWATT_DISTRIBUTED_MATRIX", "") == "1"
 
 # 8 sentences / rows: 2 optimizer steps of global batch 4 per epoch, no ragged last batch to split over processes.
-# Evaluation: 4 examples one at a time, so that the evaluation loss (Trainer's mean of per-batch mean losses) does
+# Evaluation: 4 examples one at a time, so that the evaluation loss (the mean of per-batch mean losses) does
 # not depend on how the examples are grouped into batches on the processes.
 NER_SENTENCES = CONLL_SENTENCES + [
     [("Jones", "B-PER"), ("played", "O"), ("in", "O"), ("Paris", "B-LOC")],
@@ -67,7 +67,8 @@ def workspace(tmp_path_factory) -> Path:
     (encoder / "config.json").write_text(json.dumps(config))
     (root / "conll").mkdir()
     write_conll(root / "conll" / "train.txt", NER_SENTENCES)
-    write_conll(root / "conll" / "valid.txt", NER_SENTENCES[:4])
+    # Sentences of 5 and 6 words side by side on the two processes: a token-weighted evaluation loss would differ.
+    write_conll(root / "conll" / "valid.txt", [NER_SENTENCES[i] for i in (2, 4, 3, 5)])
     write_csv(root / "train.csv", SENTIMENT)
     write_csv(root / "dev.csv", SENTIMENT[:4])
     return root

@@ -351,6 +351,19 @@ def test_evaluation_gathers_only_logits(tmp_path, task, fusion):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_evaluation_loss_is_each_batchs_own_mean(tmp_path):
+    """transformers 5 passes evaluation the labelled items of all processes (here a stand-in count) and scales the loss
+    by the process count: eval_loss depended on the launch. It is each batch's mean token loss, as in one process."""
+    examples = make_examples("token", 6)
+    model = make_model("token").eval()
+    trainer = DWAttTrainer(model=model, data_collator=collate, args=training_args(tmp_path), log_depth_weights=False)
+    batch = collate(examples)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(**batch).logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(1000))
+    torch.testing.assert_close(loss, expected)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Depth weights in the log history
 # --------------------------------------------------------------------------------------------------------------------

@@ -124,7 +124,14 @@ class DWAttTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Trainer's `compute_loss`; with label smoothing, which computes the loss from the logits alone, it adds the
-        attention guidance term the model returned (the exact-accumulation loss adds it itself)."""
+        attention guidance term the model returned (the exact-accumulation loss adds it itself).
+
+        Evaluation takes each batch's own mean loss, as in one process. (transformers 5 hands evaluation the labelled
+        items counted over all processes and scales the loss by their number: a mean weighted over the batches the
+        processes ran side by side, so `eval_loss`, and the best checkpoint by it, changed with the process count.)
+        """
+        if not model.training:
+            num_items_in_batch = None
         smoothing = self.label_smoother is not None and self.compute_loss_func is None and "labels" in inputs
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         guidance = outputs.get("attention_guidance_loss") if smoothing and isinstance(outputs, dict) else None

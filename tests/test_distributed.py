@@ -196,6 +196,10 @@ def test_two_processes_match_one(workspace, tmp_path, launcher, script, checkpoi
     quality = "eval_f1" if script == "ner" else "eval_accuracy"
     assert distributed["eval"][quality] == reference["eval"][quality]
     assert (distributed_dir / "README.md").is_file() and (distributed_dir / "modeling_dwatt.py").is_file()
+    # The depth-weight report: each process measured half of the dev set, and the sums were added up.
+    mean_weights = [json.loads((folder / "depth_weights.json").read_text())["mean_weights"]
+                    for folder in (reference_dir, distributed_dir)]
+    assert mean_weights[1] == pytest.approx(mean_weights[0], abs=2e-6)
 
 
 def test_attention_guidance_two_processes_match_one_with_the_same_micro_batches(workspace, tmp_path):

@@ -416,6 +416,30 @@ def test_training_logs_depth_weights_and_their_entropy(tmp_path, task, fusion):
     assert max_difference(state(quiet.model), state(trainer.model)) == 0.0
 
 
+def test_depth_weights_of_a_multi_process_run_add_up_disjoint_shards(tmp_path, monkeypatch):
+    """Each of 2 processes measures its half of the dev set (rank 0 alone took all of it, and the others waited past
+    a short --ddp_timeout); the summed halves give the one-process means."""
+    examples = make_examples("token", 7)
+    model = make_model("token", fusion="dwatt").eval()
+    trainer = DWAttTrainer(model=model, data_collator=collate, log_depth_weights=False,
+                           args=training_args(tmp_path, per_device_eval_batch_size=2))
+    expected = trainer.save_depth_weights(examples)
+
+    sums, seen = [], []
+    monkeypatch.setattr(trainer.accelerator, "reduce", lambda tensor, reduction: sums.append(tensor) or tensor)
+    monkeypatch.setattr(type(trainer.args), "world_size", property(lambda self: 2))
+    for rank in (0, 1):
+        monkeypatch.setattr(type(trainer.args), "process_index", property(lambda self, rank=rank: rank))
+        real_loader = trainer._model_inputs_loader
+        monkeypatch.setattr(trainer, "_model_inputs_loader",
+                            lambda dataset, **kwargs: seen.append(list(dataset)) or real_loader(dataset, **kwargs))
+        trainer.save_depth_weights(examples)
+        monkeypatch.setattr(trainer, "_model_inputs_loader", real_loader)
+    assert seen == [examples[:3], examples[3:]]
+    added = sums[0] + sums[1]
+    assert (added[:-1] / added[-1]).tolist() == pytest.approx(expected, abs=1e-6)
+
+
 def test_heads_without_depth_weights_log_none(tmp_path):
     examples = make_examples("token", 8)
     trainer = DWAttTrainer(model=make_model("token", fusion="concat"), train_dataset=examples, data_collator=collate,

@@ -12,29 +12,40 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids",
 
 
 @torch.no_grad()
-def mean_depth_weights(model: torch.nn.Module, batches: Iterable[dict], max_batches: Optional[int] = None) -> Optional[np.ndarray]:
-    """Mean weight of each fusion source over the real tokens (and heads) of `batches`; None for unweighted heads.
+def depth_weight_sums(model: torch.nn.Module, batches: Iterable[dict],
+                      max_batches: Optional[int] = None) -> Optional[tuple[torch.Tensor, float]]:
+    """(Σ weights per source over the real tokens, averaged over heads; the number of those tokens) of `batches`,
+    the parts of `mean_depth_weights` that add up over shards of a data set; None for unweighted heads.
 
-    Sequence classifiers report the weights at their pooled position, token classifiers at every real token.
+    Sequence classifiers count the weights at their pooled position, token classifiers at every real token.
     """
     if model.config.fusion not in WEIGHTED_FUSIONS:
         return None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count = None, 0.0
+    total, count = torch.zeros(len(model.config.fusion_source_indices), device=device), 0.0
     for step, batch in enumerate(tqdm(batches, desc="depth weights", leave=False, total=max_batches)):
         if max_batches is not None and step >= max_batches:
             break
         inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
         weights = model(**inputs, output_fusion_weights=True).fusion_weights.float()  # (B, T', H, n)
         mask = inputs["attention_mask"].float() if weights.shape[1] > 1 else torch.ones(weights.shape[:2], device=device)
-        summed = (weights.mean(dim=2) * mask.unsqueeze(-1)).sum(dim=(0, 1))  # (n,)
-        total = summed if total is None else total + summed
+        total += (weights.mean(dim=2) * mask.unsqueeze(-1)).sum(dim=(0, 1))  # (n,)
         count += float(mask.sum())
     model.train(was_training)
-    if total is None or count == 0:
+    return total, count
+
+
+def mean_depth_weights(model: torch.nn.Module, batches: Iterable[dict], max_batches: Optional[int] = None) -> Optional[np.ndarray]:
+    """Mean weight of each fusion source over the real tokens (and heads) of `batches`; None for unweighted heads.
+
+    Sequence classifiers report the weights at their pooled position, token classifiers at every real token.
+    """
+    sums = depth_weight_sums(model, batches, max_batches)
+    if sums is None or sums[1] == 0:
         return None
+    total, count = sums
     return (total / count).cpu().numpy()
 
 

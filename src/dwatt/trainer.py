@@ -33,7 +33,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .callbacks import AttentionGuidanceCallback, DepthWeightLoggingCallback, unwrap_dwatt_model
-from .depth_weights import MODEL_INPUTS, depth_weight_entropy, mean_depth_weights, plot_depth_weights
+from .depth_weights import MODEL_INPUTS, depth_weight_entropy, depth_weight_sums, plot_depth_weights
 from .model_card import write_model_card
 from .modeling_dwatt import sequence_classification_loss
 from .peft_utils import check_adapter_reloads, is_peft_model, lora_summary, merged_copy
@@ -225,19 +225,36 @@ class DWAttTrainer(Trainer):
     def save_depth_weights(self, eval_dataset=None, max_batches: Optional[int] = None) -> Optional[list[float]]:
         """Mean weights over depth on `eval_dataset` → depth_weights.json and depth_weights.png in the output folder.
 
-        Measured over the whole set (not over one process's shard of a distributed run): on the main process, or on
-        every process with FSDP, whose forward passes need them all.
+        Measured over the whole set. In a multi-process run every process measures its shard and the sums are added
+        up (the main process measuring all of it alone made the others wait at their next collective, past a short
+        --ddp_timeout); with FSDP, whose forward passes need every process, each measures all of it. `max_batches`
+        counts per process.
         """
-        if not (self.is_world_process_zero() or self.is_fsdp_enabled):
-            return None
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        sharded = self.args.world_size > 1 and not self.is_fsdp_enabled
+        if sharded and dataset is not None:
+            if not hasattr(dataset, "__len__"):  # an iterable data set: measured on the main process alone
+                sharded = False
+            else:
+                rank, world = self.args.process_index, self.args.world_size
+                shard = range(rank * len(dataset) // world, (rank + 1) * len(dataset) // world)
+                dataset = dataset.select(shard) if isinstance(dataset, datasets.Dataset) else [dataset[i] for i in shard]
+        if not (sharded or self.is_world_process_zero() or self.is_fsdp_enabled):
+            return None
         loader = self._model_inputs_loader(dataset, batch_size=self.args.per_device_eval_batch_size)
         if loader is None:
             return None
         model = self._unwrapped_model()
-        weights = mean_depth_weights(model, loader, max_batches=max_batches)
-        if weights is None or not self.is_world_process_zero():
+        sums = depth_weight_sums(model, loader, max_batches=max_batches)
+        if sums is None:
             return None
+        total, count = sums
+        if sharded:
+            added = self.accelerator.reduce(torch.cat([total, total.new_tensor([count])]), reduction="sum")
+            total, count = added[:-1], float(added[-1])
+        if count == 0 or not self.is_world_process_zero():
+            return None
+        weights = (total / count).cpu().numpy()
         config = unwrap_dwatt_model(model).config
         folder = Path(self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)

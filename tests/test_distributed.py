@@ -12,6 +12,7 @@ DWATT_DISTRIBUTED_MATRIX=1 to run it.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -200,6 +201,9 @@ def test_two_processes_match_one(workspace, tmp_path, launcher, script, checkpoi
     mean_weights = [json.loads((folder / "depth_weights.json").read_text())["mean_weights"]
                     for folder in (reference_dir, distributed_dir)]
     assert mean_weights[1] == pytest.approx(mean_weights[0], abs=2e-6)
+    card = (distributed_dir / "README.md").read_text()  # says how to start the run again, and its global batch
+    assert "torchrun --nproc_per_node=2 " in card
+    assert re.search(r"\| total_train_batch_size\s*\| 4\s*\|", card) and re.search(r"\| processes\s*\| 2\s*\|", card)
 
 
 def test_attention_guidance_two_processes_match_one_with_the_same_micro_batches(workspace, tmp_path):
@@ -263,3 +267,16 @@ def test_ddp_timeout_holds_on_cpu(tmp_path, monkeypatch, launcher, form):
     assert report["world_size"] == 2 and report["backend"] == "gloo"
     assert report["outcome"].startswith("raised"), report
     assert 4 <= report["elapsed_s"] <= 25, report
+    assert "of 2 joins the gloo group at" in result.stderr and "--ddp_timeout=5s" in result.stderr
+
+
+def test_a_plain_run_with_leftover_launcher_variables_says_what_it_waits_for(tmp_path, monkeypatch):
+    """RANK/WORLD_SIZE/MASTER_* left in the environment of a plain `python` run: the process waits for partners that
+    were never started. It used to wait in silence (30 minutes by default); it now says so, and --ddp_timeout holds."""
+    monkeypatch.setenv("DDP_TIMEOUT_CHECK_DONE_FILE", str(tmp_path / "done"))
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
+        monkeypatch.setenv(name, value)
+    result = run([sys.executable, str(REPO / "tests" / "ddp_timeout_check.py"), "--output_dir", str(tmp_path / "out"),
+                  "--use_cpu", "--ddp_timeout", "5", "--report_to", "none"], tmp_path)
+    assert result.returncode != 0
+    assert "process 0 of 2 joins the gloo group at 127.0.0.1" in result.stderr

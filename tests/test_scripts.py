@@ -249,7 +249,17 @@ def test_a_new_training_run_in_a_used_output_folder_reports_only_itself(encoder,
     (["run.py", "--push_to_hub_token=hf_A", "--output_dir", "my token"], "python run.py '--push_to_hub_token=***' --output_dir 'my token'"),
 ])
 def test_card_command_masks_hub_tokens(argv, shown):
-    assert command_line(argv) == shown
+    assert command_line(argv, environ={}) == shown
+
+
+@pytest.mark.parametrize("environ, shown", [
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, "torchrun --nproc_per_node=2 run.py --seed 0"),
+    ({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, "torchrun --nproc_per_node=4 --nnodes=2 run.py --seed 0"),
+    ({"WORLD_SIZE": "1"}, "python run.py --seed 0"),
+])
+def test_card_command_of_a_multi_process_run_starts_as_many_processes(environ, shown):
+    """It read `python run.py …` with the per-process batch: pasted, it trained with half the global batch."""
+    assert command_line(["run.py", "--seed", "0"], environ=environ) == shown
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

@@ -8,6 +8,7 @@ distributed types, so on a CPU-only machine the FSDP options are dropped and Tra
 """
 
 import os
+import sys
 from datetime import timedelta
 from typing import Optional
 
@@ -37,6 +38,14 @@ def join_cpu_process_group(use_cpu: bool, ddp_timeout: int, ddp_backend: Optiona
         return False
     if not dist.is_available() or dist.is_initialized():
         return False
+    # Said before waiting: with WORLD_SIZE left over in the environment of a plain `python` run, the wait for
+    # processes that were never started would otherwise be silent until --ddp_timeout.
+    print(
+        f"[dwatt] process {os.environ.get('RANK', '?')} of {launched} joins the gloo group at "
+        f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} and waits up to --ddp_timeout={ddp_timeout}s for the "
+        "others (WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT come from the launcher or the environment).",
+        file=sys.stderr, flush=True,
+    )
     dist.init_process_group(backend="gloo", init_method="env://", timeout=timedelta(seconds=ddp_timeout))
     return True
 

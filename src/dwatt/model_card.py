@@ -5,7 +5,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -53,9 +53,20 @@ SECRET_OPTIONS = ("--token", "--hub_token", "--use_auth_token", "--push_to_hub_t
 MASKED = "***"
 
 
-def command_line(argv: Optional[Sequence[str]] = None) -> str:
+def launcher(environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """`python`, or the `torchrun` line that starts as many processes as this run had (torchrun, accelerate launch
+    and their multi-node forms all set WORLD_SIZE and LOCAL_WORLD_SIZE)."""
+    environ = os.environ if environ is None else environ
+    world, local = int(environ.get("WORLD_SIZE", "1")), int(environ.get("LOCAL_WORLD_SIZE", environ.get("WORLD_SIZE", "1")))
+    if world <= 1:
+        return ["python"]
+    nodes = max(1, world // max(local, 1))
+    return ["torchrun", f"--nproc_per_node={local}", *([f"--nnodes={nodes}"] if nodes > 1 else [])]
+
+
+def command_line(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> str:
     """The command that started this process (or `argv`), quoted so it can be pasted into a shell, with the values
-    of the Hub token options masked."""
+    of the Hub token options masked; a multi-process run's with its launcher (see `launcher`)."""
     parts, mask_next = [], False
     for part in sys.argv if argv is None else argv:
         option = part.split("=", 1)[0]
@@ -68,7 +79,7 @@ def command_line(argv: Optional[Sequence[str]] = None) -> str:
             else:
                 mask_next = True
         parts.append(part)
-    return " ".join(shlex.quote(part) for part in ["python", *parts])
+    return " ".join(shlex.quote(part) for part in [*launcher(environ), *parts])
 
 
 def quality_metrics(metrics: dict, prefix: str) -> dict[str, float]:

@@ -156,6 +156,9 @@ def run_hyperparameters(model: PreTrainedModel, training_args: TrainingArguments
         "learning_rate": training_args.learning_rate,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "processes": training_args.world_size,
+        "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                                   * training_args.world_size),
         **budget,
         "seed": training_args.seed,
         "max_train_samples": data_args.max_train_samples,

@@ -40,16 +40,19 @@ def is_decoder_only(encoder_config: PretrainedConfig) -> bool:
 
     Known families, and any other that transformers offers a causal LM for and no masked LM (BERT-like encoders have
     both), except encoder-decoder models (refused by DWAttConfig) and BertGeneration (an encoder as often as not).
+    transformers keeps those name tables in a module that is not its public API (the same in 4.57 and 5.x): should
+    it move, the known families still count (tests/test_unusual_encoders.py notices the move).
     """
     model_type = encoder_config.model_type
     if model_type in DECODER_ONLY_MODEL_TYPES:
         return True
-    from transformers.models.auto.modeling_auto import (  # plain name tables, read on demand
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    return (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    try:
+        from transformers.models.auto import modeling_auto
+        causal_lm = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        masked_lm = modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    except (ImportError, AttributeError):
+        return False
+    return (model_type in causal_lm and model_type not in masked_lm
             and not getattr(encoder_config, "is_encoder_decoder", False) and model_type != "bert-generation")
 
 

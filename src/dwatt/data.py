@@ -33,6 +33,8 @@ from typing import Any, NamedTuple, Union
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_dataset
 
+from .metrics import F1_GLUE_TASKS
+
 
 PathLike = Union[str, os.PathLike]
 
@@ -1002,10 +1004,6 @@ def glue_task_named_by(dataset_name: str | None, dataset_config_name: str | None
     return None
 
 
-# GLUE tasks scored with F1, where the label with id 1 is the positive class.
-_F1_GLUE_TASKS = ("mrpc", "qqp")
-
-
 def _in_glue_label_order(splits: DatasetDict, task_name: str | None, label_list: Sequence[str] | None) -> DatasetDict:
     """CSV/JSON files of a named GLUE task whose labels are the task's label names get the Hub's label ids.
 
@@ -1029,7 +1027,7 @@ def _in_glue_label_order(splits: DatasetDict, task_name: str | None, label_list:
             name: split.cast_column("label", ClassLabel(names=list(names))) if "label" in split.column_names else split
             for name, split in splits.items()
         })
-    if task in _F1_GLUE_TASKS:
+    if task in F1_GLUE_TASKS:
         raise ValueError(
             f"The {task} labels {found} are not GLUE's {list(names)}, so the positive class of its F1 is unknown: "
             f"name them {' and '.join(names)}, or use GLUE's ids 0 and 1 ({names[1]} = 1)."

@@ -75,6 +75,10 @@ def _as_arrays(predictions: Any, references: Any, dtype: Any) -> tuple[np.ndarra
     return predictions, references
 
 
+# GLUE tasks scored with F1 besides accuracy, whose positive class is the label with id 1.
+F1_GLUE_TASKS = ("mrpc", "qqp")
+
+
 def glue_metrics(task_name: str, predictions: Any, references: Any) -> dict[str, float]:
     """Compute the official GLUE metric of a task: exactly the keys of the `evaluate` glue metric for that task.
 
@@ -90,7 +94,7 @@ def glue_metrics(task_name: str, predictions: Any, references: Any) -> dict[str,
     if config == "cola":
         return {"matthews_correlation": float(matthews_corrcoef(refs, preds))}
     accuracy = float((preds == refs).mean())
-    if config in ("mrpc", "qqp"):
+    if config in F1_GLUE_TASKS:
         return {"accuracy": accuracy, "f1": float(f1_score(y_true=refs, y_pred=preds))}
     return {"accuracy": accuracy}
 

@@ -57,7 +57,8 @@ def launcher(environ: Optional[Mapping[str, str]] = None) -> list[str]:
     """`python`, or the `torchrun` line that starts as many processes as this run had (torchrun, accelerate launch
     and their multi-node forms all set WORLD_SIZE and LOCAL_WORLD_SIZE)."""
     environ = os.environ if environ is None else environ
-    world, local = int(environ.get("WORLD_SIZE", "1")), int(environ.get("LOCAL_WORLD_SIZE", environ.get("WORLD_SIZE", "1")))
+    world = int(environ.get("WORLD_SIZE", "1"))
+    local = int(environ.get("LOCAL_WORLD_SIZE", world))
     if world <= 1:
         return ["python"]
     nodes = max(1, world // max(local, 1))

@@ -191,8 +191,11 @@ def encoder_layers(encoder: nn.Module, num_layers: int) -> Optional[tuple[list[n
     tuple; None when they cannot be told apart for sure.
 
     Found through the class transformers 5 records `hidden_states` from (`_can_record_outputs`), else through a
-    `layer`/`layers` ModuleList of the right length (MPNet, DeBERTa-v2, transformers 4.x).
+    `layer`/`layers` ModuleList of the right length (MPNet, DeBERTa-v2, transformers 4.x). None for time-major
+    encoders, whose layer outputs (T, B, d) look like (B, T, d) when B == T.
     """
+    if getattr(getattr(encoder, "config", None), "model_type", None) in TIME_MAJOR_MODEL_TYPES:
+        return None
     target = (getattr(encoder, "_can_record_outputs", None) or {}).get("hidden_states")
     if target is not None:
         layer_class = getattr(target, "target_class", target)  # a class, or an OutputRecorder naming one
@@ -885,13 +888,11 @@ class TransformerLayer(nn.Module):
     ) -> torch.Tensor:
         """Multi-head self-attention before the output projection: (B, T, d) -> (B, T', d)."""
         batch, length, hidden = hidden_states.shape
-        if positions is not None and not _is_plain_linear(self.attn_qkv):  # quantized: project every token, keep
-            qkv = self.attn_qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)  # one query
-            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, h)
-            query = query.gather(2, positions.view(batch, 1, 1, 1).expand(batch, self.num_heads, 1, self.head_dim))
-        elif positions is None:
+        if positions is None or not _is_plain_linear(self.attn_qkv):
             qkv = self.attn_qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
             query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, h)
+            if positions is not None:  # a quantized attn_qkv, called whole: keep the pooled query, (B, H, 1, h)
+                query = query.gather(2, positions.view(batch, 1, 1, 1).expand(batch, self.num_heads, 1, self.head_dim))
         else:
             # attn_qkv's rows are [W_Q; W_K; W_V]: project the queries at the positions, keys and values everywhere.
             weight_q, weight_kv = self.attn_qkv.weight.split([hidden, 2 * hidden])
@@ -1442,7 +1443,7 @@ class DWAttModel(DWAttPreTrainedModel):
         path, which gives the same values (to rounding for token-level DWAtt, whose readout stream, and whose batched
         value path, sum the same terms in another order)."""
         found = encoder_layers(self.encoder, self._num_states - 1)
-        if found is None or self.config.encoder_config.model_type in TIME_MAJOR_MODEL_TYPES:
+        if found is None:
             return None
         last = self._num_states - 1
         slots = {index: slot for slot, index in enumerate(self._source_indices)}

@@ -39,6 +39,11 @@ from .modeling_dwatt import sequence_classification_loss
 from .peft_utils import check_adapter_reloads, is_peft_model, lora_summary, merged_copy
 
 
+def _rows(dataset, indices: range):
+    """The rows `indices` of a `datasets.Dataset` or of a list-like data set."""
+    return dataset.select(indices) if isinstance(dataset, datasets.Dataset) else [dataset[i] for i in indices]
+
+
 class AccumulationExactLoss:
     """`compute_loss_func` for DWAtt classifiers: the model's own loss (same problem types), normalised by the
     labelled items of the whole optimizer step instead of those of each micro-batch.
@@ -154,8 +159,7 @@ class DWAttTrainer(Trainer):
         if dataset is None or (limit is not None and not hasattr(dataset, "__len__")):
             return None
         if limit is not None:
-            count = min(limit, len(dataset))
-            dataset = dataset.select(range(count)) if isinstance(dataset, datasets.Dataset) else [dataset[i] for i in range(count)]
+            dataset = _rows(dataset, range(min(limit, len(dataset))))
         if isinstance(dataset, datasets.Dataset):
             dataset = self._remove_unused_columns(dataset, description="depth weights")
             collator = self.data_collator
@@ -237,8 +241,7 @@ class DWAttTrainer(Trainer):
                 sharded = False
             else:
                 rank, world = self.args.process_index, self.args.world_size
-                shard = range(rank * len(dataset) // world, (rank + 1) * len(dataset) // world)
-                dataset = dataset.select(shard) if isinstance(dataset, datasets.Dataset) else [dataset[i] for i in shard]
+                dataset = _rows(dataset, range(rank * len(dataset) // world, (rank + 1) * len(dataset) // world))
         if not (sharded or self.is_world_process_zero() or self.is_fsdp_enabled):
             return None
         loader = self._model_inputs_loader(dataset, batch_size=self.args.per_device_eval_batch_size)

@@ -27,5 +27,8 @@ finetune: $(STAMP)
 	  --per_device_train_batch_size 16 --per_device_eval_batch_size 64 --save_strategy no --report_to none \
 	  --do_train --do_eval --output_dir $(OUT)
 
+# Two pytest-xdist workers: most of the time goes into starting script subprocesses, which a second core overlaps.
+# Whole files per worker, so that each module fixture (the remote-code checks, the benchmark runs) runs once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

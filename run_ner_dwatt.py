@@ -105,7 +105,8 @@ def main():
     set_seed(training_args.seed)
 
     # Data. Tags are checked against the label list while reading local files, so a bad tag names its file and line.
-    label_names = data_args.label_list.split(",") if data_args.label_list else checkpoint_labels(model_args)
+    label_names = ([name.strip() for name in data_args.label_list.split(",") if name.strip()] if data_args.label_list
+                   else checkpoint_labels(model_args))
     raw_datasets = load_ner_data(
         data_args.dataset_name,
         data_args.dataset_config_name,

@@ -34,7 +34,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, TrainingArguments
 from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.model_arguments import ModelArguments, load_model
 from dwatt.model_card import command_line
-from dwatt.script_utils import run_hyperparameters
+from dwatt.script_utils import options_on_command_line, parse_arguments, run_hyperparameters
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_CHECK = Path(__file__).with_name("pipeline_check.py")
@@ -538,6 +538,20 @@ def test_attention_guidance_heads_are_checked_when_the_options_are_read():
     assert per_layer.attention_guidance_kwargs()["attention_guidance_heads"] == [[[], [2], [8], [0, 1]], [[1], [], [], []]]
 
 
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_settings_file_may_give_the_guided_heads_as_a_list(tmp_path, monkeypatch, suffix):
+    """In a .json/.yaml settings file the heads chosen per layer are naturally a list, not a JSON string (it failed
+    with AttributeError: 'list' object has no attribute 'lstrip')."""
+    per_layer = [[[], [2], [0], [1, 3]], [[], [3], [2], [0, 1]]]
+    settings = {"encoder_name_or_path": "some/encoder", "output_dir": str(tmp_path / "out"),
+                "attention_guidance_heads": per_layer}
+    path = tmp_path / f"settings{suffix}"
+    path.write_text(json.dumps(settings))  # JSON is YAML too
+    monkeypatch.setattr(sys, "argv", ["run_ner_dwatt.py", str(path)])
+    model_args, _ = parse_arguments((ModelArguments, TrainingArguments))
+    assert model_args.attention_guidance_kwargs()["attention_guidance_heads"] == per_layer
+
+
 def test_encoder_num_layers_needs_an_encoder_to_cut():
     with pytest.raises(ValueError, match="--encoder_num_layers cuts a plain pretrained encoder"):
         ModelArguments(model_name_or_path="some/dwatt-checkpoint", encoder_num_layers=2)
@@ -638,6 +652,48 @@ def test_config_name_sets_the_encoder_config_or_the_checkpoint_config(encoder, t
     assert all(torch.equal(model.state_dict()[key], tensor) for key, tensor in saved.items())
 
 
+def test_guidance_settings_for_a_checkpoint_change_only_what_is_given_and_are_checked(encoder, tmp_path):
+    """Continuing a checkpoint: a guidance setting given alone applies (it was dropped), new heads keep the
+    checkpoint's weight and schedule (they were reset to the command line's defaults), and heads the encoder lacks are
+    refused (they were set on the config unchecked, and the loss guided fewer heads than asked)."""
+    guided = dwatt_checkpoint(encoder, tmp_path / "guided", attention_guidance_heads=[0, 1, 1, 0],
+                              attention_guidance_weight=1.0, attention_guidance_constant_steps=5)
+    config = load_model(ModelArguments(model_name_or_path=str(guided), attention_guidance_weight=3.0),
+                        DWAttForTokenClassification, NER_LABELS).config
+    assert (config.attention_guidance_heads, config.attention_guidance_weight,
+            config.attention_guidance_constant_steps) == ([0, 1, 1, 0], 3.0, 5)
+    config = load_model(ModelArguments(model_name_or_path=str(guided), attention_guidance_heads="1,0,0,1"),
+                        DWAttForTokenClassification, NER_LABELS).config
+    assert (config.attention_guidance_heads, config.attention_guidance_weight,
+            config.attention_guidance_constant_steps) == ([1, 0, 0, 1], 1.0, 5)
+    with pytest.raises(ValueError, match=r"guides 21 heads per layer, but the encoder has 4"):
+        load_model(ModelArguments(model_name_or_path=str(guided), attention_guidance_heads="0,1,0,20"),
+                   DWAttForTokenClassification, NER_LABELS)
+    with pytest.raises(ValueError, match=r"per-layer entries, but the encoder has 2 layers"):
+        load_model(ModelArguments(model_name_or_path=str(guided), attention_guidance_heads="[[[], [1], [2], [3]]]"),
+                   DWAttForTokenClassification, NER_LABELS)
+
+    # Weighting options without any guided head would change nothing: refused, for a checkpoint and a new head.
+    plain = dwatt_checkpoint(encoder, tmp_path / "plain")
+    with pytest.raises(ValueError, match=r"--attention_guidance_weight 3.0: no attention head of checkpoint .* is "
+                                         r"guided.*--attention_guidance_heads"):
+        load_model(ModelArguments(model_name_or_path=str(plain), attention_guidance_weight=3.0),
+                   DWAttForTokenClassification, NER_LABELS)
+    with pytest.raises(ValueError, match=r"--attention_guidance_constant_steps 7: no attention head of a new head"):
+        load_model(ModelArguments(encoder_name_or_path=str(encoder), attention_guidance_constant_steps=7),
+                   DWAttForTokenClassification, NER_LABELS)
+
+
+def test_options_given_on_the_command_line_are_recognised_however_spelt():
+    """Which options the user gave (a new-head option given for a checkpoint is refused even at its default): argparse
+    accepts abbreviations and --no_ flags, which the record used to miss, so the conflict check let them through."""
+    argv = ["--model_name_or_path", "ckpt", "--fusion_lay", "0,1", "--no_log_depth_weights", "--output-dir=out",
+            "--fusion", "dwatt", "--do_train", "--scalar_mix_layer", "False"]
+    assert options_on_command_line((ModelArguments, TrainingArguments), argv) == {
+        "model_name_or_path", "fusion_layers", "log_depth_weights", "output_dir", "fusion", "do_train",
+        "scalar_mix_layer_norm"}
+
+
 BAD_NER_JSONL = '{"tokens": ["John", "visited"], "ner_tags": ["B-PER", "O"]}\n{"tokens": ["Mary", "met", "Jones"], "ner_tags": ["B-PER", "O"]}\n'
 
 
@@ -654,8 +710,9 @@ def test_bad_data_fails_early_with_file_and_line(encoder, tmp_path, case):
             valid.write_text(BAD_NER_JSONL)
             expected = ["valid.jsonl", "line 2"]
         elif case == "ner-label-outside-list":
-            extra = ["--label_list", "O,B-PER,I-PER,B-ORG,I-ORG"]  # the training file has B-LOC on its line 1
-            expected = ["train.jsonl", "line 1", "B-LOC"]
+            # The training file has B-LOC on its line 1; the names are read without the blanks around them.
+            extra = ["--label_list", "O, B-PER, I-PER,B-ORG ,I-ORG"]
+            expected = ["train.jsonl", "line 1", "B-LOC", "['O', 'B-PER', 'I-PER', 'B-ORG', 'I-ORG']"]
         else:
             valid.write_text("")
             expected = ["valid.jsonl", "line 1", "without any sentence"]

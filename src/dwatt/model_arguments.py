@@ -20,6 +20,10 @@ NEW_HEAD_OPTIONS = (
     "pooling",
 )
 TRAINING_HEAD_OPTIONS = ("dwatt_weight_dropout", "classifier_dropout")
+# How the guidance loss is weighted and averaged: they change a run only where heads are guided.
+GUIDANCE_SETTING_OPTIONS = (
+    "attention_guidance_weight", "attention_guidance_constant_steps", "attention_guidance_mask_padding",
+)
 
 
 @dataclass
@@ -179,15 +183,23 @@ class ModelArguments:
         return self._suggested_guidance_counts
 
     def attention_guidance_kwargs(self) -> dict:
-        """The `DWAttConfig` attention-guidance arguments, when --attention_guidance_heads turns guidance on."""
+        """The `DWAttConfig` attention-guidance arguments of a new head, when --attention_guidance_heads turns guidance
+        on. The weighting options alone would change nothing, and are refused."""
         if self.attention_guidance_heads is None:
+            self._refuse_guidance_settings_without_heads("a new head")
             return {}
         return {
             "attention_guidance_heads": self._attention_guidance_heads,
-            "attention_guidance_weight": self.attention_guidance_weight,
-            "attention_guidance_constant_steps": self.attention_guidance_constant_steps,
-            "attention_guidance_mask_padding": self.attention_guidance_mask_padding,
+            **{name: getattr(self, name) for name in GUIDANCE_SETTING_OPTIONS},
         }
+
+    def _refuse_guidance_settings_without_heads(self, model: str) -> None:
+        given = self.given_options(GUIDANCE_SETTING_OPTIONS)
+        if given:
+            raise ValueError(
+                f"{', '.join(f'--{name} {value}' for name, value in given.items())}: no attention head of {model} is "
+                "guided, so these would change nothing. Give --attention_guidance_heads too, or drop them."
+            )
 
     # The options given on the command line or in the settings file (set by `dwatt.script_utils.parse_arguments`);
     # None when the arguments were built otherwise, and then an option counts as given where it is not its default.
@@ -219,7 +231,13 @@ class ModelArguments:
                 "it was trained with. Drop them to continue training it, or start a new head on the encoder with "
                 "--encoder_name_or_path."
             )
-        return {**self.given_options(TRAINING_HEAD_OPTIONS), **self.attention_guidance_kwargs()}
+        # Guidance settings the user did not give keep the checkpoint's values (also when new heads are given).
+        overrides = {**self.given_options(TRAINING_HEAD_OPTIONS), **self.given_options(GUIDANCE_SETTING_OPTIONS)}
+        if self.attention_guidance_heads is not None:
+            overrides["attention_guidance_heads"] = self._attention_guidance_heads
+        elif checkpoint_config.attention_guidance_heads is None:
+            self._refuse_guidance_settings_without_heads(f"checkpoint {self.model_name_or_path}")
+        return overrides
 
 
 def suggested_guidance_counts(text: Optional[str]) -> Optional[list[int]]:
@@ -236,10 +254,11 @@ def suggested_guidance_counts(text: Optional[str]) -> Optional[list[int]]:
     return normalize_attention_guidance_heads(counts)
 
 
-def parse_attention_guidance_heads(text: Optional[str]):
+def parse_attention_guidance_heads(text: Union[str, list, None]) -> Optional[list]:
     """--attention_guidance_heads: head counts (`"0,1,1,4"`) or heads chosen per layer as JSON
-    (`'[[[], [2], [8], [0, 1]], …]'`), normalized by `normalize_attention_guidance_heads`."""
-    if text is not None and text.lstrip().startswith("["):
+    (`'[[[], [2], [8], [0, 1]], …]'`; a settings file may give either as a list), normalized by
+    `normalize_attention_guidance_heads`."""
+    if isinstance(text, str) and text.lstrip().startswith("["):
         try:
             text = json.loads(text)
         except ValueError:
@@ -357,13 +376,12 @@ def load_model(
     overrides = model_args.checkpoint_overrides(checkpoint_config)
     if model_args.ignore_mismatched_sizes:
         overrides.update(label_kwargs)  # a new classifier for the data's labels, on purpose
-    loading = {"trust_remote_code": model_args.trust_remote_code, **model_args.hub_kwargs()}
-    if model_args.config_name:  # its settings, not the checkpoint's own config.json
-        for key, value in overrides.items():
-            setattr(checkpoint_config, key, value)
-        loading["config"], overrides = checkpoint_config, {}
+    # The config is built anew with the changed settings, so that the config class checks them against the encoder
+    # (`from_pretrained(..., **overrides)` would only set them as attributes, unchecked).
+    config = type(checkpoint_config).from_dict({**checkpoint_config.to_dict(), **overrides})
     model = model_class.from_pretrained(
-        model_args.model_name_or_path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **loading, **overrides
+        model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        trust_remote_code=model_args.trust_remote_code, **model_args.hub_kwargs(),
     )
     if model_args.ignore_mismatched_sizes:
         return model

@@ -38,7 +38,7 @@ def parse_arguments(dataclass_types: tuple) -> tuple:
         parsed, explicit = parser.parse_dict(settings), set(settings)
     else:
         parsed = parser.parse_args_into_dataclasses()
-        explicit = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in sys.argv[1:] if arg.startswith("--")}
+        explicit = options_on_command_line(dataclass_types, sys.argv[1:])
     for arguments in parsed:  # which options the user set, even to their defaults (`--fusion dwatt`)
         if hasattr(arguments, "explicit_options"):
             arguments.explicit_options = frozenset(explicit)
@@ -46,6 +46,17 @@ def parse_arguments(dataclass_types: tuple) -> tuple:
 
 
 TRAINING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainingArguments) if field.init}
+
+
+def options_on_command_line(dataclass_types: tuple, argv: list[str]) -> set[str]:
+    """The fields that `argv` sets, however they are spelt there: abbreviated (`--fusion_lay`, which argparse
+    accepts), as `--no_<flag>`, with dashes or `=value`. argparse itself resolves the spellings: every default is
+    replaced by a marker, and the fields that lose it were given."""
+    probe = HfArgumentParser(dataclass_types)
+    not_given = object()
+    probe.set_defaults(**{f.name: not_given for cls in dataclass_types for f in dataclasses.fields(cls) if f.init})
+    namespace, _ = probe.parse_known_args(argv)
+    return {name for name, value in vars(namespace).items() if value is not not_given}
 
 
 def setup_logging(training_args: TrainingArguments, logger: logging.Logger) -> None:

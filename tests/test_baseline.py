@@ -106,3 +106,20 @@ def test_last_on_modernbert_equals_stock_base_model_plus_linear_head(model_class
         linear = ours.classifier if model_class is DWAttForTokenClassification else ours.classifier.out_proj
         expected = linear(hidden) if model_class is DWAttForTokenClassification else linear(hidden[:, 0])
         torch.testing.assert_close(ours(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
+
+
+def test_classifier_activation_none_is_the_dense_layer_alone():
+    """`classifier_activation=None` (which the config accepts) is dense → projection with nothing between; it failed
+    when the model was built (no activation is named None)."""
+    encoder_config = tiny_encoder_config("bert")
+    stock = AutoModel.from_config(encoder_config, add_pooling_layer=False).eval()
+    ours = DWAttForSequenceClassification(
+        DWAttConfig(encoder_config=encoder_config, fusion="last", num_labels=3, classifier_activation=None)).eval()
+    ours.dwatt.encoder.load_state_dict(stock.state_dict())
+    input_ids, attention_mask = batch()
+    with torch.no_grad():
+        first = stock(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]  # (B, d)
+        dense, out = ours.classifier.dense, ours.classifier.out_proj
+        expected = first @ dense.weight.T + dense.bias
+        expected = expected @ out.weight.T + out.bias
+        torch.testing.assert_close(ours(input_ids=input_ids, attention_mask=attention_mask).logits, expected)

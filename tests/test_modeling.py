@@ -539,3 +539,29 @@ def test_gradient_checkpointing_trains():
     loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.zeros_like(input_ids)).loss
     loss.backward()
     assert model.dwatt.encoder.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_a_head_fed_at_the_pooled_positions_gets_the_mask_at_those_positions():
+    """Stored sources are cut to the pooled positions (B, 1, d) before the head's forward runs: the mask it gets must
+    be cut the same way (it was the whole (B, T) mask, wrong for any head that reads it)."""
+    from dwatt.modeling_dwatt import FusionHead, StoredSources
+
+    class RecordingHead(FusionHead):
+        def forward(self, last_hidden_state, sources, attention_mask, positions=None, output_weights=False):
+            self.seen = last_hidden_state, sources, attention_mask
+            return last_hidden_state, None
+
+    states = [torch.randn(3, 5, 8) for _ in range(2)]  # (B, T, d) per source
+    attention_mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    positions = torch.tensor([1, 4, 2])  # (B,)
+    head = RecordingHead()
+    stream = StoredSources(head, attention_mask, positions)
+    for slot, source in enumerate(states):
+        stream.add(slot, source)
+    stream.finish(states[-1], output_weights=False)
+    last, sources, mask = head.seen
+    rows = torch.arange(3)
+    assert torch.equal(last[:, 0], states[-1][rows, positions])
+    assert all(torch.equal(got[:, 0], source[rows, positions]) for got, source in zip(sources, states))
+    assert torch.equal(mask, torch.tensor([[1], [1], [1]]))
+    assert torch.equal(mask[:, 0], attention_mask[rows, positions])

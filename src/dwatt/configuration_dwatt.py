@@ -1,8 +1,8 @@
 # Copyright 2026 the dwatt authors. Licensed under the Apache License, Version 2.0.
 """Configuration of DWAtt models: a pretrained encoder plus a layer-fusion head.
 
-This file is copied next to every saved checkpoint (Hugging Face remote code), so it imports only torch-free,
-public `transformers` names and must stay importable on its own.
+This file is copied next to every saved checkpoint (Hugging Face remote code), so it imports only torch-free
+`transformers` names, public ones but for one guarded lookup (`is_decoder_only`), and must stay importable on its own.
 """
 
 from typing import Any, Optional, Union

@@ -1,4 +1,5 @@
-"""Multi-process training helpers: launch checks for the example scripts, and the own class of an FSDP2 model.
+"""Multi-process training helpers: launch checks for the example scripts, and the own class of an FSDP2 model
+(`unsharded_class`, for code that shards the model itself, as tests/fsdp_check.py does).
 
 What was checked on CPU (gloo; torch 2.13, accelerate 1.15, transformers 5.23): DDP through `torchrun` and
 `accelerate launch` (tests/test_distributed.py), and FSDP2 (`torch.distributed.fsdp.fully_shard`) on the model

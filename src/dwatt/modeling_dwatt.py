@@ -326,7 +326,7 @@ class SourceStream:
     Inference feeds it from HiddenStateHooks while the encoder runs."""
 
     positions: Optional[torch.Tensor] = None  # (B,) pooled position of each sequence; None fuses every token
-    _gather_index: Optional[torch.Tensor] = None  # (B, 1, d), made once: each operator counts on a GPU (cost.py)
+    _gather_index: Optional[torch.Tensor] = None  # (B, 1, d), made once: each operator counts on a GPU (benchmarks/cost.py)
 
     def add(self, slot: int, source: torch.Tensor) -> None:
         raise NotImplementedError
@@ -354,9 +354,11 @@ class StoredSources(SourceStream):
         self.sources.append(self.at_positions(source))  # (B, T', d)
 
     def finish(self, last_hidden_state, output_weights):
+        mask = self.attention_mask  # (B, T), or (B, 1) at the pooled positions, like the states the head gets
+        if self.positions is not None and mask is not None:
+            mask = mask.gather(1, self.positions.view(-1, 1))
         return self.head(
-            self.at_positions(last_hidden_state), self.sources, self.attention_mask, positions=None,
-            output_weights=output_weights,
+            self.at_positions(last_hidden_state), self.sources, mask, positions=None, output_weights=output_weights
         )
 
 
@@ -1118,7 +1120,8 @@ def attention_guidance_loss(
 
 
 # The `from_pretrained` options that say where and how to read a checkpoint's files. They are not settings of the model:
-# `from_encoder_pretrained` hands them to the encoder's loader (a `token` must never reach config.json).
+# `from_encoder_pretrained` hands them to the encoder's loader (a `token` must never reach config.json), and
+# `from_pretrained` to the loader of the saved encoder config.
 HUB_FILE_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download", "proxies")
 ENCODER_LOADING_OPTIONS = (*HUB_FILE_OPTIONS, "trust_remote_code", "code_revision")
 
@@ -1269,9 +1272,9 @@ class DWAttPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, refusing a label count that differs from the checkpoint's.
-
-        Pass `ignore_mismatched_sizes=True` to re-initialise the classifier for a new label set on purpose.
+        """`PreTrainedModel.from_pretrained`, refusing a label count that differs from the checkpoint's (pass
+        `ignore_mismatched_sizes=True` to re-initialise the classifier for a new label set on purpose) and a dwatt 0.1
+        checkpoint, whose weights need converting first (the error says how).
         """
         requested = kwargs.get("num_labels")
         if requested is None and kwargs.get("id2label") is not None:
@@ -1594,7 +1597,10 @@ class DWAttClassificationHead(nn.Module):
         super().__init__()
         hidden_size = config.encoder_config.hidden_size
         self.dense = nn.Linear(hidden_size, hidden_size) if config.classifier_dense else None
-        self.activation = ACT2FN[config.classifier_activation] if config.classifier_dense else None
+        self.activation = None
+        if config.classifier_dense:  # classifier_activation=None: the dense layer alone
+            activation = config.classifier_activation
+            self.activation = ACT2FN[activation] if activation is not None else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(hidden_size, config.num_labels)
 

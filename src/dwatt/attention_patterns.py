@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .callbacks import unwrap_dwatt_model
 from .configuration_dwatt import (ATTENTION_GUIDANCE_PATTERNS, GuidanceHeads, attention_guidance_assignment,
                                   chosen_per_layer, normalize_attention_guidance_heads)
-from .depth_weights import MODEL_INPUTS
+from .model_utils import MODEL_INPUTS, eval_mode, unwrap_dwatt_model
 from .modeling_dwatt import attention_pattern_keys, probabilities_on_keys
 
 
@@ -54,20 +53,18 @@ def pattern_mass_sums(attentions: Sequence[torch.Tensor], attention_mask: torch.
 def pattern_mass(encoder: torch.nn.Module, batches: Iterable[dict], total: Optional[int] = None) -> np.ndarray:
     """Mean pattern mass (L, heads, 4) of `encoder` (eager attention, so that it returns attention probabilities)
     over the batches of its inputs (`input_ids`, `attention_mask`, …)."""
-    was_training = encoder.training
-    encoder.eval()
     device = next(encoder.parameters()).device
     sums, counts = None, None
-    for batch in tqdm(batches, desc="attention patterns", total=total, leave=False):
-        inputs = {key: value.to(device) for key, value in batch.items()}
-        attentions = encoder(**inputs, output_attentions=True, return_dict=True).attentions
-        if not attentions or any(layer is None for layer in attentions):
-            raise ValueError(f"{type(encoder).__name__} returned no attention probabilities: load it with "
-                             "attn_implementation='eager'.")
-        batch_sums, batch_counts = pattern_mass_sums(attentions, inputs["attention_mask"])
-        sums = batch_sums.cpu() if sums is None else sums + batch_sums.cpu()
-        counts = batch_counts.cpu() if counts is None else counts + batch_counts.cpu()
-    encoder.train(was_training)
+    with eval_mode(encoder):
+        for batch in tqdm(batches, desc="attention patterns", total=total, leave=False):
+            inputs = {key: value.to(device) for key, value in batch.items()}
+            attentions = encoder(**inputs, output_attentions=True, return_dict=True).attentions
+            if not attentions or any(layer is None for layer in attentions):
+                raise ValueError(f"{type(encoder).__name__} returned no attention probabilities: load it with "
+                                 "attn_implementation='eager'.")
+            batch_sums, batch_counts = pattern_mass_sums(attentions, inputs["attention_mask"])
+            sums = batch_sums.cpu() if sums is None else sums + batch_sums.cpu()
+            counts = batch_counts.cpu() if counts is None else counts + batch_counts.cpu()
     if sums is None:
         raise ValueError("No examples to measure attention patterns on.")
     return (sums / counts.clamp(min=1)).numpy()
@@ -149,11 +146,11 @@ def plot_pattern_mass(mass: np.ndarray, path: Path, title: str, guided: Optional
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    from .data import add_glue_sample_arguments  # datasets is imported only by the command line
+    from .analysis_data import add_example_sampling_arguments  # datasets is imported only by the command line
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="encoder folder or Hub id, or a DWAtt checkpoint")
-    add_glue_sample_arguments(parser, split="validation", max_examples=500, ner_folders=True)
+    add_example_sampling_arguments(parser, split="validation", max_examples=500, ner_folders=True)
     parser.add_argument("--suggest-guidance", default=None, metavar="COUNTS",
                         help="head counts per pattern, e.g. 0,1,1,4: also choose, per layer, the heads that already "
                              "follow each pattern most (an attention_guidance_heads value, in the JSON and framed in "
@@ -167,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     JSON and a PNG."""
     from transformers import AutoModel
 
-    from .data import analysis_record, padding_tokenizer, text_examples, tokenized_text_batches
+    from .analysis_data import analysis_record, padding_tokenizer, text_examples, tokenized_text_batches
 
     args = _parse_args(argv)
     counts = normalize_attention_guidance_heads(args.suggest_guidance)  # text: head counts; fails before any data

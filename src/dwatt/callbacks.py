@@ -26,34 +26,10 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .depth_weights import MODEL_INPUTS, WEIGHTED_FUSIONS, depth_weight_entropy
+from .depth_weights import WEIGHTED_FUSIONS, depth_weight_entropy, depth_weight_sums
+from .model_utils import active_fusion_head, unwrap_dwatt_model
 
 DEPTH_WEIGHT_PREFIX = "depth_weight_"
-
-
-def unwrap_dwatt_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The DWAtt task model (or DWAttModel) inside DDP / FSDP1 / torch.compile wrappers and PEFT models (FSDP2 keeps
-    the model object itself)."""
-    seen = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        if hasattr(model, "get_base_model") and callable(model.get_base_model):  # PeftModel
-            model = model.get_base_model()
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP
-            model = model.module
-    return model
-
-
-def active_fusion_head(model: torch.nn.Module) -> torch.nn.Module:
-    """The fusion head that runs in the forward pass (the trained copy when PEFT wraps it in modules_to_save)."""
-    head = unwrap_dwatt_model(model).base_model.fusion_classifier
-    if hasattr(head, "modules_to_save") and hasattr(head, "active_adapters"):  # peft ModulesToSaveWrapper
-        if not head.disable_adapters and head.active_adapters:
-            return head.modules_to_save[head.active_adapters[0]]
-        return head.original_module
-    return head
 
 
 def current_depth_weights(model: torch.nn.Module, probe_batch: Optional[dict] = None) -> Optional[np.ndarray]:
@@ -68,26 +44,9 @@ def current_depth_weights(model: torch.nn.Module, probe_batch: Optional[dict] = 
         return logits.float().softmax(dim=0).cpu().numpy()
     if probe_batch is None:
         return None
-    return _probe_depth_weights(model, probe_batch)
-
-
-@torch.no_grad()
-def _probe_depth_weights(model: torch.nn.Module, batch: dict) -> np.ndarray:
-    # The same average as dwatt.depth_weights.mean_depth_weights, for one batch and without a progress bar.
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        inputs = {key: value.to(device) for key, value in batch.items() if key in MODEL_INPUTS}
-        weights = model(**inputs, output_fusion_weights=True).fusion_weights.float()  # (B, T', H, n)
-        if weights.shape[1] > 1:  # every token: average over the real ones
-            mask = inputs["attention_mask"].to(weights.dtype)  # (B, T)
-        else:  # one pooled position per sequence
-            mask = torch.ones(weights.shape[:2], dtype=weights.dtype, device=weights.device)
-        summed = (weights.mean(dim=2) * mask.unsqueeze(-1)).sum(dim=(0, 1))  # (n,)
-        return (summed / mask.sum().clamp(min=1.0)).cpu().numpy()
-    finally:
-        model.train(was_training)
+    # The average of dwatt.depth_weights.mean_depth_weights, on the one probe batch (zeros if it has no real token).
+    total, count = depth_weight_sums(model, [probe_batch], progress=False)  # (n,), a number
+    return (total / max(count, 1.0)).cpu().numpy()
 
 
 def depth_weight_logs(weights: np.ndarray, source_indices: list[int]) -> dict[str, float]:

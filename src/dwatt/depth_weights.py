@@ -6,14 +6,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .model_utils import MODEL_INPUTS, eval_mode
+
 # Heads whose output is a weighted mix of the sources (the weights are returned with output_fusion_weights=True).
 WEIGHTED_FUSIONS = ("dwatt", "scalar_mix")
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
 
 
 @torch.no_grad()
-def depth_weight_sums(model: torch.nn.Module, batches: Iterable[dict],
-                      max_batches: Optional[int] = None) -> Optional[tuple[torch.Tensor, float]]:
+def depth_weight_sums(model: torch.nn.Module, batches: Iterable[dict], max_batches: Optional[int] = None,
+                      progress: bool = True) -> Optional[tuple[torch.Tensor, float]]:
     """(Σ weights per source over the real tokens, averaged over heads; the number of those tokens) of `batches`,
     the parts of `mean_depth_weights` that add up over shards of a data set; None for unweighted heads.
 
@@ -21,19 +22,21 @@ def depth_weight_sums(model: torch.nn.Module, batches: Iterable[dict],
     """
     if model.config.fusion not in WEIGHTED_FUSIONS:
         return None
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     total, count = torch.zeros(len(model.config.fusion_source_indices), device=device), 0.0
-    for step, batch in enumerate(tqdm(batches, desc="depth weights", leave=False, total=max_batches)):
-        if max_batches is not None and step >= max_batches:
-            break
-        inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
-        weights = model(**inputs, output_fusion_weights=True).fusion_weights.float()  # (B, T', H, n)
-        mask = inputs["attention_mask"].float() if weights.shape[1] > 1 else torch.ones(weights.shape[:2], device=device)
-        total += (weights.mean(dim=2) * mask.unsqueeze(-1)).sum(dim=(0, 1))  # (n,)
-        count += float(mask.sum())
-    model.train(was_training)
+    batches = tqdm(batches, desc="depth weights", leave=False, total=max_batches, disable=not progress)
+    with eval_mode(model):
+        for step, batch in enumerate(batches):
+            if max_batches is not None and step >= max_batches:
+                break
+            inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
+            weights = model(**inputs, output_fusion_weights=True).fusion_weights.float()  # (B, T', H, n)
+            if weights.shape[1] > 1:  # every token: the real ones count
+                mask = inputs["attention_mask"].float()  # (B, T)
+            else:  # one pooled position per sequence
+                mask = torch.ones(weights.shape[:2], device=device)  # (B, 1)
+            total += (weights.mean(dim=2) * mask.unsqueeze(-1)).sum(dim=(0, 1))  # (n,)
+            count += float(mask.sum())
     return total, count
 
 

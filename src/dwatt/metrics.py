@@ -23,6 +23,7 @@ from seqeval.metrics import accuracy_score as seqeval_accuracy_score
 from seqeval.metrics import classification_report
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, mean_squared_error
 
+from .glue_files import F1_GLUE_TASKS
 
 __all__ = [
     "GLUE_METRIC_CONFIGS",
@@ -73,10 +74,6 @@ def _as_arrays(predictions: Any, references: Any, dtype: Any) -> tuple[np.ndarra
     if predictions.size == 0:
         raise ValueError("Cannot compute metrics on zero examples.")
     return predictions, references
-
-
-# GLUE tasks scored with F1 besides accuracy, whose positive class is the label with id 1.
-F1_GLUE_TASKS = ("mrpc", "qqp")
 
 
 def glue_metrics(task_name: str, predictions: Any, references: Any) -> dict[str, float]:

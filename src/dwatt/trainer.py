@@ -1,7 +1,7 @@
 """The stock `Trainer`, with dwatt's model card, depth-weight reports and logs, exact gradient accumulation and
 LoRA-aware saving.
 
-What `DWAttTrainer` changes (each can be switched off; everything else is `transformers.Trainer`):
+What `DWAttTrainer` changes (the first two can be switched off; everything else is `transformers.Trainer`):
 - Loss normalisation (`exact_accumulation_loss=True`): the loss of each micro-batch is summed over its labelled
   items (tokens for token classification, examples for sequence classification) and divided by the number of
   labelled items of the whole optimizer step — all accumulation micro-batches and all processes (Trainer's
@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .callbacks import AttentionGuidanceCallback, DepthWeightLoggingCallback, unwrap_dwatt_model
-from .depth_weights import MODEL_INPUTS, depth_weight_entropy, depth_weight_sums, plot_depth_weights
+from .callbacks import AttentionGuidanceCallback, DepthWeightLoggingCallback
+from .depth_weights import depth_weight_entropy, depth_weight_sums, plot_depth_weights
 from .model_card import write_model_card
+from .model_utils import MODEL_INPUTS, unwrap_dwatt_model
 from .modeling_dwatt import sequence_classification_loss
 from .peft_utils import check_adapter_reloads, is_peft_model, lora_summary, merged_copy
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .model_utils import eval_mode
+
 
 def hidden_state_variability(vectors: torch.Tensor, labels: torch.Tensor) -> float:
     """ν of one layer: `vectors` (N, d) sentence vectors, `labels` (N,) their integer classes (at least two)."""
@@ -84,21 +86,19 @@ def sentence_vectors(encoder: torch.nn.Module, batches: Iterable[dict], total: O
     the tokenizer added the token); padding is left out through the attention mask. The encoder must return
     `hidden_states` when asked (any transformers encoder, or a DWAtt model).
     """
-    was_training = encoder.training
-    encoder.eval()
     device = next(encoder.parameters()).device
     per_batch = []
-    for batch in tqdm(batches, desc="sentence vectors", total=total, leave=False):
-        special = batch["special_tokens_mask"].to(device)
-        inputs = {key: value.to(device) for key, value in batch.items() if key != "special_tokens_mask"}
-        hidden_states = encoder(**inputs, output_hidden_states=True, return_dict=True).hidden_states
-        if hidden_states is None:
-            raise ValueError(f"{type(encoder).__name__} returned no hidden_states: use an encoder class that does.")
-        keep = (inputs["attention_mask"].bool() & ~special.bool()).unsqueeze(-1).float()  # (B, T, 1)
-        counts = keep.sum(dim=1).clamp(min=1)  # (B, 1): a sentence of special tokens only averages to zero
-        states = torch.stack(hidden_states).float()  # (L + 1, B, T, d)
-        per_batch.append(((states * keep).sum(dim=2) / counts).cpu())  # (L + 1, B, d)
-    encoder.train(was_training)
+    with eval_mode(encoder):
+        for batch in tqdm(batches, desc="sentence vectors", total=total, leave=False):
+            special = batch["special_tokens_mask"].to(device)
+            inputs = {key: value.to(device) for key, value in batch.items() if key != "special_tokens_mask"}
+            hidden_states = encoder(**inputs, output_hidden_states=True, return_dict=True).hidden_states
+            if hidden_states is None:
+                raise ValueError(f"{type(encoder).__name__} returned no hidden_states: use an encoder class that does.")
+            keep = (inputs["attention_mask"].bool() & ~special.bool()).unsqueeze(-1).float()  # (B, T, 1)
+            counts = keep.sum(dim=1).clamp(min=1)  # (B, 1): a sentence of special tokens only averages to zero
+            states = torch.stack(hidden_states).float()  # (L + 1, B, T, d)
+            per_batch.append(((states * keep).sum(dim=2) / counts).cpu())  # (L + 1, B, d)
     if not per_batch:
         raise ValueError("No examples to compute sentence vectors from.")
     return torch.cat(per_batch, dim=1)
@@ -128,11 +128,11 @@ def plot_variability(variability: Sequence[float], selected: int, path: Path, ti
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    from .data import add_glue_sample_arguments  # datasets is imported only by the command line
+    from .analysis_data import add_example_sampling_arguments  # datasets is imported only by the command line
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", required=True, help="encoder folder or Hub id (or a DWAtt checkpoint)")
-    add_glue_sample_arguments(parser, split="train", max_examples=1000)
+    add_example_sampling_arguments(parser, split="train", max_examples=1000)
     parser.add_argument("--tolerance", type=float, default=0.0, help="see select_layer")
     parser.add_argument("--out", required=True, help="folder for variability.json and variability.png")
     return parser.parse_args(argv)
@@ -143,8 +143,8 @@ def main(argv: Optional[Sequence[str]] = None, provenance: Optional[dict] = None
     (the command, the commit: benchmarks/variability.py gives them) goes into the JSON as well."""
     from transformers import AutoModel
 
-    from .data import (GLUE_TASKS, analysis_record, glue_examples, normalize_glue_task_name, padding_tokenizer,
-                       tokenized_text_batches)
+    from .analysis_data import analysis_record, glue_examples, padding_tokenizer, tokenized_text_batches
+    from .glue_files import GLUE_TASKS, normalize_glue_task_name
 
     args = _parse_args(argv)
     task_name = normalize_glue_task_name(args.task or Path(args.data).name)

@@ -1,0 +1,46 @@
+"""Reaching the DWAtt model inside the wrappers training puts around it, and running it for a measurement."""
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+# The keyword arguments of a model's forward that a tokenized batch may hold (labels and bookkeeping columns are not).
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
+
+
+def unwrap_dwatt_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The DWAtt task model (or DWAttModel) inside DDP / FSDP1 / torch.compile wrappers and PEFT models (FSDP2 keeps
+    the model object itself)."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if hasattr(model, "get_base_model") and callable(model.get_base_model):  # PeftModel
+            model = model.get_base_model()
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP
+            model = model.module
+    return model
+
+
+def active_fusion_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The fusion head that runs in the forward pass (the trained copy when PEFT wraps it in modules_to_save)."""
+    head = unwrap_dwatt_model(model).base_model.fusion_classifier
+    if hasattr(head, "modules_to_save") and hasattr(head, "active_adapters"):  # peft ModulesToSaveWrapper
+        if not head.disable_adapters and head.active_adapters:
+            return head.modules_to_save[head.active_adapters[0]]
+        return head.original_module
+    return head
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model` in eval mode (no dropout) for a measurement, put back in the mode it was in afterwards, also when the
+    measurement fails: a model left in eval mode would go on training without dropout."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

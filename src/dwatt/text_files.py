@@ -1,0 +1,110 @@
+"""Reading local data files, with errors that name the file, the line and the fix.
+
+Shared by the GLUE, table (CSV / JSON) and NER readers: every problem in a local file is a `ValueError` of the form
+`"<file>, line <n>: <problem>. Fix: <what to do>"`, raised before any tokenisation or training.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+
+PathLike = Union[str, os.PathLike]
+
+
+def data_error(path: PathLike, line: int, problem: str, fix: str) -> ValueError:
+    """Build the one error format used for bad data: file, 1-based line, problem, fix."""
+    return ValueError(f"{os.fspath(path)}, line {line}: {problem}. Fix: {fix}")
+
+
+def read_text(path: PathLike) -> str:
+    """Read a whole UTF-8 file, dropping a leading byte-order mark (MRPC files and Excel CSVs carry one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise data_error(path, line, f"not valid UTF-8 ({err.reason})", "re-encode the file as UTF-8") from None
+
+
+def count_lines(text: str) -> int:
+    return len(io.StringIO(text, newline=None).readlines())
+
+
+def empty_file_error(path: PathLike, text: str, what: str, fix: str) -> ValueError:
+    # Point at the line just past the end: that is where an example was expected and none came.
+    return data_error(path, count_lines(text) + 1, f"end of file reached without any {what}", fix)
+
+
+def is_test_split(split: str) -> bool:
+    # "test", "test_matched", "test_mismatched": splits whose labels may legitimately be absent.
+    return split.startswith("test")
+
+
+def check_data_files(data_files: Mapping[str, PathLike | None]) -> dict[str, Path]:
+    files = {split: Path(path) for split, path in data_files.items() if path is not None}
+    if not files:
+        raise ValueError("No data files given: pass at least one of train_file / validation_file / test_file.")
+    return files
+
+
+def iter_json_records(path: PathLike, text: str) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, value) for JSON lines, or for each element of a top-level JSON array.
+
+    `load_dataset("json")` accepts both; the array case is decoded element by element so that errors can still name a
+    line.
+    """
+    if not text.lstrip().startswith("["):
+        for line, raw in enumerate(io.StringIO(text, newline=None), start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield line, json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise data_error(
+                    path, line, f"invalid JSON ({err.msg})", "write one JSON object per line (JSON lines format)"
+                ) from None
+        return
+
+    decoder = json.JSONDecoder()
+    whitespace = re.compile(r"\s*")
+    position = whitespace.match(text, 0).end() + 1  # just past the opening "["
+    line, counted_up_to = 1, 0
+
+    def line_at(offset: int) -> int:
+        nonlocal line, counted_up_to
+        line += text.count("\n", counted_up_to, offset)
+        counted_up_to = offset
+        return line
+
+    position = whitespace.match(text, position).end()
+    if text.startswith("]", position):
+        return
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            raise data_error(path, line_at(err.pos), f"invalid JSON ({err.msg})", "fix the JSON syntax") from None
+        yield line_at(position), value
+        position = whitespace.match(text, end).end()
+        if text.startswith(",", position):
+            position = whitespace.match(text, position + 1).end()
+        elif text.startswith("]", position):
+            return
+        else:
+            raise data_error(
+                path, line_at(position), "expected ',' or ']' after an array element", "fix the JSON syntax"
+            )
+
+
+def looks_like_local_path(name: str) -> bool:
+    return os.path.isdir(name) or name.startswith(("/", "./", "../", "~", ".\\", "..\\"))

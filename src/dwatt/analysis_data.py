@@ -58,7 +58,8 @@ def padding_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def glue_examples(data_dir: PathLike, task: str | None, split: str, max_examples: int, seed: int) -> tuple[Dataset, str, tuple[str, ...]]:
+def glue_examples(data_dir: PathLike, task: str | None, split: str, max_examples: int,
+                  seed: int) -> tuple[Dataset, str, tuple[str, ...]]:
     """A GLUE folder's `split`, `max_examples` of it drawn with `seed` (0: all), with its task name and text columns
     (for the analysis command lines: `dwatt.variability`, `dwatt.attention_patterns`)."""
     data_dir = Path(data_dir).expanduser()

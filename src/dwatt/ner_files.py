@@ -15,7 +15,7 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
-from .text_files import PathLike, check_data_files, data_error, empty_file_error, iter_json_records, read_text
+from .text_files import PathLike, check_data_files, data_error, empty_file_error, iter_json_objects, read_text
 
 
 # Label order of the Hub `conll2003` dataset (`ner_tags` ClassLabel). Pass it as `label_list` to get the same ids as
@@ -108,14 +108,8 @@ def _read_ner_jsonl_sentences(
     """Parse JSON lines (or a JSON array) of {"tokens": [...], "ner_tags": [...]} records."""
     text = read_text(path)
     sentences = []
-    for line, record in iter_json_records(path, text):
-        if not isinstance(record, dict):
-            raise data_error(
-                path,
-                line,
-                f"expected a JSON object, found {type(record).__name__}",
-                f'write {{"{token_column}": [...], "{tag_column}": [...]}} on each line',
-            )
+    fix = f'write {{"{token_column}": [...], "{tag_column}": [...]}} on each line'
+    for line, record in iter_json_objects(path, text, fix):
         missing = [c for c in (token_column, tag_column) if c not in record]
         if missing:
             raise data_error(

@@ -13,7 +13,8 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .text_files import PathLike, check_data_files, data_error, empty_file_error, is_test_split, iter_json_records, read_text
+from .text_files import (PathLike, check_data_files, data_error, empty_file_error, is_test_split, iter_json_objects,
+                         read_text)
 
 
 def infer_text_columns(column_names: Sequence[str], label_column: str = "label") -> tuple[str, str | None]:
@@ -79,14 +80,7 @@ def _read_json_table(path: Path) -> _Table:
     text = read_text(path)
     columns: dict[str, None] = {}  # ordered set: the union of keys in first-seen order, like pyarrow's schema
     rows = []
-    for line, record in iter_json_records(path, text):
-        if not isinstance(record, dict):
-            raise data_error(
-                path,
-                line,
-                f"expected a JSON object, found {type(record).__name__}",
-                'write objects like {"sentence": "...", "label": 0}',
-            )
+    for line, record in iter_json_objects(path, text, 'write objects like {"sentence": "...", "label": 0}'):
         columns.update(dict.fromkeys(record))
         rows.append((line, record))
     return _Table(path, list(columns), rows, rows[0][0] if rows else 1, is_json=True)

@@ -108,3 +108,11 @@ def iter_json_records(path: PathLike, text: str) -> Iterator[tuple[int, Any]]:
 
 def looks_like_local_path(name: str) -> bool:
     return os.path.isdir(name) or name.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+
+
+def iter_json_objects(path: PathLike, text: str, fix: str) -> Iterator[tuple[int, dict]]:
+    """`iter_json_records` for files of records that must each be a JSON object; `fix` says what to write instead."""
+    for line, record in iter_json_records(path, text):
+        if not isinstance(record, dict):
+            raise data_error(path, line, f"expected a JSON object, found {type(record).__name__}", fix)
+        yield line, record

@@ -24,7 +24,7 @@ from datasets import ClassLabel
 from transformers import DataCollatorForTokenClassification, TrainingArguments, set_seed
 
 from dwatt import DWAttForTokenClassification
-from dwatt.data import get_ner_label_list, load_ner_data
+from dwatt.data import get_ner_label_list, load_ner_data, subword_labels
 from dwatt.metrics import align_ner_predictions, make_ner_compute_metrics
 from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, checkpoint_labels, encoder_model_type, load_model, load_tokenizer
@@ -175,20 +175,9 @@ def main():
         )
         labels = []
         for i, tags in enumerate(examples[label_column_name]):
-            word_ids = tokenized.word_ids(batch_index=i)
-            previous_word = None
-            label_ids = []
-            for word in word_ids:
-                if word is None:  # special tokens and padding: ignored by the loss
-                    label_ids.append(-100)
-                    continue
-                tag = data_id_to_model_id[tags[word]] if labels_are_int else label_to_id[tags[word]]
-                if word != previous_word:
-                    label_ids.append(tag)
-                else:
-                    label_ids.append(b_to_i_label[tag] if data_args.label_all_tokens else -100)
-                previous_word = word
-            labels.append(label_ids)
+            model_ids = [data_id_to_model_id[tag] if labels_are_int else label_to_id[tag] for tag in tags]
+            continuation = b_to_i_label if data_args.label_all_tokens else None
+            labels.append(subword_labels(tokenized.word_ids(batch_index=i), model_ids, continuation))
         tokenized["labels"] = labels
         return tokenized
 

@@ -28,7 +28,7 @@ from datasets import Dataset, DatasetDict
 from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerBase, set_seed
 
 from dwatt import DWAttForTokenClassification
-from dwatt.data import CONLL2003_NER_LABELS, load_ner_data, select_few_shot
+from dwatt.data import CONLL2003_NER_LABELS, load_ner_data, select_few_shot, subword_labels
 from dwatt.metrics import make_ner_compute_metrics
 
 import fewshot_common as common
@@ -44,14 +44,8 @@ def tokenize_ner(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_lengt
 
     def encode(batch: dict) -> dict:
         encoded = tokenizer(batch["tokens"], truncation=True, max_length=max_length, is_split_into_words=True)
-        labels = []
-        for i, tags in enumerate(batch["ner_tags"]):
-            previous, row = None, []
-            for word in encoded.word_ids(batch_index=i):
-                row.append(-100 if word is None or word == previous else tags[word])
-                previous = word
-            labels.append(row)
-        encoded["labels"] = labels
+        encoded["labels"] = [subword_labels(encoded.word_ids(batch_index=i), tags)
+                             for i, tags in enumerate(batch["ner_tags"])]
         return encoded
 
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names)

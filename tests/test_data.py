@@ -669,3 +669,16 @@ def test_a_folders_configuration_that_names_no_glue_task_keeps_the_labels(tmp_pa
     (tmp_path / "train.csv").write_text("sentence,label\nx,yes\ny,no\n")
     splits = load_text_classification_data(str(tmp_path), dataset_config_name="en")
     assert splits["train"]["label"] == ["yes", "no"]
+
+
+def test_subword_labels_follow_run_ner():
+    """Written out for one sentence of three words: [CLS] w0 w0 w1 w2 w2 w2 [SEP] [PAD] (label ids: B-PER=1, I-PER=2)."""
+    from dwatt.data import subword_labels
+
+    word_ids = [None, 0, 0, 1, 2, 2, 2, None, None]
+    word_labels = [1, 0, 2]  # B-PER, O, I-PER
+    assert subword_labels(word_ids, word_labels) == [-100, 1, -100, 0, 2, -100, -100, -100, -100]
+    continuation = [0, 2, 2]  # O -> O, B-PER -> I-PER, I-PER -> I-PER (--label_all_tokens)
+    assert subword_labels(word_ids, word_labels, continuation) == [-100, 1, 2, 0, 2, 2, 2, -100, -100]
+    # A word repeated after another (a tokenizer never does this, but the rule is "changed from the previous").
+    assert subword_labels([0, 1, 0], [1, 0]) == [1, 0, 1]

@@ -23,7 +23,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from .glue_files import (F1_GLUE_TASKS, GLUE_TASK_TO_KEYS, GLUE_TASKS, glue_task_dir, glue_task_named_by,
                          is_glue_folder, load_glue_folder, load_glue_tsv, normalize_glue_task_name)
 from .ner_files import (CONLL2003_NER_LABELS, CONLL_TAG_COLUMNS, get_ner_label_list, load_conll, load_ner_files,
-                        load_ner_jsonl)
+                        load_ner_jsonl, subword_labels)
 from .table_files import get_classification_label_info, infer_text_columns, load_classification_files
 from .text_files import PathLike, check_data_files, is_test_split, looks_like_local_path
 
@@ -46,6 +46,7 @@ __all__ = [
     "load_text_classification_data",
     "normalize_glue_task_name",
     "select_few_shot",
+    "subword_labels",
 ]
 
 

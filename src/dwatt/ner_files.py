@@ -252,3 +252,22 @@ def get_ner_label_list(dataset: Dataset, label_column: str = "ner_tags") -> list
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     return sorted({tag for tags in dataset[label_column] for tag in tags})
+
+
+def subword_labels(
+    word_ids: Sequence[int | None], word_labels: Sequence[int], continuation_labels: Sequence[int] | None = None
+) -> list[int]:
+    """Word-level label ids onto one tokenized sentence, as run_ner.py aligns them: the first sub-word of each word
+    carries the word's label; the word's other sub-words get -100 (ignored by the loss and the metric), or, with
+    `continuation_labels` (label id -> id: B-X -> I-X, run_ner's --label_all_tokens), that label; special tokens and
+    padding (word id None) get -100."""
+    labels, previous = [], None
+    for word in word_ids:
+        if word is None:
+            labels.append(-100)
+        elif word != previous:
+            labels.append(word_labels[word])
+        else:
+            labels.append(-100 if continuation_labels is None else continuation_labels[word_labels[word]])
+        previous = word
+    return labels

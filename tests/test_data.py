@@ -682,3 +682,104 @@ def test_subword_labels_follow_run_ner():
     assert subword_labels(word_ids, word_labels, continuation) == [-100, 1, 2, 0, 2, 2, 2, -100, -100]
     # A word repeated after another (a tokenizer never does this, but the rule is "changed from the previous").
     assert subword_labels([0, 1, 0], [1, 0]) == [1, 0, 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Behaviour that a mutation audit found unpinned: each test below failed on a one-line change of the reader.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_wnli_string_labels_follow_hub_ids(tmp_path):
+    """WNLI's ids are the reverse of RTE's on the Hub: 0 = not_entailment, 1 = entailment."""
+    path = write(tmp_path / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n1\tC.\tD.\tnot_entailment\n")
+    ds = load_glue_tsv(path, "wnli")
+    assert ds.features["label"].names == ["not_entailment", "entailment"]
+    assert ds["label"] == [1, 0]
+
+
+@pytest.mark.parametrize("score", ["abc", "nan", "inf"])
+def test_stsb_score_that_is_not_a_finite_number_names_its_line(tmp_path, score):
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    path = write(tmp_path / "dev.tsv", header + f"0\tg\tf\ty\t0\tn\tn\tA.\tB.\t{score}\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_glue_tsv(path, "stsb")
+    assert_names_line(excinfo, path, 2)
+
+
+def test_glue_row_with_a_field_too_many_names_line(tmp_path):
+    path = write(tmp_path / "dev.tsv", "sentence\tlabel\nfine\t1\nan extra\ttab\t0\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_glue_tsv(path, "sst2")
+    assert_names_line(excinfo, path, 3)
+
+
+def test_local_stsb_scores_are_regression(tmp_path):
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    path = write(tmp_path / "dev.tsv", header + "0\tg\tf\ty\t0\tn\tn\tA.\tB.\t1.5\n1\tg\tf\ty\t0\tn\tn\tC.\tD.\t4.0\n")
+    assert get_classification_label_info(load_glue_tsv(path, "stsb")) == (True, None)
+
+
+def test_a_folder_with_a_glue_configuration_name_gets_the_hubs_label_ids(tmp_path):
+    """`load_text_classification_data(folder, "mrpc")` on CSV files: the configuration name is the task."""
+    (tmp_path / "train.csv").write_text("sentence1,sentence2,label\na,b,equivalent\nc,d,not_equivalent\ne,f,equivalent\n")
+    splits = load_text_classification_data(str(tmp_path), dataset_config_name="mrpc")
+    assert splits["train"]["label"] == [1, 0, 1]
+
+
+def test_a_glue_folder_and_a_task_name_load_that_task(tmp_path):
+    """The $GLUE_DIR layout: the folder holding the task folders, and the task as the configuration name."""
+    write(tmp_path / "RTE" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n")
+    write(tmp_path / "RTE" / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tC.\tD.\tnot_entailment\n")
+    splits = load_text_classification_data(str(tmp_path), "rte")
+    assert splits["train"]["sentence1"] == ["A."] and splits["validation"]["label"] == [1]
+
+
+def test_validation_files_are_preferred_to_dev_files(tmp_path):
+    write(tmp_path / "train.txt", "EU B-ORG\n")
+    write(tmp_path / "validation.txt", "Paris B-LOC\n")
+    write(tmp_path / "dev.txt", "Rome B-PER\n")
+    assert load_ner_data(str(tmp_path))["validation"]["tokens"] == [["Paris"]]
+
+
+@pytest.mark.parametrize("label", ["true", "NaN"])
+def test_json_labels_that_are_booleans_or_not_finite_name_their_line(tmp_path, label):
+    path = write(tmp_path / "train.jsonl", f'{{"sentence": "a", "label": 1}}\n{{"sentence": "b", "label": {label}}}\n')
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 2)
+
+
+def test_json_text_that_is_not_a_string_names_its_line(tmp_path):
+    path = write(tmp_path / "train.jsonl", '{"sentence": "a", "label": 1}\n{"sentence": 7, "label": 0}\n')
+    with pytest.raises(ValueError) as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 2)
+
+
+def test_json_scores_mixing_integers_and_floats_are_regression(tmp_path):
+    path = write(tmp_path / "train.jsonl", '{"sentence": "a", "label": 1}\n{"sentence": "b", "label": 0.5}\n')
+    ds = load_classification_files({"train": path})["train"]
+    assert ds.features["label"].dtype == "float64" and ds["label"] == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("record", ['{"tokens": ["a"], "ner_tags": [true]}', '{"tokens": [], "ner_tags": []}',
+                                    '{"tokens": ["a"], "ner_tags": [0]}'])
+def test_ner_json_boolean_tags_empty_sentences_and_ids_without_label_list_name_their_line(tmp_path, record):
+    path = write(tmp_path / "train.jsonl", '{"tokens": ["b"], "ner_tags": ["O"]}\n' + record + "\n")
+    with pytest.raises(ValueError) as excinfo:
+        load_ner_files({"train": path})
+    assert_names_line(excinfo, path, 2)
+
+
+def test_the_label_list_of_string_tags_is_sorted():
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"tokens": [["a", "b"], ["c"]], "ner_tags": [["O", "B-PER"], ["B-LOC"]]})
+    assert get_ner_label_list(dataset) == ["B-LOC", "B-PER", "O"]
+
+
+def test_a_local_folder_written_with_a_tilde_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write(tmp_path / "conll" / "train.txt", "EU B-ORG\n")
+    monkeypatch.setattr(data, "load_dataset", lambda *args, **kwargs: pytest.fail(f"sent to the Hub: {args}"))
+    assert load_ner_data("~/conll")["train"]["tokens"] == [["EU"]]

@@ -32,9 +32,10 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel, TrainingArguments, pipeline
 
 from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
-from dwatt.model_arguments import ModelArguments, load_model
+from dwatt.model_arguments import ModelArguments, checkpoint_labels, load_model
 from dwatt.model_card import command_line
-from dwatt.script_utils import options_on_command_line, parse_arguments, run_hyperparameters
+from dwatt.script_utils import (check_splits, dataset_id_for_card, options_on_command_line, parse_arguments, prepare_split,
+                                remove_earlier_results, run_hyperparameters)
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_CHECK = Path(__file__).with_name("pipeline_check.py")
@@ -732,3 +733,86 @@ def test_bad_data_fails_early_with_file_and_line(encoder, tmp_path, case):
     for fragment in expected:
         assert fragment in message, (fragment, message)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Behaviour that a mutation audit found unpinned: each test below failed on a one-line change of the scripts' helpers.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_card_hyperparameters_count_every_process():
+    model = SimpleNamespace(config=SimpleNamespace(fusion="dwatt", fusion_layers="all"))
+    data = SimpleNamespace(max_train_samples=None, few_shot_seed=None)
+    args = SimpleNamespace(max_steps=-1, num_train_epochs=3.0, learning_rate=1e-4, per_device_train_batch_size=8,
+                           gradient_accumulation_steps=2, world_size=2, seed=0)
+    hyperparameters = run_hyperparameters(model, args, data)
+    assert hyperparameters["processes"] == 2 and hyperparameters["total_train_batch_size"] == 8 * 2 * 2
+
+
+def test_earlier_results_are_removed_by_a_training_run_only(tmp_path):
+    import logging
+
+    names = ["eval_results.json", "predict_results_mnli-mm.txt"]
+    for name in names:
+        (tmp_path / name).write_text("{}")
+    logger = logging.getLogger("test")
+    assert remove_earlier_results(TrainingArguments(str(tmp_path), do_eval=True, report_to=[]), logger) == []
+    assert all((tmp_path / name).is_file() for name in names)
+    assert sorted(remove_earlier_results(TrainingArguments(str(tmp_path), do_train=True, report_to=[]), logger)) == names
+    assert not any((tmp_path / name).exists() for name in names)
+
+
+def test_a_split_is_cut_to_the_first_examples_or_drawn_with_the_few_shot_seed(tmp_path):
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"x": list(range(20))})
+    args = TrainingArguments(str(tmp_path), report_to=[])
+    keep = lambda batch: batch  # noqa: E731
+    assert prepare_split(dataset, "validation", 5, None, args, keep)["x"] == [0, 1, 2, 3, 4]
+    drawn = {seed: prepare_split(dataset, "train", 5, seed, args, keep)["x"] for seed in (1, 2)}
+    assert drawn[1] != drawn[2] and drawn[1] != [0, 1, 2, 3, 4]
+    assert len(set(drawn[1])) == 5 and set(drawn[1]) <= set(range(20))
+    assert sorted(prepare_split(dataset, "train", 50, 1, args, keep)["x"]) == list(range(20))  # more than it holds
+    with pytest.raises(ValueError, match="The train split is empty"):
+        check_splits({"train": dataset.select([])}, TrainingArguments(str(tmp_path), do_train=True, report_to=[]))
+
+
+def test_the_cards_dataset_name_is_a_hub_id_or_a_local_folders_name(tmp_path):
+    folder = tmp_path / "my-conll"
+    folder.mkdir()
+    assert dataset_id_for_card("eriktks/conll2003") == "eriktks/conll2003"
+    assert dataset_id_for_card(str(folder)) == "my-conll"
+    assert dataset_id_for_card(None, None, str(folder / "train.csv")) == "my-conll"
+
+
+def test_model_options_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="Give exactly one of --encoder_name_or_path"):
+        ModelArguments(encoder_name_or_path="e", model_name_or_path="m")
+    with pytest.raises(ValueError, match="Give exactly one of --encoder_name_or_path"):
+        ModelArguments()
+    with pytest.raises(ValueError, match=r"--lora_dropout must be in \[0, 1\)"):
+        ModelArguments(encoder_name_or_path="e", use_lora=True, lora_dropout=1.0)
+
+
+def test_checkpoint_labels_and_a_new_classifier_for_other_labels(encoder, tmp_path):
+    checkpoint = dwatt_checkpoint(encoder, tmp_path / "checkpoint")  # NER_LABELS, reversed
+    assert checkpoint_labels(ModelArguments(model_name_or_path=str(checkpoint))) == list(reversed(NER_LABELS))
+    assert checkpoint_labels(ModelArguments(model_name_or_path=str(checkpoint), ignore_mismatched_sizes=True)) is None
+    regression = tmp_path / "regression"
+    DWAttForSequenceClassification.from_encoder_pretrained(str(encoder), num_labels=1, problem_type="regression").save_pretrained(regression)
+    assert checkpoint_labels(ModelArguments(model_name_or_path=str(regression))) == []
+
+    with pytest.raises(ValueError, match=r"The data's labels \['B-XYZ'\] are not labels of checkpoint"):
+        load_model(ModelArguments(model_name_or_path=str(checkpoint)), DWAttForTokenClassification, ["O", "B-XYZ"])
+    other = ["O", "B-A", "I-A", "B-B", "I-B", "B-C", "I-C"]
+    model = load_model(ModelArguments(model_name_or_path=str(checkpoint), ignore_mismatched_sizes=True),
+                       DWAttForTokenClassification, other)
+    assert model.config.num_labels == len(other) and model.classifier.out_features == len(other)
+    assert [model.config.id2label[i] for i in range(len(other))] == other
+
+
+def test_a_relative_encoder_folder_is_recorded_as_an_absolute_path(encoder, tmp_path, monkeypatch):
+    """The config (and the card) name the encoder by a path that still holds when the model is used elsewhere."""
+    monkeypatch.chdir(encoder.parent)
+    model = load_model(ModelArguments(encoder_name_or_path=encoder.name), DWAttForTokenClassification, NER_LABELS)
+    assert model.config.encoder_name_or_path == str(encoder.resolve())

@@ -89,6 +89,14 @@ def test_unknown_task_and_bad_lengths():
         glue_metrics("sst2", [0, 1], [0])
 
 
+def test_no_examples_and_run_glues_mnli_spellings():
+    with pytest.raises(ValueError, match="zero examples"):
+        glue_metrics("sst2", [], [])
+    # run_glue.py tags the mismatched set "mnli-mm": 3 of 4 right, whichever set.
+    for name in ("mnli-mm", "mnli-m", "MNLI"):
+        assert glue_metrics(name, [0, 1, 2, 2], [0, 1, 2, 0]) == {"accuracy": pytest.approx(0.75)}, name
+
+
 def test_classification_metrics_without_task():
     assert classification_metrics([2, 0, 1, 1], [2, 1, 1, 0]) == {"accuracy": pytest.approx(0.5)}
     mse = classification_metrics([1.0, 2.0, 4.0], [1.5, 2.0, 2.0], is_regression=True)
@@ -105,6 +113,8 @@ def test_glue_compute_metrics_from_logits():
         "f1": pytest.approx(0.8),
         "combined_score": pytest.approx(0.775),
     }
+    # Models that return more than the logits hand the Trainer a tuple, whose first item is the logits.
+    assert make_glue_compute_metrics("mrpc", is_regression=False)(((logits, np.zeros((4, 3))), labels)) == result
     regression = make_glue_compute_metrics(None, is_regression=True)((np.array([[1.0], [3.0]]), np.array([2.0, 3.0])))
     assert regression == {"mse": pytest.approx(0.5)}
 

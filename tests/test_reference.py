@@ -299,3 +299,22 @@ def test_deeper_pooled_flops_agree_with_torch_flop_counter():
     per_sequence = counter.get_total_flops() / 2 + 4 * length * d * (length + 1)
     assert model.fusion_cost(length)["flops_per_pooled_sequence"] == per_sequence
     assert per_sequence < 0.7 * length * model.fusion_cost(length)["flops_per_token"]  # 1 full layer of 2, and a bit
+
+
+def test_cost_summary_against_the_formula_written_out():
+    """Encoder FLOPs per token = 2 x (parameters without the lookup tables) + 4 x layers x T x d (attention scores and
+    weighted values); the pooled fraction divides the head's FLOPs for one sequence by the encoder's for all T tokens."""
+    from dwatt.accounting import cost_summary
+
+    config = tiny_encoder_config("bert")
+    model = DWAttForSequenceClassification(DWAttConfig(encoder_config=config, fusion="dwatt", num_labels=2))
+    seq_len = 16
+    tables = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * config.hidden_size
+    encoder_parameters = sum(p.numel() for p in model.dwatt.encoder.parameters())
+    encoder_flops = 2 * (encoder_parameters - tables) + 4 * config.num_hidden_layers * seq_len * config.hidden_size
+    summary = cost_summary(model, seq_len)
+    assert summary["encoder_flops_per_token"] == encoder_flops
+    head = model.dwatt.fusion_classifier
+    assert summary["flops_fraction"] == pytest.approx(head.flops_per_token(seq_len) / encoder_flops)
+    assert summary["pooled_flops_fraction"] == pytest.approx(head.flops_per_pooled_sequence(seq_len) / (encoder_flops * seq_len))
+    assert summary["added_parameters_fraction"] == pytest.approx(head.num_added_parameters() / encoder_parameters)

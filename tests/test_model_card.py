@@ -1,0 +1,36 @@
+"""The model card's numbers and metadata, built in Python (the scripts' end-to-end tests check that a card is there
+and parses; these check what it says against counts made by hand)."""
+
+import pytest
+from tiny_encoders import tiny_encoder_config
+
+from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
+from dwatt.model_card import build_model_card
+
+
+def _card(model_class, task, **config):
+    model = model_class(DWAttConfig(encoder_config=tiny_encoder_config("bert"), num_labels=2, **config))
+    return model, build_model_card(model, task, "glue", command="python run.py", seq_len=16)
+
+
+def test_added_parameters_are_given_as_a_share_of_the_encoders():
+    model, card = _card(DWAttForTokenClassification, "token-classification", fusion="dwatt")
+    head = sum(p.numel() for p in model.dwatt.fusion_classifier.parameters())
+    encoder = sum(p.numel() for p in model.dwatt.encoder.parameters())
+    assert f"added parameters: {head:,} ({100 * head / encoder:.2f}% of the encoder's {encoder:,})" in card.text
+
+
+@pytest.mark.parametrize("pooling, pooled_line", [("first", True), ("mean", False)])
+def test_a_sequence_classifier_pooled_at_one_position_reports_the_pooled_flops_only_then(pooling, pooled_line):
+    _, card = _card(DWAttForSequenceClassification, "text-classification", fusion="dwatt", pooling=pooling)
+    assert ("pooled at one position" in card.text) == pooled_line
+
+
+@pytest.mark.parametrize("encoder, base_model", [
+    ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("/elsewhere/encoder", None),  # a local folder is no Hub id: the metadata must not name it
+])
+def test_base_model_is_a_hub_id_or_nothing(encoder, base_model):
+    _, card = _card(DWAttForTokenClassification, "token-classification", fusion="last", encoder_name_or_path=encoder)
+    assert card.data.base_model == base_model
+    assert "/elsewhere/encoder" not in card.content

@@ -365,13 +365,17 @@ def test_accumulated_steps_add_the_guidance_of_each_micro_batch(tmp_path, traine
     assert max_difference(expected, without_guidance) > 1e-3  # the guidance term did change the step
 
 
-def test_label_smoothing_keeps_the_guidance_term(tmp_path):
+@pytest.mark.parametrize("exact_accumulation_loss", [True, False])
+def test_label_smoothing_keeps_the_guidance_term(tmp_path, exact_accumulation_loss):
+    """With the exact loss, the term is added by it; without, by DWAttTrainer.compute_loss after Trainer's label
+    smoother (equal micro-batches of sequences: both give the mean of the micro-batch means)."""
     examples = make_examples("sequence", 8)
     model = guided_model("sequence", attention_guidance_weight=2.0)
     recorder = RecordBatches()
     trainer = DWAttTrainer(
         model=copy.deepcopy(model), train_dataset=examples, data_collator=recorder,
         args=training_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, label_smoothing_factor=0.1),
+        exact_accumulation_loss=exact_accumulation_loss,
     )
     trainer.train()
 

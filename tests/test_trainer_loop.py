@@ -364,6 +364,21 @@ def test_evaluation_loss_is_each_batchs_own_mean(tmp_path):
     torch.testing.assert_close(loss, expected)
 
 
+def test_a_loss_function_of_the_users_own_is_kept(tmp_path):
+    """`compute_loss_func=` given to DWAttTrainer is the loss, not replaced by the exact-accumulation loss."""
+    examples = make_examples("token", 4)
+    model = make_model("token").train()
+    seen = []
+
+    def own_loss(outputs, labels, num_items_in_batch=None):
+        seen.append(labels.shape)
+        return outputs.logits.sum() * 0 + 42.0
+
+    trainer = DWAttTrainer(model=model, data_collator=collate, args=training_args(tmp_path), log_depth_weights=False,
+                           compute_loss_func=own_loss)
+    assert float(trainer.compute_loss(model, dict(collate(examples)))) == 42.0 and seen
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Depth weights in the log history
 # --------------------------------------------------------------------------------------------------------------------

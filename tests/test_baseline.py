@@ -123,3 +123,24 @@ def test_classifier_activation_none_is_the_dense_layer_alone():
         expected = first @ dense.weight.T + dense.bias
         expected = expected @ out.weight.T + out.bias
         torch.testing.assert_close(ours(input_ids=input_ids, attention_mask=attention_mask).logits, expected)
+
+
+def test_last_equals_stock_roberta_classifier_in_training_too():
+    """In train mode, with the same seed, the same dropout draws: dropout on the pooled state and after the dense layer,
+    at the encoder's hidden dropout when classifier_dropout is None (RobertaClassificationHead)."""
+    encoder_config = tiny_encoder_config("roberta")
+    encoder_config.num_labels = 4
+    stock = AutoModelForSequenceClassification.from_config(encoder_config).train()
+    ours = DWAttForSequenceClassification(DWAttConfig(encoder_config=encoder_config, fusion="last", num_labels=4)).train()
+    copy_encoder(ours, stock)
+    ours.classifier.dense.load_state_dict(stock.classifier.dense.state_dict())
+    ours.classifier.out_proj.load_state_dict(stock.classifier.out_proj.state_dict())
+    assert ours.classifier.dropout.p == encoder_config.hidden_dropout_prob > 0
+    input_ids, attention_mask = batch()
+    torch.manual_seed(7)
+    expected = stock(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.manual_seed(7)
+    got = ours(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(got, expected)
+    torch.manual_seed(8)
+    assert not torch.allclose(ours(input_ids=input_ids, attention_mask=attention_mask).logits, expected)

@@ -565,3 +565,66 @@ def test_a_head_fed_at_the_pooled_positions_gets_the_mask_at_those_positions():
     assert all(torch.equal(got[:, 0], source[rows, positions]) for got, source in zip(sources, states))
     assert torch.equal(mask, torch.tensor([[1], [1], [1]]))
     assert torch.equal(mask[:, 0], attention_mask[rows, positions])
+
+
+def test_int32_labels_are_single_label_classification():
+    """transformers treats int32 labels like int64 ones: cross-entropy, not the multi-label loss (which torch's
+    cross-entropy then refused: it takes int64 class indices only)."""
+    model = DWAttForSequenceClassification(DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="last",
+                                                       num_labels=3)).eval()
+    input_ids = torch.randint(0, VOCAB_SIZE, (4, 5))
+    labels = torch.tensor([0, 2, 1, 2], dtype=torch.int32)
+    with torch.no_grad():
+        output = model(input_ids=input_ids, labels=labels)
+    assert model.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(output.logits, labels.long()))
+    tagger = DWAttForTokenClassification(DWAttConfig(encoder_config=tiny_encoder_config("bert"), fusion="last",
+                                                     num_labels=3)).eval()
+    tags = torch.tensor([[0, 2, 1, -100, -100]] * 4, dtype=torch.int32)
+    with torch.no_grad():
+        output = tagger(input_ids=input_ids, labels=tags)
+    expected = torch.nn.functional.cross_entropy(output.logits.flatten(0, 1), tags.flatten().long(), ignore_index=-100)
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_head_dropouts_follow_the_config(monkeypatch):
+    """The deeper layer drops out as the encoder's hidden and attention dropouts do; DWAtt's weights over depth by
+    dwatt_weight_dropout."""
+    from dwatt import modeling_dwatt
+
+    encoder_config = tiny_encoder_config("bert")
+    encoder_config.hidden_dropout_prob, encoder_config.attention_probs_dropout_prob = 0.3, 0.2
+    deeper = DWAttForTokenClassification(DWAttConfig(encoder_config=encoder_config, fusion="deeper", num_labels=2)).train()
+    seen = []
+    real_attention = modeling_dwatt.F.scaled_dot_product_attention
+
+    def recording_attention(*args, **kwargs):
+        seen.append(kwargs.get("dropout_p"))
+        return real_attention(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_dwatt.F, "scaled_dot_product_attention", recording_attention)
+    deeper(input_ids=torch.randint(0, VOCAB_SIZE, (2, 5)))
+    assert seen[-1] == 0.3  # the deeper layer runs last, after the encoder's own attention
+    deeper.eval()(input_ids=torch.randint(0, VOCAB_SIZE, (2, 5)))
+    assert seen[-1] == 0.0
+
+    dwatt = DWAttForTokenClassification(DWAttConfig(encoder_config=encoder_config, fusion="dwatt", num_labels=2,
+                                                    dwatt_weight_dropout=0.25))
+    assert dwatt.dwatt.fusion_classifier.weight_dropout.p == 0.25
+
+
+def test_head_initialisation_follows_the_encoders_initializer_range():
+    """Linear weights of the head ~ N(0, initializer_range) (0.02 only when the encoder has none); DWAtt's depth
+    embeddings ~ U(0, 1)."""
+    encoder_config = tiny_encoder_config("bert")
+    encoder_config.initializer_range = 0.5
+    torch.manual_seed(0)
+    model = DWAttForTokenClassification(DWAttConfig(encoder_config=encoder_config, fusion="concat", num_labels=2))
+    weights = torch.cat([module.weight.detach().flatten() for module in model.dwatt.fusion_classifier.modules()
+                         if isinstance(module, torch.nn.Linear)])
+    assert weights.numel() > 2000 and 0.45 < float(weights.std()) < 0.55 and abs(float(weights.mean())) < 0.05
+    dwatt = DWAttForTokenClassification(DWAttConfig(encoder_config=encoder_config, fusion="dwatt", num_labels=2,
+                                                    dwatt_position_dim=256))
+    embeddings = dwatt.dwatt.fusion_classifier.depth_embeddings
+    assert float(embeddings.min()) >= 0.0 and float(embeddings.max()) < 1.0
+    assert abs(float(embeddings.std()) - (1 / 12) ** 0.5) < 0.03  # the uniform distribution's

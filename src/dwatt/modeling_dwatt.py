@@ -1642,9 +1642,9 @@ def sequence_classification_loss(
             # (B,) against (B,): labels come as (B,) or (B, 1), and a batch of one must not broadcast.
             return F.mse_loss(logits.reshape(-1), labels.reshape(-1).to(logits.dtype), reduction=reduction)
         return F.mse_loss(logits, labels.to(logits.dtype), reduction=reduction)
-    if config.problem_type == "single_label_classification":
+    if config.problem_type == "single_label_classification":  # class indices, int64 for torch (int32 counts too)
         return F.cross_entropy(
-            logits.view(-1, num_labels), labels.view(-1), reduction=reduction, label_smoothing=label_smoothing)
+            logits.view(-1, num_labels), labels.view(-1).long(), reduction=reduction, label_smoothing=label_smoothing)
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction=reduction)
 
 
@@ -1792,7 +1792,8 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
             logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1), ignore_index=-100)
+            labels = labels.to(logits.device).view(-1).long()  # class indices: int64 for torch (int32 labels too)
+            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels, ignore_index=-100)
         guidance = None
         if guiding:
             loss, guidance = self._add_attention_guidance(loss, outputs.attentions, attention_mask)

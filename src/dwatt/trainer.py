@@ -63,8 +63,8 @@ class AccumulationExactLoss:
         labels = labels.to(logits.device)
         reduction = "mean" if num_items_in_batch is None else "sum"
         if logits.dim() == 3:  # token classification: (B, T, C), labels (B, T) with -100 = ignored
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction,
-                                   label_smoothing=self.label_smoothing)
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten().long(), ignore_index=-100,
+                                   reduction=reduction, label_smoothing=self.label_smoothing)
         else:
             loss = sequence_classification_loss(logits, labels, self.config, reduction, self.label_smoothing)
         guidance = outputs.get("attention_guidance_loss") if isinstance(outputs, dict) else None

@@ -783,3 +783,21 @@ def test_a_local_folder_written_with_a_tilde_is_not_sent_to_the_hub(tmp_path, mo
     write(tmp_path / "conll" / "train.txt", "EU B-ORG\n")
     monkeypatch.setattr(data, "load_dataset", lambda *args, **kwargs: pytest.fail(f"sent to the Hub: {args}"))
     assert load_ner_data("~/conll")["train"]["tokens"] == [["EU"]]
+
+
+def test_mrpc_test_split_is_read_from_the_labelled_file_when_both_are_there(tmp_path):
+    folder = tmp_path / "MRPC"
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    write(folder / "train.tsv", header + "1\t1\t2\tA.\tB.\n")
+    write(folder / "msr_paraphrase_test.txt", header + "0\t3\t4\tC.\tD.\n1\t5\t6\tE.\tF.\n")
+    write(folder / "test.tsv", "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t3\t4\tC.\tD.\n1\t5\t6\tE.\tF.\n")
+    assert load_glue_folder(folder, "mrpc")["test"]["label"] == [0, 1]
+
+
+def test_an_mnli_folder_with_its_dev_files_only_is_a_glue_folder(tmp_path):
+    folder = tmp_path / "MNLI"
+    header = "index\tsentence1\tsentence2\tgold_label\n"
+    write(folder / "dev_matched.tsv", header + "0\tP.\tH.\tentailment\n")
+    write(folder / "dev_mismatched.tsv", header + "0\tP.\tH.\tcontradiction\n")
+    splits = load_text_classification_data(str(folder))
+    assert splits["validation_matched"]["label"] == [0] and splits["validation_mismatched"]["premise"] == ["P."]

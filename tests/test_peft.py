@@ -160,6 +160,9 @@ def test_unknown_encoder_family_asks_for_target_modules():
     config = SimpleNamespace(encoder_config=SimpleNamespace(model_type="made-up-encoder"))
     with pytest.raises(ValueError, match="--lora_target_modules"):
         default_lora_target_modules(config)
+    # A family that dwatt's table leaves out and PEFT's has (GPT-J): PEFT's attention projections.
+    gptj = SimpleNamespace(encoder_config=SimpleNamespace(model_type="gptj"))
+    assert default_lora_target_modules(gptj) == ["q_proj", "v_proj"]
     assert parse_target_modules("query, value") == ["query", "value"]
     assert parse_target_modules("all-linear") == "all-linear"
     assert parse_target_modules(None) is None
@@ -331,6 +334,11 @@ def test_added_rows_are_left_alone_when_nothing_was_added_or_the_embedding_is_sa
     plain = DWAttForTokenClassification.from_encoder_pretrained(tmp_path / "encoder", num_labels=3)
     assert added_token_ids(plain) == [] and lora_config(plain).trainable_token_indices is None
     assert added_token_ids(make_model("token")) == []  # built from a config: no checkpoint to differ from
+    # Loaded with from_pretrained, the model names its checkpoint, which PEFT compares with itself: nothing to add.
+    plain.save_pretrained(tmp_path / "checkpoint")
+    reloaded = DWAttForTokenClassification.from_pretrained(tmp_path / "checkpoint")
+    reloaded.resize_token_embeddings(VOCAB_SIZE + 5, mean_resizing=False)
+    assert reloaded.config.encoder_name_or_path and added_token_ids(reloaded) == []
 
     model = resized_token_model(tmp_path / "encoder", seed=0)
     assert added_token_ids(model) == ADDED

@@ -7,7 +7,7 @@ import transformers
 from tiny_encoders import HEADS, HIDDEN, INTERMEDIATE, LAYERS, VOCAB_SIZE
 from transformers import AutoConfig, AutoModel
 
-from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification
+from dwatt import DWAttConfig, DWAttForTokenClassification
 
 COMMON = dict(vocab_size=VOCAB_SIZE, pad_token_id=0)
 SIZES = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=INTERMEDIATE)

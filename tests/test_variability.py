@@ -2,7 +2,6 @@
 computation, and the stock encoders' hidden states; the command line on the real MiniLM and SST-2."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from tiny_encoders import LAYERS, VOCAB_SIZE, tiny_encoder_config
 from transformers import AutoModel
 
-from dwatt.variability import hidden_state_variability, layer_variability, select_layer, sentence_vectors
+from dwatt.variability import hidden_state_variability, select_layer, sentence_vectors
 
 GLUE_SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue" / "SST-2"
 

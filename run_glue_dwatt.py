@@ -47,7 +47,7 @@ from dwatt.script_utils import (
     remove_earlier_results,
     run_hyperparameters,
     setup_logging,
-    train_evaluate_predict,
+    train_and_evaluate,
 )
 from dwatt.trainer import DWAttTrainer
 
@@ -226,7 +226,7 @@ def main():
         },
         log_depth_weights=model_args.log_depth_weights,
     )
-    train_evaluate_predict(trainer, training_args, train_dataset, eval_datasets, logger)
+    train_and_evaluate(trainer, training_args, train_dataset, eval_datasets, logger)
 
     if training_args.do_predict:
         logger.info("*** Predict ***")

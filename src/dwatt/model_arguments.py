@@ -153,9 +153,11 @@ class ModelArguments:
 
     @property
     def source(self) -> str:
+        """The encoder or checkpoint this run starts from (whichever was given)."""
         return self.encoder_name_or_path or self.model_name_or_path
 
     def hub_kwargs(self) -> dict:
+        """The `from_pretrained` options that say where to read the files from (cache, revision, token)."""
         return {"cache_dir": self.cache_dir, "revision": self.model_revision, "token": self.token}
 
     def head_config_kwargs(self) -> dict:

@@ -279,7 +279,9 @@ class HiddenStateHooks:
 
 
 class FusionHead(nn.Module):
-    """Interface of the fusion heads."""
+    """Interface of the fusion heads (the contract is the section comment above): `forward` fuses the last layer
+    with the sources, `source_stream` takes the sources one at a time instead, and each head counts its parameters
+    and forward FLOPs."""
 
     # Whether `forward` reads `sources` besides the last hidden state. Heads that do not are run without asking the
     # encoder for its hidden states, which it would otherwise keep alive to the end of the forward pass.
@@ -1169,6 +1171,10 @@ def _requested_dtype(config_kwargs: dict, encoder_kwargs: dict) -> Union[str, to
 
 
 class DWAttPreTrainedModel(PreTrainedModel):
+    """What every DWAtt model shares: the config class, the initialisation of the head's modules (the encoder
+    initialises itself or is loaded), saving with an `auto_map` for every Auto class, and loading that refuses a
+    label count other than the checkpoint's."""
+
     config_class = DWAttConfig
     base_model_prefix = "dwatt"
     supports_gradient_checkpointing = True

@@ -177,7 +177,7 @@ def run_hyperparameters(model: PreTrainedModel, training_args: TrainingArguments
     }
 
 
-def train_evaluate_predict(trainer, training_args: TrainingArguments, train_dataset, eval_datasets: dict, logger) -> None:
+def train_and_evaluate(trainer, training_args: TrainingArguments, train_dataset, eval_datasets: dict, logger) -> None:
     """Train (then save the model folder and metrics) and evaluate, as the official scripts do.
 
     `eval_datasets` maps a name to each evaluation set: the first set's metrics keep their names, a later set's get

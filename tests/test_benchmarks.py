@@ -677,3 +677,33 @@ def test_variant_names_summarise_guidance_on_heads_chosen_per_layer():
         "heads chosen per layer (2 layers; ")
     assert report.head_config_value("attention_guidance_heads", [0, 1, 1, 4]) == "[0, 1, 1, 4]"
     assert report.head_config_value("attention_guidance_weight", 10) == "10"
+
+
+def _curve_row(head: str, seed: int, f1s: list[float], gpu: str = "") -> dict:
+    return {"encoder": "tiny", "size": 50, "head": head, "seed": seed, "machine": {"gpu": gpu, "torch_threads": 2},
+            "curve": [{"step": 20 * (i + 1), "f1": f1} for i, f1 in enumerate(f1s)]}
+
+
+def test_step_efficiency_needs_a_higher_curve_and_reaching_a_good_f1_no_later():
+    """A head that starts ahead (higher mean over the curve) but reaches 90% of `last`'s best only later, or never, is
+    no step-efficiency win: the verdict said "reproduced" on the curve mean alone."""
+    last = [0.0, 0.0, 0.8, 0.9]  # best 0.9: 90% = 0.81, reached at step 80
+    fast_start = [0.5, 0.6, 0.7, 0.8]  # higher mean, never reaches 0.81
+    faster = [0.5, 0.85, 0.9, 0.9]  # reaches it at step 40
+    def rows(head_curve):
+        return [_curve_row(head, seed, curve) for seed in (1, 2, 3)
+                for head, curve in (("last", last), ("dwatt", head_curve), ("concat", head_curve))]
+    text = report.claim_step_efficiency(rows(fast_start))
+    assert "| tiny | 50 | dwatt | 65.00 (+22.50) | never |" in text
+    assert "Verdict: provisional, partly reproduced" in text and "in 1 of 1 (encoder, size) cells, and reach" in text
+    assert "no later than `last` (never counts as later) in 0 of 1" in text and "They start faster" in text
+    text = report.claim_step_efficiency(rows(faster))
+    assert "| tiny | 50 | dwatt | 78.75 (+36.25) | 40 |" in text and "in 1 of 1" in text and "They start" not in text
+
+
+def test_heads_of_one_seed_on_different_devices_are_named():
+    rows = [_curve_row("last", 1, [0.5]), _curve_row("dwatt", 1, [0.5], gpu="NVIDIA H200"),
+            _curve_row("last", 2, [0.5]), _curve_row("dwatt", 2, [0.5])]
+    note = report.mixed_device_note(rows)
+    assert "tiny 50 seed 1 (last on CPU (2 threads); dwatt on NVIDIA H200)" in note and "seed 2" not in note
+    assert report.mixed_device_note(rows[2:]) == ""

@@ -429,3 +429,27 @@ def test_cost_benchmarks_run_without_the_training_extras(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "cost.json").read_text())["rows"] and json.loads((tmp_path / "guidance.json").read_text())["rows"]
+
+
+def test_timing_rounds_rotate_the_order_so_that_no_model_always_goes_first(monkeypatch):
+    """Over as many rounds as models, each model is timed once in every position (the fixed order, stock first,
+    biased every GPU ratio the same way); within a round, inference and training steps keep one order."""
+    names = ["stock", *cost.HEADS]
+    for index in range(len(names)):
+        assert sorted(cost.round_order(names, index)) == sorted(names)
+    positions = {name: {cost.round_order(names, index).index(name) for index in range(len(names))} for name in names}
+    assert all(seen == set(range(len(names))) for seen in positions.values())
+
+    calls = []
+    monkeypatch.setattr(cost, "time_inference", lambda model, *args: calls.append(("inference", model)) or 0.0)
+    monkeypatch.setattr(cost, "time_training_step", lambda model, *args: calls.append(("training", model)) or 0.0)
+    monkeypatch.setattr(cost, "make_batch", lambda *args: None)
+    monkeypatch.setattr(cost, "make_labels", lambda *args: None)
+    models = {name: torch.nn.Linear(1, 1) for name in names}
+    cost.time_rounds("token", models, 1, 1, rounds=2, device="cpu", compile_mode=None)
+    by_model = {id(model): name for name, model in models.items()}
+    timed = [(kind, by_model[id(model)]) for kind, model in calls[2 * len(names):]]  # after the warm-up round
+    for index in range(2):
+        round_calls = timed[2 * len(names) * index: 2 * len(names) * (index + 1)]
+        assert [name for _, name in round_calls[:len(names)]] == cost.round_order(names, index)
+        assert [name for _, name in round_calls[len(names):]] == cost.round_order(names, index)

@@ -35,7 +35,7 @@ from dwatt import DWAttForSequenceClassification, DWAttForTokenClassification
 from dwatt.model_arguments import ModelArguments, checkpoint_labels, load_model
 from dwatt.model_card import command_line
 from dwatt.script_utils import (check_splits, dataset_id_for_card, options_on_command_line, parse_arguments, prepare_split,
-                                remove_earlier_results, run_hyperparameters)
+                                remove_earlier_results, run_hyperparameters, train_and_evaluate)
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_CHECK = Path(__file__).with_name("pipeline_check.py")
@@ -816,3 +816,48 @@ def test_a_relative_encoder_folder_is_recorded_as_an_absolute_path(encoder, tmp_
     monkeypatch.chdir(encoder.parent)
     model = load_model(ModelArguments(encoder_name_or_path=encoder.name), DWAttForTokenClassification, NER_LABELS)
     assert model.config.encoder_name_or_path == str(encoder.resolve())
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_its_end_of_sequence_token(tmp_path):
+    """Decoder-only tokenizers (GPT-2's) ship without a pad token; batches of unequal lengths need one."""
+    from transformers import GPT2TokenizerFast
+
+    from dwatt.analysis_data import padding_tokenizer
+    from dwatt.model_arguments import load_tokenizer
+
+    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate("abcdefghijklmnopqrstuvwxyzĠ")}}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    GPT2TokenizerFast(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"),
+                      eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                      ).save_pretrained(tmp_path / "gpt2-tokenizer")
+    for tokenizer in (load_tokenizer(ModelArguments(encoder_name_or_path=str(tmp_path / "gpt2-tokenizer"))),
+                      padding_tokenizer(str(tmp_path / "gpt2-tokenizer"))):
+        assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
+
+
+def test_evaluation_names_later_sets_metrics_and_measures_depth_weights_on_the_first(tmp_path):
+    """MNLI: the matched set's metrics keep their names and give the depth-weight report; the mismatched set's end in
+    `_mm`, as in run_glue.py."""
+    import logging
+
+    calls = {}
+
+    class RecordingTrainer:
+        def evaluate(self, eval_dataset):
+            return {"eval_accuracy": {"matched": 0.8, "mismatched": 0.7}[eval_dataset]}
+
+        def log_metrics(self, split, metrics):
+            pass
+
+        def save_metrics(self, split, metrics):
+            calls["saved"] = metrics
+
+        def save_depth_weights(self, dataset):
+            calls["depth_weights"] = dataset
+
+    args = TrainingArguments(str(tmp_path), do_eval=True, report_to=[])
+    train_and_evaluate(RecordingTrainer(), args, None, {"mnli": "matched", "mm": "mismatched"}, logging.getLogger("t"))
+    assert calls["depth_weights"] == "matched"
+    assert calls["saved"]["eval_accuracy"] == 0.8 and calls["saved"]["eval_accuracy_mm"] == 0.7
+    assert (calls["saved"]["eval_samples"], calls["saved"]["eval_samples_mm"]) == (len("matched"), len("mismatched"))

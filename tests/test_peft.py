@@ -129,6 +129,41 @@ def test_plain_peft_config_without_the_head_is_refused_where_peft_leaves_the_hea
         DWAttTrainer(model=peft_model, args=args)
 
 
+def training_forward_warnings(model, steps: int = 2) -> list[str]:
+    """The warnings modeling_dwatt logs over `steps` training forwards (with gradients) of `model`."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging as transformers_logging
+
+    import dwatt.modeling_dwatt
+
+    model.train()
+    with CaptureLogger(transformers_logging.get_logger(dwatt.modeling_dwatt.__name__)) as captured:
+        for _ in range(steps):
+            model(**inputs())
+    return [line for line in captured.out.splitlines() if line.strip()]
+
+
+def test_the_stock_trainer_path_warns_once_when_only_the_head_is_frozen():
+    """The stock Trainer cannot refuse a PEFT model that leaves the head out, so the model says so at its first
+    training forward; a head that trains, a model frozen throughout, and eval mode say nothing."""
+    frozen_head = make_model("token")
+    frozen_head.dwatt.fusion_classifier.requires_grad_(False)
+    warnings = training_forward_warnings(frozen_head)
+    assert len(warnings) == 1 and "modules_to_save=['fusion_classifier']" in warnings[0], warnings
+    assert training_forward_warnings(make_model("token")) == []
+    assert training_forward_warnings(make_model("token").requires_grad_(False)) == []
+    in_eval = make_model("sequence")
+    in_eval.dwatt.fusion_classifier.requires_grad_(False)
+    with torch.no_grad():
+        in_eval.eval()(**inputs())
+    assert not in_eval.dwatt._frozen_head_checked  # evaluation checks nothing, so training later still does
+    assert len(training_forward_warnings(in_eval)) == 1
+
+    plain = get_peft_model(make_model("sequence"), LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"]))
+    assert len(training_forward_warnings(plain)) == (0 if PEFT_MATCHES_SUFFIXES else 1)
+    assert training_forward_warnings(get_lora_model(make_model("sequence"))) == []
+
+
 @pytest.mark.parametrize("family", ENCODER_FAMILIES)
 def test_default_targets_for_every_encoder_family(family):
     for task in TASKS:

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
+from transformers.utils import logging
 
 from .configuration_dwatt import DWAttConfig, GuidanceHeads, _num_encoder_layers, attention_guidance_assignment
 
@@ -27,6 +28,7 @@ try:  # transformers >= 5: init functions that skip weights already loaded from 
 except ImportError:  # transformers 4.x loads first and initialises only the missing modules
     from torch.nn import init
 
+logger = logging.get_logger(__name__)
 
 # The class names that `save_pretrained` writes into `config.json`, so that one checkpoint opens with every Auto
 # class (transformers itself would list only the class that was saved).
@@ -1415,8 +1417,8 @@ class DWAttModel(DWAttPreTrainedModel):
         guided = config.attention_guidance_heads is not None
         self.encoder = build_encoder(config.encoder_config, attn_implementation="eager" if guided else None)
         _install_output_capturing_hooks(self.encoder)
-        # The name ends in "classifier" on purpose: PEFT's token/sequence-classification models train and save every
-        # module whose name ends in "classifier" or "score" (and keep LoRA out of them), so the head comes along.
+        # PEFT must be told to train this head in full (modules_to_save=["fusion_classifier"]): up to peft 0.21 its
+        # classification models caught it by the end of its name, from 0.22 they take whole names only.
         self.fusion_classifier = build_fusion_head(config)
         self._source_indices = config.fusion_source_indices
         self._num_states = config.num_encoder_layers + 1
@@ -1427,7 +1429,22 @@ class DWAttModel(DWAttPreTrainedModel):
             index != self._num_states - 1 for index in self._source_indices
         )
         self._encoder_takes_use_cache = _accepts_argument(self.encoder.forward, "use_cache")
+        self._frozen_head_checked = False
         self.post_init()
+
+    def _warn_once_if_only_the_head_is_frozen(self) -> None:
+        """At the first training forward: a head with parameters of which none trains, while others do, is almost
+        always a PEFT config that leaves it out, and the stock Trainer would train on without a word."""
+        self._frozen_head_checked = True
+        head_parameters = list(self.fusion_classifier.parameters())
+        if (head_parameters and not any(parameter.requires_grad for parameter in head_parameters)
+                and any(parameter.requires_grad for parameter in self.parameters())):
+            logger.warning(
+                "The fusion head (fusion_classifier) does not train while other parameters do: it stays at its "
+                "initialisation. With PEFT, add modules_to_save=['fusion_classifier'] to its config (from peft 0.22 a "
+                "task type no longer includes it), or build a LoRA config with dwatt.peft_utils.lora_config(model). "
+                "If you froze it on purpose, ignore this."
+            )
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()
@@ -1527,6 +1544,8 @@ class DWAttModel(DWAttPreTrainedModel):
         """
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict)
+        if self.training and not self._frozen_head_checked and torch.is_grad_enabled() and not _is_compiling():
+            self._warn_once_if_only_the_head_is_frozen()
         if attention_mask is None:
             attention_mask = _all_real_tokens(input_ids, inputs_embeds)
 

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 WORDS = (
@@ -37,7 +38,11 @@ def tiny_encoder_folder(folder: Path) -> Path:
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
         max_position_embeddings=64,
     )
-    BertModel(config).save_pretrained(folder)
+    # Seeded: otherwise its weights depend on what the same pytest worker ran before, and so does every training
+    # trajectory of the scripts (a dev-selection test failed that way when the file order changed).
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(folder)
     return folder
 
 

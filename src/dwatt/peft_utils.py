@@ -3,7 +3,8 @@
 PEFT knows default LoRA targets per `model_type`, but a DWAtt model's type is `"dwatt"`: the right targets are those
 of the *wrapped encoder* (`query`/`value` for BERT, `q_lin`/`v_lin` for DistilBERT, `Wqkv` for ModernBERT, …).
 
-How PEFT treats the rest of a DWAtt model (peft 0.21 and 0.22, checked by tests/test_peft.py):
+How PEFT treats the rest of a DWAtt model (tests/test_peft.py checks it; CI runs peft 0.22, and the tests' peft 0.21
+branches passed when run by hand):
 - With `task_type="TOKEN_CLS"` / `"SEQ_CLS"`, PEFT trains and saves a full copy of its classification modules
   (`modules_to_save`). Up to peft 0.21 that was every module whose name *ends* in `classifier` or `score`, which caught
   the fusion head at `dwatt.fusion_classifier`; from 0.22 the name must be whole (`classifier`, `score`,

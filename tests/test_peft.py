@@ -78,6 +78,11 @@ def perturb_trainable(model, seed: int = 1) -> None:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
 
 
+def cpu_args(folder: Path) -> TrainingArguments:
+    """Arguments for a DWAttTrainer that is only built (its checks run at construction), never trained."""
+    return TrainingArguments(output_dir=str(folder), report_to=[], use_cpu=True)
+
+
 def logits(model, batch) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
@@ -106,7 +111,7 @@ def test_plain_peft_config_naming_the_head_trains_and_saves_it(tmp_path, task):
     assert len(head) == len(list(model.dwatt.fusion_classifier.modules_to_save.default.parameters()))
     assert all(re.search(r"\.encoder\.layer\.\d\.attention\.self\.(query|value)\.lora_[AB]\.", n) for n in lora)
     assert not any("fusion_classifier" in name or name.endswith("classifier") for name in lora_layers(peft_model))
-    DWAttTrainer(model=peft_model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+    DWAttTrainer(model=peft_model, args=cpu_args(tmp_path))
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -116,7 +121,7 @@ def test_plain_peft_config_without_the_head_is_refused_where_peft_leaves_the_hea
     refuses that before training, naming the fix; the stock Trainer cannot know."""
     peft_model = get_peft_model(make_model(task), LoraConfig(task_type=TASKS[task][1], target_modules=["query", "value"]))
     wrapped = {name for name, module in peft_model.named_modules() if isinstance(module, ModulesToSaveWrapper)}
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    args = cpu_args(tmp_path / "out")
     if PEFT_MATCHES_SUFFIXES:
         assert wrapped == {"base_model.model.dwatt.fusion_classifier", "base_model.model.classifier"}
         DWAttTrainer(model=peft_model, args=args)
@@ -203,7 +208,7 @@ def test_dwatt_trainer_refuses_lora_inside_the_head(tmp_path, task):
     plain = get_peft_model(make_model(task), LoraConfig(task_type=TASKS[task][1], target_modules=targets))
     assert any(".fusion_classifier." in name for name in lora_layers(plain))
     plain.save_pretrained(tmp_path / "adapter")
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    args = cpu_args(tmp_path / "out")
     if PEFT_MATCHES_SUFFIXES:
         with pytest.raises(KeyError, match="fusion_classifier"):
             PeftModel.from_pretrained(make_model(task), tmp_path / "adapter")
@@ -466,7 +471,7 @@ def test_prompt_learning_trains_the_fusion_head_when_the_config_names_it(tmp_pat
     settings = dict(task_type="SEQ_CLS", num_virtual_tokens=2, **prompt_learning_sizes(make_model("sequence")))
     if config_class is PromptEncoderConfig:
         settings["encoder_hidden_size"] = 16
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    args = cpu_args(tmp_path)
     named = get_peft_model(make_model("sequence"), config_class(**settings, modules_to_save=["fusion_classifier"]))
     head = named.base_model.dwatt.fusion_classifier
     assert isinstance(head, ModulesToSaveWrapper)

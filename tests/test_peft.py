@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import peft
 import pytest
 import torch
@@ -130,8 +131,15 @@ def test_plain_peft_config_without_the_head_is_refused_where_peft_leaves_the_hea
     assert not any(p.requires_grad for p in peft_model.base_model.model.dwatt.fusion_classifier.parameters())
     peft_model.save_pretrained(tmp_path / "adapter")
     assert not any(".fusion_classifier." in key for key in load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
-    with pytest.raises(ValueError, match=r"does not train the fusion head.*modules_to_save=\['fusion_classifier'\]"):
+    refusal = r"does not train the fusion head.*modules_to_save=\['fusion_classifier'\]"
+    with pytest.raises(ValueError, match=refusal):
         DWAttTrainer(model=peft_model, args=args)
+    # Also a model that `model_init` makes, at construction and at each `train(trial=…)` of a hyperparameter search.
+    with pytest.raises(ValueError, match=refusal):
+        DWAttTrainer(model_init=lambda: peft_model, args=args)
+    trainer = DWAttTrainer(model_init=lambda trial: peft_model if trial is not None else make_model(task), args=args)
+    with pytest.raises(ValueError, match=refusal):
+        trainer.train(trial=optuna.trial.FixedTrial({}))
 
 
 def training_forward_warnings(model, steps: int = 2) -> list[str]:

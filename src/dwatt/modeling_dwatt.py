@@ -21,7 +21,8 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import logging
 
-from .configuration_dwatt import DWAttConfig, GuidanceHeads, _num_encoder_layers, attention_guidance_assignment
+from .configuration_dwatt import (DWAttConfig, GuidanceHeads, _is_common_config_attribute, _num_encoder_layers,
+                                  attention_guidance_assignment, pop_encoder_config_options)
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as init
@@ -1352,9 +1353,10 @@ class DWAttPreTrainedModel(PreTrainedModel):
                 model whose last layer is the pretrained layer k), e.g. the layer `dwatt.variability` selects.
             encoder_config: the encoder's config (or its name or path), if not the one saved with its weights: e.g.
                 the same architecture with other dropout (the scripts' `--config_name`).
-            config_kwargs: further `DWAttConfig` arguments (`fusion_layers`, `pooling`, `id2label`, …), and `dtype`:
-                the whole model's (float32 unless given, whatever the checkpoint was saved in, as for fine-tuning;
-                `"auto"`: the checkpoint's).
+            config_kwargs: further `DWAttConfig` arguments (`fusion_layers`, `pooling`, `id2label`, …); options of
+                the encoder's config (`hidden_dropout_prob=0.2`), which set it as `from_pretrained` sets a plain
+                model's; and `dtype`: the whole model's (float32 unless given, whatever the checkpoint was saved in, as
+                for fine-tuning; `"auto"`: the checkpoint's). A near miss of a DWAttConfig argument is refused.
         """
         encoder_kwargs = dict(encoder_kwargs or {})
         _route_encoder_loading_options(config_kwargs, encoder_kwargs)
@@ -1367,6 +1369,10 @@ class DWAttPreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"{name_or_path} is already a DWAtt checkpoint: load it with {cls.__name__}.from_pretrained."
             )
+        # Options of the encoder's config (hidden_dropout_prob=0.2, …) set it, as from_pretrained(encoder, …) does.
+        for name, value in pop_encoder_config_options(config_kwargs, encoder_config).items():
+            setattr(encoder_config, name, value)
+        _refuse_misspelt_options(config_kwargs, encoder_config)
         if encoder_num_layers is not None:
             _keep_first_layers(encoder_config, encoder_num_layers)
         if num_labels is not None:
@@ -1400,6 +1406,33 @@ class DWAttPreTrainedModel(PreTrainedModel):
             model = model.to(dtype)
         model.config.dtype = model.config.encoder_config.dtype = dtype
         return model
+
+
+def _refuse_misspelt_options(config_kwargs: dict, encoder_config: PretrainedConfig) -> None:
+    """A `from_encoder_pretrained` option that is no config's but nearly a DWAttConfig argument (`fusion_layer=[0,
+    -1]`) would be stored in the config and do nothing: refuse it, naming the argument. Other names are kept as
+    config attributes, as any transformers config keeps them (`finetuning_task`, `tokenizer_class`, …)."""
+    options = DWAttConfig.option_names()
+    for name in config_kwargs:
+        if name in options or _is_common_config_attribute(name) or hasattr(encoder_config, name):
+            continue
+        distance, nearest = min((_edit_distance(name, option), option) for option in options)
+        if distance <= max(1, len(name) // 6):  # one slip per six letters: fusion_layer, classifier_droput, fussion
+            raise TypeError(
+                f"from_encoder_pretrained got {name}={config_kwargs[name]!r}, which is neither a DWAttConfig argument "
+                f"nor an option of the encoder's {type(encoder_config).__name__}: did you mean {nearest}?"
+            )
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest letters to insert, delete or replace to turn `a` into `b`."""
+    previous = list(range(len(b) + 1))
+    for i, letter in enumerate(a, start=1):
+        current = [i]
+        for j, other in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (letter != other)))
+        previous = current
+    return previous[-1]
 
 
 class DWAttModel(DWAttPreTrainedModel):

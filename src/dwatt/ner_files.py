@@ -15,7 +15,8 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
-from .text_files import PathLike, check_data_files, data_error, empty_file_error, iter_json_objects, read_text
+from .text_files import (PathLike, UnknownLabelError, check_data_files, data_error, empty_file_error, iter_json_objects,
+                         read_text)
 
 
 # Label order of the Hub `conll2003` dataset (`ner_tags` ClassLabel). Pass it as `label_list` to get the same ids as
@@ -195,6 +196,7 @@ def _encode_ner_splits(
                         line,
                         f"tag {tag!r} is not in the label list {names}",
                         "correct the tag, or pass a label_list that contains it",
+                        UnknownLabelError,
                     )
                 ids.append(label_id)
             encoded.append(ids)

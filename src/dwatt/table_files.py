@@ -13,8 +13,8 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .text_files import (PathLike, check_data_files, data_error, empty_file_error, is_test_split, iter_json_objects,
-                         read_text)
+from .text_files import (PathLike, UnknownLabelError, check_data_files, data_error, empty_file_error, is_test_split,
+                         iter_json_objects, read_text)
 
 
 def infer_text_columns(column_names: Sequence[str], label_column: str = "label") -> tuple[str, str | None]:
@@ -222,6 +222,7 @@ def load_classification_files(
                         tables[split].rows[i][0],
                         f"label {value!r} is not in the label list {names}",
                         "correct the label or extend the label list",
+                        UnknownLabelError,
                     )
             typed[split] = [names.index(str(value)) for value in values]
     elif flat:

@@ -18,9 +18,14 @@ from typing import Any, Union
 PathLike = Union[str, os.PathLike]
 
 
-def data_error(path: PathLike, line: int, problem: str, fix: str) -> ValueError:
+class UnknownLabelError(ValueError):
+    """A label in a data file that is not in the label list it is read with (the scripts add where that list came
+    from: a checkpoint's labels call for --ignore_mismatched_sizes rather than a fix of the data)."""
+
+
+def data_error(path: PathLike, line: int, problem: str, fix: str, error_class: type = ValueError) -> ValueError:
     """Build the one error format used for bad data: file, 1-based line, problem, fix."""
-    return ValueError(f"{os.fspath(path)}, line {line}: {problem}. Fix: {fix}")
+    return error_class(f"{os.fspath(path)}, line {line}: {problem}. Fix: {fix}")
 
 
 def read_text(path: PathLike) -> str:

@@ -33,7 +33,7 @@ from dwatt.data import (
     load_text_classification_data,
     normalize_glue_task_name,
 )
-from dwatt.metrics import make_glue_compute_metrics
+from dwatt.metrics import glue_positive_label_id, make_glue_compute_metrics
 from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, checkpoint_labels, load_model, load_tokenizer
 from dwatt.peft_utils import apply_lora_from_args
@@ -170,6 +170,8 @@ def main():
         label_to_id = {i: model.config.label2id[str(name)] for i, name in enumerate(label_list)}
     else:  # raw values from CSV/JSON files
         label_to_id = {value: model.config.label2id[str(value)] for value in label_list}
+    # MRPC/QQP F1 scores `equivalent`/`duplicate`, whichever id the model gives it.
+    positive_label = 1 if is_regression else glue_positive_label_id(data_args.task_name, model.config.label2id)
     if data_args.max_seq_length > tokenizer.model_max_length:
         logger.warning(f"--max_seq_length {data_args.max_seq_length} > the tokenizer's {tokenizer.model_max_length}; using the latter.")
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
@@ -215,7 +217,7 @@ def main():
         eval_dataset=next(iter(eval_datasets.values()), None),
         processing_class=tokenizer,
         data_collator=data_collator,
-        compute_metrics=make_glue_compute_metrics(data_args.task_name, is_regression),
+        compute_metrics=make_glue_compute_metrics(data_args.task_name, is_regression, positive_label),
         card_info={
             "task": "text-classification",
             "dataset_id": glue_dataset_id(data_args),

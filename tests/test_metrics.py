@@ -13,6 +13,7 @@ from dwatt.metrics import (
     align_ner_predictions,
     classification_metrics,
     glue_metrics,
+    glue_positive_label_id,
     make_glue_compute_metrics,
     make_ner_compute_metrics,
     seqeval_compute,
@@ -44,6 +45,30 @@ def test_accuracy_and_f1_tasks(task):
     assert set(result) == {"accuracy", "f1"}
     assert result["accuracy"] == pytest.approx(6 / 8)
     assert result["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))  # 2TP / (2TP + FP + FN) = 0.8
+
+
+def test_f1_of_another_positive_id_counts_that_class():
+    """With the positive class at id 0 (a model whose labels sorted `equivalent` first), F1 counts the zeros:
+    TP = 2 (idx 3, 6), FP = 1 (idx 1), FN = 1 (idx 4)."""
+    assert glue_metrics("mrpc", PREDS, REFS, positive_label=0)["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+
+
+@pytest.mark.parametrize("task, label2id, expected", [
+    ("mrpc", {"equivalent": 0, "not_equivalent": 1}, 0),
+    ("MRPC", {"not_equivalent": 0, "equivalent": 1}, 1),
+    ("qqp", {"duplicate": 0, "not_duplicate": 1}, 0),
+    ("qqp", {"0": 0, "1": 1}, 1),  # GLUE's TSV labels
+    ("qqp", {"1": 0, "0": 1}, 0),
+    ("sst2", {"positive": 0, "negative": 1}, 1),  # no F1: nothing to choose
+    (None, {"a": 0, "b": 1}, 1),
+])
+def test_the_positive_class_of_glue_f1_is_found_by_name(task, label2id, expected):
+    assert glue_positive_label_id(task, label2id) == expected
+
+
+def test_an_f1_task_whose_labels_name_no_positive_class_is_refused():
+    with pytest.raises(ValueError, match=r"name neither 'equivalent' nor '1'.*not_equivalent, equivalent"):
+        glue_positive_label_id("mrpc", {"LABEL_0": 0, "LABEL_1": 1})
 
 
 @pytest.mark.parametrize(

@@ -465,6 +465,29 @@ def test_glue_mrpc_csv_with_label_names_scores_f1_on_equivalent(encoder, tmp_pat
     assert (alone / "predict_results_mrpc.txt").read_text().splitlines()[1:] == lines
 
 
+def test_mrpc_f1_of_a_checkpoint_with_its_own_label_order_scores_equivalent(encoder, tmp_path):
+    """A model trained without --task_name sorts the names (`equivalent` id 0); scored later as MRPC, F1 took id 1
+    (`not_equivalent`) as the positive class: 0.0 where it is 0.79."""
+    checkpoint = tmp_path / "checkpoint"
+    run_script(
+        "run_glue_dwatt.py", "--encoder_name_or_path", str(encoder),
+        "--train_file", str(write_pair_csv(tmp_path / "train.csv", SENTIMENT)), "--max_seq_length", "32",
+        "--output_dir", str(checkpoint), "--do_train", *FAST_TRAINING,
+    )
+    assert read_json(checkpoint / "config.json")["label2id"] == {"equivalent": 0, "not_equivalent": 1}
+    output = tmp_path / "out"
+    run_script(
+        "run_glue_dwatt.py", "--model_name_or_path", str(checkpoint), "--task_name", "mrpc",
+        "--test_file", str(write_pair_csv(tmp_path / "test.csv", SENTIMENT)), "--max_seq_length", "32",
+        "--output_dir", str(output), "--do_predict", *FAST_TRAINING,
+    )
+    predicted = [line.split("\t")[1] for line in (output / "predict_results_mrpc.txt").read_text().splitlines()[1:]]
+    gold = [MRPC_NAMES[label] for _, label in SENTIMENT]
+    assert set(predicted) <= set(MRPC_NAMES)
+    expected = sklearn_f1(gold, predicted, pos_label="equivalent", zero_division=0.0)
+    assert read_json(output / "predict_results.json")["predict_f1"] == pytest.approx(expected)
+
+
 def write_mnli_folder(folder: Path) -> Path:
     """GLUE's MNLI layout: matched and mismatched dev and test files (the test files unlabelled)."""
     folder.mkdir(parents=True)

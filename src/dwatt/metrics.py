@@ -23,7 +23,7 @@ from seqeval.metrics import accuracy_score as seqeval_accuracy_score
 from seqeval.metrics import classification_report
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, mean_squared_error
 
-from .glue_files import F1_GLUE_TASKS
+from .glue_files import F1_GLUE_TASKS, GLUE_TASKS
 
 __all__ = [
     "GLUE_METRIC_CONFIGS",
@@ -31,6 +31,7 @@ __all__ = [
     "align_ner_predictions",
     "classification_metrics",
     "glue_metrics",
+    "glue_positive_label_id",
     "make_glue_compute_metrics",
     "make_ner_compute_metrics",
     "seqeval_compute",
@@ -76,10 +77,28 @@ def _as_arrays(predictions: Any, references: Any, dtype: Any) -> tuple[np.ndarra
     return predictions, references
 
 
-def glue_metrics(task_name: str, predictions: Any, references: Any) -> dict[str, float]:
+def glue_positive_label_id(task_name: str | None, label2id: dict[str, int]) -> int:
+    """The model's id of the class that GLUE's F1 scores (MRPC `equivalent`, QQP `duplicate`; id 1 on the Hub, and
+    label 1 in the TSV files): a checkpoint trained on files whose labels sorted otherwise has it at another id.
+    1 for the tasks without F1."""
+    if task_name is None or _normalize_metric_config(task_name) not in F1_GLUE_TASKS:
+        return 1
+    task = _normalize_metric_config(task_name)
+    positive = GLUE_TASKS[task].label_names[1]
+    for name in (positive, "1"):
+        if name in label2id:
+            return int(label2id[name])
+    raise ValueError(
+        f"The model's labels {list(label2id)} name neither {positive!r} nor '1', so the positive class of {task}'s F1 "
+        f"is unknown: train it with GLUE's label names ({', '.join(GLUE_TASKS[task].label_names)}) or ids (0, 1)."
+    )
+
+
+def glue_metrics(task_name: str, predictions: Any, references: Any, positive_label: int = 1) -> dict[str, float]:
     """Compute the official GLUE metric of a task: exactly the keys of the `evaluate` glue metric for that task.
 
-    cola → matthews_correlation; stsb → pearson, spearmanr; mrpc, qqp → accuracy, f1; other tasks → accuracy.
+    cola → matthews_correlation; stsb → pearson, spearmanr; mrpc, qqp → accuracy, f1 (of class id `positive_label`,
+    see `glue_positive_label_id`); other tasks → accuracy.
     Inputs are cast as the `evaluate` metric casts them: int64 class ids, or float32 scores for stsb.
     """
     config = _normalize_metric_config(task_name)
@@ -92,7 +111,7 @@ def glue_metrics(task_name: str, predictions: Any, references: Any) -> dict[str,
         return {"matthews_correlation": float(matthews_corrcoef(refs, preds))}
     accuracy = float((preds == refs).mean())
     if config in F1_GLUE_TASKS:
-        return {"accuracy": accuracy, "f1": float(f1_score(y_true=refs, y_pred=preds))}
+        return {"accuracy": accuracy, "f1": float(f1_score(y_true=refs, y_pred=preds, pos_label=positive_label))}
     return {"accuracy": accuracy}
 
 
@@ -210,14 +229,17 @@ def _logits_and_labels(eval_prediction: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(predictions), np.asarray(labels)
 
 
-def make_glue_compute_metrics(task_name: str | None, is_regression: bool) -> Callable[[Any], dict[str, float]]:
-    """`compute_metrics` for the Trainer, as in run_glue.py: argmax (squeeze if regression), metric, combined_score."""
+def make_glue_compute_metrics(
+    task_name: str | None, is_regression: bool, positive_label: int = 1
+) -> Callable[[Any], dict[str, float]]:
+    """`compute_metrics` for the Trainer, as in run_glue.py: argmax (squeeze if regression), metric, combined_score.
+    `positive_label`: the model's id of the class F1 scores (`glue_positive_label_id`)."""
 
     def compute_metrics(eval_prediction: Any) -> dict[str, float]:
         logits, labels = _logits_and_labels(eval_prediction)
         predictions = np.squeeze(logits) if is_regression else np.argmax(logits, axis=1)
         if task_name is not None:
-            result = glue_metrics(task_name, predictions, labels)
+            result = glue_metrics(task_name, predictions, labels, positive_label=positive_label)
         else:
             result = classification_metrics(predictions, labels, is_regression=is_regression)
         return add_combined_score(result)

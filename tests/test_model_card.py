@@ -34,3 +34,20 @@ def test_base_model_is_a_hub_id_or_nothing(encoder, base_model):
     _, card = _card(DWAttForTokenClassification, "token-classification", fusion="last", encoder_name_or_path=encoder)
     assert card.data.base_model == base_model
     assert "/elsewhere/encoder" not in card.content
+
+
+def test_cards_list_results_not_bookkeeping():
+    """MNLI's mismatched dev set logs `eval_runtime_mm` and the like, seqeval per-type counts (`LOC_number`), and the
+    Trainer `eval_model_preparation_time`: the card's results table and model-index listed them as metrics."""
+    eval_metrics = {
+        "eval_accuracy": 0.81, "eval_accuracy_mm": 0.79, "eval_loss": 0.5, "eval_loss_mm": 0.6, "eval_runtime_mm": 1.1,
+        "eval_samples_mm": 9, "eval_samples_per_second_mm": 8.0, "eval_steps_per_second_mm": 1.0, "eval_samples": 9,
+        "eval_model_preparation_time": 0.002, "eval_LOC_f1": 0.7, "eval_LOC_number": 33, "epoch": 1.0,
+    }
+    model = DWAttForSequenceClassification(DWAttConfig(encoder_config=tiny_encoder_config("bert"), num_labels=3))
+    card = build_model_card(model, "text-classification", "glue", dataset_config="mnli", eval_metrics=eval_metrics,
+                            command="python run.py", seq_len=16)
+    listed = {result.metric_type for result in card.data.eval_results}
+    assert listed == {"accuracy", "accuracy_mm", "LOC_f1"}, listed
+    for bookkeeping in ("runtime", "model_preparation_time", "LOC_number", "samples_per_second"):
+        assert bookkeeping not in card.text, bookkeeping

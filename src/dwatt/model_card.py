@@ -28,7 +28,10 @@ FUSION_DESCRIPTIONS = {
     "last": "No fusion: the encoder's last layer, as in the stock transformers classifiers (the baseline).",
 }
 # Keys of the Trainer's metric dicts that are bookkeeping, not quality.
-NON_QUALITY_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "samples"}
+# Bookkeeping the Trainer and the scripts log beside the metrics (also with run_glue's "_mm" suffix for MNLI's
+# mismatched dev set), and seqeval's per-type entity counts (`LOC_number`): not results to list on a card.
+NON_QUALITY_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "samples",
+                       "model_preparation_time"}
 HEAD_SETTINGS = {
     "dwatt": ("dwatt_bottleneck_ratio", "dwatt_position_dim", "dwatt_num_heads", "dwatt_scale_scores", "dwatt_weight_dropout", "dwatt_shared_value_mlp", "zero_init_residual"),
     "concat": ("concat_hidden_size", "zero_init_residual"),
@@ -90,7 +93,8 @@ def quality_metrics(metrics: dict, prefix: str) -> dict[str, float]:
         if not key.startswith(prefix + "_") or not isinstance(value, (int, float)):
             continue
         name = key[len(prefix) + 1 :]
-        if name not in NON_QUALITY_METRICS:
+        base = name.removesuffix("_mm")
+        if base not in NON_QUALITY_METRICS and not base.endswith("_number"):
             result[name] = float(value)
     return result
 

@@ -253,6 +253,19 @@ def test_card_command_masks_hub_tokens(argv, shown):
     assert command_line(argv, environ={}) == shown
 
 
+@pytest.mark.parametrize("argv, shown", [
+    (["run.py", "--encoder_name_or_path", "/venv/site-packages/m/model", "--encoder_hub_id", "org/m", "--seed", "0"],
+     "python run.py --encoder_name_or_path org/m --seed 0"),
+    (["run.py", "--encoder_hub_id=org/m", "--encoder_name_or_path=/venv/m", "--seed", "0"],
+     "python run.py --encoder_name_or_path=org/m --seed 0"),
+    (["run.py", "--encoder_name_or_path", "/data/m", "--seed", "0"], "python run.py --encoder_name_or_path /data/m --seed 0"),
+])
+def test_card_command_names_the_encoder_by_its_hub_id(argv, shown):
+    """The reference cards' commands named a folder inside the venv they ran in (`/work/venv/...`), which does not
+    exist where a card is read: with --encoder_hub_id the command names the Hub copy."""
+    assert command_line(argv, environ={}) == shown
+
+
 @pytest.mark.parametrize("environ, shown", [
     ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, "torchrun --nproc_per_node=2 run.py --seed 0"),
     ({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, "torchrun --nproc_per_node=4 --nnodes=2 run.py --seed 0"),

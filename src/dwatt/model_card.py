@@ -83,7 +83,30 @@ def command_line(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping
             else:
                 mask_next = True
         parts.append(part)
-    return " ".join(shlex.quote(part) for part in [*launcher(environ), *parts])
+    return " ".join(shlex.quote(part) for part in [*launcher(environ), *_encoder_named_by_its_hub_id(parts)])
+
+
+def _encoder_named_by_its_hub_id(parts: list[str]) -> list[str]:
+    """With `--encoder_hub_id ID` (the Hub copy of a local encoder folder), the command names the encoder by ID: the
+    local folder (a path in some venv) does not exist where the card is read."""
+    hub_id, kept, skip = None, [], False
+    for index, part in enumerate(parts):
+        if skip:
+            skip = False
+        elif part == "--encoder_hub_id" and index + 1 < len(parts):
+            hub_id, skip = parts[index + 1], True
+        elif part.startswith("--encoder_hub_id="):
+            hub_id = part.split("=", 1)[1]
+        else:
+            kept.append(part)
+    if not hub_id:
+        return parts
+    for index, part in enumerate(kept):
+        if part == "--encoder_name_or_path" and index + 1 < len(kept):
+            kept[index + 1] = hub_id
+        elif part.startswith("--encoder_name_or_path="):
+            kept[index] = f"--encoder_name_or_path={hub_id}"
+    return kept
 
 
 def quality_metrics(metrics: dict, prefix: str) -> dict[str, float]:

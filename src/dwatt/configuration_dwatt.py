@@ -296,8 +296,8 @@ class DWAttConfig(PretrainedConfig):
         attention_guidance_weight (`float`, defaults to 10.0):
             α, the weight of the guidance loss (10 in the authors' code).
         attention_guidance_constant_steps (`int`, defaults to 20000):
-            The guidance weight is α for this many optimizer steps, then decays linearly to 0 at the last step (the
-            authors' schedule). `dwatt.callbacks.AttentionGuidanceCallback` applies it (`DWAttTrainer` adds it by
+            The guidance weight is α for this many optimizer steps, then decays linearly, reaching 0 after the last
+            step (the authors' schedule). `dwatt.callbacks.AttentionGuidanceCallback` applies it (`DWAttTrainer` adds it by
             itself); without the callback the weight stays α.
         attention_guidance_mask_padding (`bool`, defaults to `True`):
             Average the squared errors over real tokens only (query and key both real). `False` averages over the

@@ -173,13 +173,18 @@ def main():
         b_to_i_label.append(model.config.label2id.get(inside, model.config.label2id[label]))
 
     padding = "max_length" if data_args.pad_to_max_length else False
+    # As run_glue_dwatt (run_ner.py passes a longer one on, and the model fails at its position embeddings).
+    max_seq_length = data_args.max_seq_length
+    if max_seq_length is not None and max_seq_length > tokenizer.model_max_length:
+        logger.warning(f"--max_seq_length {max_seq_length} > the tokenizer's {tokenizer.model_max_length}; using the latter.")
+        max_seq_length = tokenizer.model_max_length
 
     def tokenize_and_align_labels(examples):
         tokenized = tokenizer(
             examples[text_column_name],
             padding=padding,
             truncation=True,
-            max_length=data_args.max_seq_length,
+            max_length=max_seq_length,
             is_split_into_words=True,
         )
         labels = []

@@ -150,6 +150,21 @@ def test_ner_on_conll_files_end_to_end(encoder, tmp_path):
         assert all("entity_group" in item for item in report["aggregated"])
 
 
+def test_ner_max_seq_length_beyond_the_tokenizers_is_capped(encoder, tmp_path):
+    """A sentence longer than the encoder's 64 positions with --max_seq_length 1024 crashed in the position embeddings
+    (run_ner.py passes the value on as well); run_glue_dwatt already capped it at the tokenizer's limit."""
+    data = tmp_path / "conll"
+    data.mkdir()
+    long_sentence = [("word", "O")] * 80 + [("Paris", "B-LOC")]
+    write_conll(data / "train.txt", [*CONLL_SENTENCES, long_sentence])
+    write_conll(data / "valid.txt", [long_sentence, *CONLL_SENTENCES[:2]])
+    output = tmp_path / "out"
+    result = run_script("run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data),
+                        "--max_seq_length", "1024", "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING)
+    assert "--max_seq_length 1024 > the tokenizer's 64; using the latter" in result.stdout + result.stderr
+    assert read_json(output / "eval_results.json")["eval_samples"] == 3
+
+
 def test_ner_json_lines_with_entity_level_metrics_from_a_yaml_file(encoder, tmp_path):
     train = write_ner_jsonl(tmp_path / "train.json")
     valid = write_ner_jsonl(tmp_path / "valid.jsonl", CONLL_SENTENCES[:3])

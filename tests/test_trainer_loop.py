@@ -581,6 +581,16 @@ def test_depth_weights_of_a_multi_process_run_add_up_disjoint_shards(tmp_path, m
     assert (added[:-1] / added[-1]).tolist() == pytest.approx(expected, abs=1e-6)
 
 
+def test_depth_weights_of_a_dict_of_eval_sets_ask_for_one(tmp_path):
+    """`eval_dataset={"a": …, "b": …}` (which evaluate() takes) made save_depth_weights fail with `KeyError: 0`."""
+    examples = make_examples("token", 4)
+    trainer = DWAttTrainer(model=make_model("token"), data_collator=collate, log_depth_weights=False,
+                           eval_dataset={"a": examples, "b": examples[:2]}, args=training_args(tmp_path))
+    with pytest.raises(ValueError, match=r"dict of 2 \(a, b\): pass one, e.g. save_depth_weights\(trainer.eval_dataset\['a'\]\)"):
+        trainer.save_depth_weights()
+    assert trainer.save_depth_weights(trainer.eval_dataset["a"]) is not None
+
+
 def test_heads_without_depth_weights_log_none(tmp_path):
     examples = make_examples("token", 8)
     trainer = DWAttTrainer(model=make_model("token", fusion="concat"), train_dataset=examples, data_collator=collate,

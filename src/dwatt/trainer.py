@@ -264,6 +264,11 @@ class DWAttTrainer(Trainer):
         counts per process.
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):
+            raise ValueError(
+                f"save_depth_weights measures one data set, and the eval data is a dict of {len(dataset)} "
+                f"({', '.join(map(str, dataset))}): pass one, e.g. save_depth_weights(trainer.eval_dataset[{next(iter(dataset))!r}])."
+            )
         sharded = self.args.world_size > 1 and not self.is_fsdp_enabled
         if sharded and dataset is not None:
             if not hasattr(dataset, "__len__"):  # an iterable data set: measured on the main process alone

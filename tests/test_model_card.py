@@ -51,3 +51,19 @@ def test_cards_list_results_not_bookkeeping():
     assert listed == {"accuracy", "accuracy_mm", "LOC_f1"}, listed
     for bookkeeping in ("runtime", "model_preparation_time", "LOC_number", "samples_per_second"):
         assert bookkeeping not in card.text, bookkeeping
+
+
+@pytest.mark.parametrize("limits, splits", [
+    ({"max_eval_samples": 61, "max_predict_samples": None}, {"validation[:61]", "test"}),
+    ({"max_eval_samples": None, "max_predict_samples": 5}, {"validation", "test[:5]"}),
+    ({}, {"validation", "test"}),
+])
+def test_a_split_cut_to_its_first_examples_is_named_so(limits, splits):
+    """With --max_eval_samples the card called 61 dev sentences "split: validation", as if the whole set."""
+    model = DWAttForTokenClassification(DWAttConfig(encoder_config=tiny_encoder_config("bert"), num_labels=3))
+    card = build_model_card(model, "token-classification", "conll2003", command="python run.py", seq_len=16,
+                            eval_metrics={"eval_f1": 0.5, "eval_samples": 61},
+                            test_metrics={"predict_f1": 0.4, "predict_samples": 5}, hyperparameters=limits)
+    assert {result.dataset_split for result in card.data.eval_results} == splits
+    for split in splits:
+        assert f"| {split} |" in card.text

@@ -165,7 +165,11 @@ def build_model_card(
 
     eval_results = []
     result_rows = []
+    limits = hyperparameters or {}
     for split, prefix, metrics in (("validation", "eval", eval_metrics), ("test", "predict", test_metrics)):
+        count = (metrics or {}).get(f"{prefix}_samples")
+        if limits.get(f"max_{prefix}_samples") is not None and count is not None:
+            split = f"{split}[:{count}]"  # the first `count` examples (--max_eval_samples), in the datasets notation
         for name, value in quality_metrics(metrics or {}, prefix).items():
             eval_results.append(
                 EvalResult(

@@ -174,6 +174,9 @@ def run_hyperparameters(model: PreTrainedModel, training_args: TrainingArguments
         "seed": training_args.seed,
         "max_train_samples": data_args.max_train_samples,
         "few_shot_seed": data_args.few_shot_seed,
+        # Evaluated on the first N examples only: the card then names the split so (`validation[:N]`).
+        "max_eval_samples": getattr(data_args, "max_eval_samples", None),
+        "max_predict_samples": getattr(data_args, "max_predict_samples", None),
     }
 
 

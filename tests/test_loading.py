@@ -706,6 +706,28 @@ def test_encoder_options_set_the_encoder_as_stock_from_pretrained_does(tmp_path)
     assert {key: saved["encoder_config"][key] for key in options} == options
 
 
+@pytest.mark.parametrize("source_class, pooler", [(BertForMaskedLM, "absent"), (BertModel, "dropped")])
+def test_the_load_report_of_the_encoder_matches_a_model_without_pooler(tmp_path, monkeypatch, source_class, pooler):
+    """The encoder inside a DWAtt model has no pooler, but it was loaded with one: a masked-LM checkpoint's report
+    listed `pooler.dense` as MISSING, newly initialised; a checkpoint's own pooler, which DWAtt drops, went unmentioned."""
+    import dwatt.modeling_dwatt
+
+    _save_source(source_class, "bert", tmp_path / "encoder")
+    reports = []
+    load = dwatt.modeling_dwatt.AutoModel.from_pretrained
+
+    def record_report(*args, **kwargs):
+        model, info = load(*args, **kwargs)
+        reports.append(info)
+        return model, info
+
+    monkeypatch.setattr(dwatt.modeling_dwatt.AutoModel, "from_pretrained", record_report)
+    DWAttForTokenClassification.from_encoder_pretrained(str(tmp_path / "encoder"), num_labels=2)
+    (report,) = reports
+    assert not any("pooler" in key for key in report["missing_keys"]), report["missing_keys"]
+    assert any(key.startswith("pooler.") for key in report["unexpected_keys"]) == (pooler == "dropped")
+
+
 def test_a_misspelt_head_option_is_refused_naming_the_argument(tmp_path):
     """`fusion_layer=[0, -1]` was stored in the config and the head fused every layer."""
     folder = tmp_path / "encoder"

@@ -1384,11 +1384,16 @@ class DWAttPreTrainedModel(PreTrainedModel):
         config = DWAttConfig(encoder_config=encoder_config, fusion=fusion, **config_kwargs)
         model = cls(config)  # in torch's default dtype (float32), cast below; built first, so seeds keep their heads
 
+        encoder = model.base_model.encoder
+        loading_options = dict(encoder_kwargs)
+        if "add_pooling_layer" in type(encoder).__init__.__code__.co_varnames:
+            # Built without its pooler, as the encoder inside the model is: a checkpoint without one (a masked LM)
+            # is then not reported as missing a pooler the model does not have.
+            loading_options["add_pooling_layer"] = False
         pretrained, loading_info = AutoModel.from_pretrained(
-            name_or_path, config=loader_config, output_loading_info=True, dtype=dtype, **encoder_kwargs
+            name_or_path, config=loader_config, output_loading_info=True, dtype=dtype, **loading_options
         )
         dtype = pretrained.dtype  # "auto" resolved: the checkpoint's
-        encoder = model.base_model.encoder
         wanted = set(encoder.state_dict())
         missing = sorted(set(loading_info.get("missing_keys", ())) & wanted)
         mismatched = sorted(str(entry[0] if isinstance(entry, tuple) else entry) for entry in loading_info.get("mismatched_keys", ()))

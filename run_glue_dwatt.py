@@ -72,7 +72,8 @@ class DataTrainingArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Truncate tokenised inputs to this length."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Overwrite the cached preprocessed datasets."})
     pad_to_max_length: bool = field(
-        default=True, metadata={"help": "Pad every input to max_seq_length (False: pad to the longest in the batch)."}
+        default=True, metadata={"help": "Pad every input to max_seq_length (False, or --no_pad_to_max_length: pad to "
+                                        "the longest in the batch)."}
     )
     max_train_samples: Optional[int] = field(
         default=None, metadata={"help": "Train on this many examples, drawn at random with --few_shot_seed."}

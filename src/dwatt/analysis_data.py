@@ -26,10 +26,10 @@ def add_example_sampling_arguments(parser, split: str, max_examples: int, ner_fo
     parser.add_argument("--task", default=None, help="GLUE task name, when the folder name does not say it")
     parser.add_argument("--split", default=split, help=f"train or validation (default: {split})")
     parser.add_argument("--max-examples", type=int, default=max_examples,
-                        help="draw this many examples at random (0: all)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of that draw")
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
+                        help=f"draw this many examples at random (0: all; default: {max_examples})")
+    parser.add_argument("--seed", type=int, default=1, help="seed of that draw (default: 1)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per example, truncated (default: 128)")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
 
 
 def analysis_record(module: str, argv: Sequence[str] | None, args, task_name: str, examples: int) -> dict:

@@ -77,7 +77,8 @@ class ModelArguments:
         metadata={"help": "Steps at full guidance weight before it decays linearly to 0 at the last step."},
     )
     attention_guidance_mask_padding: bool = field(
-        default=True, metadata={"help": "Average the guidance loss over real tokens only (not padding)."}
+        default=True, metadata={"help": "Average the guidance loss over real tokens only, not padding "
+                                        "(--no_attention_guidance_mask_padding: over the whole padded block)."}
     )
     pooling: Optional[str] = field(
         default=None,
@@ -121,7 +122,8 @@ class ModelArguments:
     )
     log_depth_weights: bool = field(
         default=True,
-        metadata={"help": "Log the fusion head's mean weight per layer and their entropy with every training log."},
+        metadata={"help": "Log the fusion head's mean weight per layer and their entropy with every training log "
+                          "(--no_log_depth_weights: do not)."},
     )
 
     def __post_init__(self):

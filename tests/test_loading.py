@@ -772,6 +772,44 @@ def test_an_encoder_option_given_to_from_pretrained_sets_the_encoder(tmp_path):
 
 
 @pytest.mark.parametrize("load", ["DWAtt class", "Auto class"])
+def test_part_of_the_encoder_config_given_as_a_dict_is_merged(tmp_path, load):
+    """transformers merges `from_pretrained(path, sub_config={...})` into the saved sub-config; moving keyword options
+    into the config dict had made the part replace the whole (refused for lacking its model_type)."""
+    original = _tiny_dwatt(DWAttForTokenClassification)
+    original.save_pretrained(tmp_path)
+    model_class = DWAttForTokenClassification if load == "DWAtt class" else AutoModelForTokenClassification
+    model = model_class.from_pretrained(tmp_path, encoder_config={"hidden_dropout_prob": 0.3}).eval()
+    assert model.config.encoder_config.hidden_dropout_prob == 0.3
+    assert model.config.encoder_config.to_dict() == {**original.config.encoder_config.to_dict(), "hidden_dropout_prob": 0.3}
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=input_ids, attention_mask=attention_mask).logits,
+                                   original(input_ids=input_ids, attention_mask=attention_mask).logits)
+
+
+def test_fewer_encoder_layers_for_a_trained_fusion_head_are_refused_naming_encoder_num_layers(tmp_path):
+    """Stock BERT takes `from_pretrained(path, num_hidden_layers=2)` and drops the layers above; a fusion head's weights
+    are per layer, so transformers failed on their shapes. `last` reads the last state only and works as stock does."""
+    _tiny_dwatt(DWAttForTokenClassification).save_pretrained(tmp_path / "dwatt")
+    with pytest.raises(ValueError, match=r"num_hidden_layers=2 changes the number of encoder layers.*encoder_num_layers=k"):
+        DWAttForTokenClassification.from_pretrained(tmp_path / "dwatt", num_hidden_layers=2)
+    _tiny_dwatt(DWAttForTokenClassification, fusion="last").save_pretrained(tmp_path / "last")
+    model = DWAttForTokenClassification.from_pretrained(tmp_path / "last", num_hidden_layers=2)
+    assert model.config.num_encoder_layers == 2 and len(model.dwatt.encoder.encoder.layer) == 2
+
+
+def test_token_ids_and_decoder_settings_go_to_the_encoder_on_every_transformers_version(tmp_path):
+    """Which options were the model's own came from the installed PretrainedConfig: on 4.57 (whose base config holds
+    token ids and `is_decoder`) pad_token_id stayed at the top, unread; on 5.x it reached the encoder."""
+    from dwatt.configuration_dwatt import MODEL_LEVEL_OPTIONS
+
+    assert not {"pad_token_id", "bos_token_id", "eos_token_id", "is_decoder", "tie_word_embeddings", "use_cache"} & MODEL_LEVEL_OPTIONS
+    _tiny_dwatt(DWAttForSequenceClassification).save_pretrained(tmp_path)
+    model = DWAttForSequenceClassification.from_pretrained(tmp_path, pad_token_id=5)
+    assert model.config.encoder_config.pad_token_id == 5
+
+
+@pytest.mark.parametrize("load", ["DWAtt class", "Auto class"])
 def test_a_new_id2label_brings_its_label2id(tmp_path, load):
     """Re-labelling a checkpoint with `from_pretrained(path, id2label=…)` kept the saved label2id, so the scripts mapped
     the data's tags to the old ids (the names of id2label)."""

@@ -722,6 +722,21 @@ def test_config_name_that_changes_a_checkpoints_head_is_refused(encoder, tmp_pat
                                          r"trained weights would be dropped .*fusion_classifier.*--encoder_name_or_path"):
         load_model(ModelArguments(model_name_or_path=str(checkpoint), config_name=str(tmp_path / "concat-config")),
                    DWAttForTokenClassification, NER_LABELS)
+    # Other head sizes (the weights then mismatch, which --ignore_mismatched_sizes lets through for the classifier
+    # only), and a sentence classifier without its trained dense layer.
+    sentiment = tmp_path / "sentiment"
+    DWAttForSequenceClassification.from_encoder_pretrained(str(encoder), id2label={0: "neg", 1: "pos"}).save_pretrained(sentiment)
+    for name, source, model_class, labels, change, extra in (
+        ("bottleneck", checkpoint, DWAttForTokenClassification, NER_LABELS, {"dwatt_bottleneck_ratio": 0.25},
+         {"ignore_mismatched_sizes": True}),
+        ("no-dense", sentiment, DWAttForSequenceClassification, ["neg", "pos"], {"classifier_dense": False}, {}),
+    ):
+        changed = model_class.config_class.from_pretrained(source).to_dict()
+        changed.update(change)
+        model_class.config_class.from_dict(changed).save_pretrained(tmp_path / name)
+        with pytest.raises(ValueError, match=r"does not fit the weights of checkpoint"):
+            load_model(ModelArguments(model_name_or_path=str(source), config_name=str(tmp_path / name), **extra),
+                       model_class, labels)
 
 
 def test_data_labels_outside_a_checkpoints_labels_point_to_ignore_mismatched_sizes(encoder, tmp_path):

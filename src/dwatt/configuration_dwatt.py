@@ -220,10 +220,21 @@ def _check_attention_guidance_fits(heads: GuidanceHeads, encoder_config: Pretrai
         )
 
 
-def _is_common_config_attribute(name: str) -> bool:
-    """Whether every transformers config has `name` (`id2label`, `problem_type`, `output_hidden_states`, …): such an
-    option is the DWAtt model's own, not its encoder's."""
-    return hasattr(PretrainedConfig(), name)
+# Options that are the DWAtt model's own, not its encoder's, although every config has them: what transformers 5's
+# `PretrainedConfig` holds, plus the names transformers passes to any config. A fixed list, so that an option goes
+# to the same place on every version (4.57's base config also holds token ids, `is_decoder`, generation settings…,
+# which 5.x moved into the model configs: there they are the encoder's).
+MODEL_LEVEL_OPTIONS = frozenset({
+    "transformers_version", "architectures", "output_hidden_states", "output_attentions", "return_dict", "dtype",
+    "torch_dtype", "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "num_labels",
+    "problem_type", "finetuning_task", "tokenizer_class", "model_type", "name_or_path", "_name_or_path",
+    "attn_implementation", "_attn_implementation", "experts_implementation", "_commit_hash",
+})
+
+
+def _is_model_level_option(name: str) -> bool:
+    """Whether `name` is an option of the DWAtt model itself (see MODEL_LEVEL_OPTIONS), not of its encoder."""
+    return name in MODEL_LEVEL_OPTIONS
 
 
 def pop_encoder_config_options(options: dict[str, Any], encoder_config: PretrainedConfig) -> dict[str, Any]:
@@ -231,7 +242,7 @@ def pop_encoder_config_options(options: dict[str, Any], encoder_config: Pretrain
     `from_pretrained(encoder, hidden_dropout_prob=0.2)` sets them for a plain model: names that the encoder's config
     has and that are neither DWAttConfig arguments nor attributes of every config."""
     dwatt_options = DWAttConfig.option_names()
-    names = [name for name in options if name not in dwatt_options and not _is_common_config_attribute(name)
+    names = [name for name in options if name not in dwatt_options and not _is_model_level_option(name)
              and hasattr(encoder_config, name)]
     return {name: options.pop(name) for name in names}
 
@@ -468,6 +479,13 @@ class DWAttConfig(PretrainedConfig):
         its config, and a new `id2label` brings its `label2id` (unless one is given with it).
         """
         config_dict = dict(config_dict)
+        saved_encoder = config_dict.get("encoder_config")
+        given_encoder = kwargs.pop("encoder_config", None)
+        if isinstance(given_encoder, dict) and "model_type" not in given_encoder and isinstance(saved_encoder, dict):
+            # Part of the nested config, as transformers merges a dict into a sub-config (hidden_dropout_prob, …).
+            config_dict["encoder_config"] = {**saved_encoder, **given_encoder}
+        elif given_encoder is not None:
+            config_dict["encoder_config"] = given_encoder
         for name in cls.option_names() & set(kwargs):
             config_dict[name] = kwargs.pop(name)
         if "id2label" in kwargs:
@@ -477,12 +495,18 @@ class DWAttConfig(PretrainedConfig):
                 config_dict["label2id"] = kwargs.pop("label2id")
         encoder = config_dict.get("encoder_config")
         if isinstance(encoder, dict) and "model_type" in encoder:
-            encoder_options = pop_encoder_config_options(kwargs, AutoConfig.for_model(**encoder))
-            if encoder_options:
-                config_dict["encoder_config"] = {**encoder, **encoder_options}
-        elif isinstance(encoder, PretrainedConfig):
+            encoder = AutoConfig.for_model(**encoder)
+        if isinstance(encoder, PretrainedConfig):
             encoder_options = pop_encoder_config_options(kwargs, encoder)
             if encoder_options:
+                depth = [name for name in ("num_hidden_layers", "num_layers", "n_layer")
+                         if name in encoder_options and encoder_options[name] != getattr(encoder, name, None)]
+                if depth and config_dict.get("fusion", "dwatt") in ("dwatt", "concat", "scalar_mix"):
+                    raise ValueError(
+                        f"{depth[0]}={encoder_options[depth[0]]} changes the number of encoder layers that the "
+                        f"checkpoint's {config_dict.get('fusion', 'dwatt')} head fuses (its weights are per layer). To "
+                        "keep fewer layers, wrap the encoder anew: from_encoder_pretrained(encoder, encoder_num_layers=k)."
+                    )
                 config_dict["encoder_config"] = {**encoder.to_dict(), **encoder_options}
         return super().from_dict(config_dict, **kwargs)
 

@@ -328,18 +328,25 @@ def checkpoint_labels(model_args: ModelArguments) -> Optional[list[str]]:
 
 
 def _refuse_a_config_that_drops_trained_weights(model_args: ModelArguments, loading_info: dict) -> None:
-    """Continuing a checkpoint keeps its encoder and head: a --config_name whose architecture differs (another fusion,
-    other layers) would leave trained weights out and start random ones, with only transformers' load report to
-    say so. The classifier may be new (another task's checkpoint, --ignore_mismatched_sizes)."""
-    missing = [key for key in loading_info.get("missing_keys", ()) if not key.startswith("classifier.")]
-    unexpected = [key for key in loading_info.get("unexpected_keys", ()) if not key.startswith("classifier.")]
-    if missing or unexpected:
+    """Continuing a checkpoint keeps its encoder, head and classifier: a --config_name whose architecture differs
+    (another fusion, other head sizes, layers, no classifier.dense) would leave trained weights out or replace them
+    with random ones, with only transformers' load report to say so. With --ignore_mismatched_sizes the classifier
+    is new on purpose (other labels, or another task's checkpoint)."""
+    def outside_the_new_classifier(keys) -> list[str]:
+        keys = [str(key[0] if isinstance(key, tuple) else key) for key in keys]
+        return [key for key in keys if not (model_args.ignore_mismatched_sizes and key.startswith("classifier."))]
+
+    missing = outside_the_new_classifier(loading_info.get("missing_keys", ()))
+    unexpected = outside_the_new_classifier(loading_info.get("unexpected_keys", ()))
+    reshaped = outside_the_new_classifier(loading_info.get("mismatched_keys", ()))
+    if missing or unexpected or reshaped:
         source = f"--config_name {model_args.config_name}" if model_args.config_name else "Its config"
         raise ValueError(
             f"{source} does not fit the weights of checkpoint {model_args.model_name_or_path}: {len(unexpected)} trained "
-            f"weights would be dropped (e.g. {unexpected[:3]}) and {len(missing)} started at random (e.g. {missing[:3]}). "
-            "A checkpoint's config may change dropouts and attention guidance, not the head or the encoder's layers: "
-            "drop --config_name, or start a new head on the encoder with --encoder_name_or_path."
+            f"weights would be dropped (e.g. {unexpected[:3]}), {len(reshaped)} replaced by others of another shape "
+            f"(e.g. {reshaped[:3]}) and {len(missing)} started at random (e.g. {missing[:3]}). A checkpoint's config may "
+            "change dropouts and attention guidance, not the head or the encoder's layers: drop --config_name, or start "
+            "a new head on the encoder with --encoder_name_or_path."
         )
 
 

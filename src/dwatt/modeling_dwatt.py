@@ -21,7 +21,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import logging
 
-from .configuration_dwatt import (DWAttConfig, GuidanceHeads, _is_common_config_attribute, _num_encoder_layers,
+from .configuration_dwatt import (DWAttConfig, GuidanceHeads, _is_model_level_option, _num_encoder_layers,
                                   attention_guidance_assignment, pop_encoder_config_options)
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
@@ -1419,7 +1419,7 @@ def _refuse_misspelt_options(config_kwargs: dict, encoder_config: PretrainedConf
     config attributes, as any transformers config keeps them (`finetuning_task`, `tokenizer_class`, …)."""
     options = DWAttConfig.option_names()
     for name in config_kwargs:
-        if name in options or _is_common_config_attribute(name) or hasattr(encoder_config, name):
+        if name in options or _is_model_level_option(name) or hasattr(encoder_config, name):
             continue
         distance, nearest = min((_edit_distance(name, option), option) for option in options)
         if distance <= max(1, len(name) // 6):  # one slip per six letters: fusion_layer, classifier_droput, fussion

@@ -25,6 +25,7 @@ from transformers import DataCollatorForTokenClassification, TrainingArguments, 
 
 from dwatt import DWAttForTokenClassification
 from dwatt.data import get_ner_label_list, load_ner_data, subword_labels
+from dwatt.ner_files import count_unscored_words
 from dwatt.metrics import align_ner_predictions, make_ner_compute_metrics
 from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, checkpoint_labels, encoder_model_type, load_model, load_tokenizer
@@ -205,6 +206,21 @@ def main():
     train_dataset = prepare("train", data_args.max_train_samples, few_shot=True) if training_args.do_train else None
     eval_dataset = prepare("validation", data_args.max_eval_samples, few_shot=False) if training_args.do_eval else None
     predict_dataset = prepare("test", data_args.max_predict_samples, few_shot=False) if training_args.do_predict else None
+
+    # Words without a token are not scored, here as in run_ner.py: say how many, so that the metrics are read right.
+    for split, flag, limit in (("validation", "do_eval", data_args.max_eval_samples),
+                               ("test", "do_predict", data_args.max_predict_samples)):
+        if getattr(training_args, flag):
+            rows = raw_datasets[split]
+            rows = rows if limit is None else rows.select(range(min(limit, len(rows))))  # as prepare() cuts it
+            sentences = list(rows[text_column_name])
+            unscored, total = count_unscored_words(tokenizer, sentences, max_seq_length)
+            if unscored:
+                logger.warning(
+                    f"{unscored} of the {total} words of the {split} split get no prediction and are left out of its "
+                    "metrics and predictions.txt: the tokenizer drops them (e.g. zero-width characters) or "
+                    "--max_seq_length cuts them off."
+                )
 
     data_collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
     # --attention_guidance_heads suggest:…: the heads to guide are chosen on the training examples, before training.

@@ -801,3 +801,18 @@ def test_an_mnli_folder_with_its_dev_files_only_is_a_glue_folder(tmp_path):
     write(folder / "dev_mismatched.tsv", header + "0\tP.\tH.\tcontradiction\n")
     splits = load_text_classification_data(str(folder))
     assert splits["validation_matched"]["label"] == [0] and splits["validation_mismatched"]["premise"] == ["P."]
+
+
+def test_words_without_a_token_are_counted_as_unscored(tmp_path):
+    """A zero-width space has no token, and truncation cuts the words beyond max_length: counted by hand."""
+    from script_fixtures import tiny_encoder_folder
+    from transformers import AutoTokenizer
+
+    from dwatt.ner_files import count_unscored_words
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_folder(tmp_path / "encoder"))
+    sentences = [["John", "\u200b", "Smith"], ["Paris"] * 10]
+    assert count_unscored_words(tokenizer, sentences, max_length=None) == (1, 13)
+    # 8 positions: [CLS], 6 words, [SEP] -> the second sentence loses 4 of its 10 words.
+    assert count_unscored_words(tokenizer, sentences, max_length=8) == (1 + 4, 13)
+

@@ -170,6 +170,10 @@ def test_ner_max_seq_length_beyond_the_tokenizers_is_capped(encoder, tmp_path):
                         "--max_seq_length", "1024", "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING)
     assert "--max_seq_length 1024 > the tokenizer's 64; using the latter" in result.stdout + result.stderr
     assert read_json(output / "eval_results.json")["eval_samples"] == 3
+    # 64 positions hold [CLS], 62 one-token words and [SEP]: the long sentence's last 19 words are not scored, and the
+    # run says so (run_ner.py drops them without a word).
+    total = 81 + len(CONLL_SENTENCES[0]) + len(CONLL_SENTENCES[1])
+    assert f"19 of the {total} words of the validation split get no prediction" in result.stdout + result.stderr
 
 
 def test_ner_json_lines_with_entity_level_metrics_from_a_yaml_file(encoder, tmp_path):

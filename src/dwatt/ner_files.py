@@ -273,3 +273,19 @@ def subword_labels(
             labels.append(-100 if continuation_labels is None else continuation_labels[word_labels[word]])
         previous = word
     return labels
+
+
+def count_unscored_words(tokenizer, sentences: Sequence[Sequence[str]], max_length: int | None) -> tuple[int, int]:
+    """(words that get no token, all words) of `sentences` tokenized as the NER script tokenizes them: words the
+    tokenizer drops entirely (a zero-width space, a soft hyphen) and words cut by truncation get no prediction, so
+    the metrics leave them out (as run_ner.py's do)."""
+    unscored = total = 0
+    for start in range(0, len(sentences), 256):
+        batch = [list(words) for words in sentences[start:start + 256]]
+        encoded = tokenizer(batch, is_split_into_words=True, truncation=True, max_length=max_length)
+        for index, words in enumerate(batch):
+            seen = {word for word in encoded.word_ids(batch_index=index) if word is not None}
+            total += len(words)
+            unscored += len(words) - len(seen)
+    return unscored, total
+

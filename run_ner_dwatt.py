@@ -25,7 +25,7 @@ from transformers import DataCollatorForTokenClassification, TrainingArguments, 
 
 from dwatt import DWAttForTokenClassification
 from dwatt.data import get_ner_label_list, load_ner_data, subword_labels
-from dwatt.ner_files import count_unscored_words
+from dwatt.ner_files import count_unscored_words, needs_word_spaces, words_as_in_running_text
 from dwatt.metrics import align_ner_predictions, make_ner_compute_metrics
 from dwatt.distributed import check_distributed_launch
 from dwatt.model_arguments import ModelArguments, checkpoint_labels, encoder_model_type, load_model, load_tokenizer
@@ -174,6 +174,11 @@ def main():
         b_to_i_label.append(model.config.label2id.get(inside, model.config.label2id[label]))
 
     padding = "max_length" if data_args.pad_to_max_length else False
+    # Byte-level BPE that `add_prefix_space` did not reach (a tokenizer class without it, or a model type run_ner.py
+    # does not list: ModernBERT, Qwen2, …): the words get their leading space here.
+    word_spaces = needs_word_spaces(tokenizer)
+    if word_spaces:
+        logger.info("Byte-level BPE tokenizer without a space before each word: adding one, as in running text.")
     # As run_glue_dwatt (run_ner.py passes a longer one on, and the model fails at its position embeddings).
     max_seq_length = data_args.max_seq_length
     if max_seq_length is not None and max_seq_length > tokenizer.model_max_length:
@@ -182,7 +187,7 @@ def main():
 
     def tokenize_and_align_labels(examples):
         tokenized = tokenizer(
-            examples[text_column_name],
+            words_as_in_running_text(examples[text_column_name], word_spaces),
             padding=padding,
             truncation=True,
             max_length=max_seq_length,
@@ -213,7 +218,7 @@ def main():
         if getattr(training_args, flag):
             rows = raw_datasets[split]
             rows = rows if limit is None else rows.select(range(min(limit, len(rows))))  # as prepare() cuts it
-            sentences = list(rows[text_column_name])
+            sentences = words_as_in_running_text(rows[text_column_name], word_spaces)
             unscored, total = count_unscored_words(tokenizer, sentences, max_seq_length)
             if unscored:
                 logger.warning(

@@ -816,3 +816,46 @@ def test_words_without_a_token_are_counted_as_unscored(tmp_path):
     # 8 positions: [CLS], 6 words, [SEP] -> the second sentence loses 4 of its 10 words.
     assert count_unscored_words(tokenizer, sentences, max_length=8) == (1 + 4, 13)
 
+
+
+def _byte_level_bpe(add_prefix_space: bool):
+    """A tiny byte-level BPE tokenizer (GPT-2/RoBERTa/ModernBERT's kind), trained here on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    backend.decoder = decoders.ByteLevel()
+    text = ["Müller visited São Paulo and Zürich .", "John Smith visited Paris .", "the bank of London"] * 20
+    backend.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+@pytest.mark.parametrize("add_prefix_space", [False, True])
+def test_pre_split_words_are_tokenized_as_in_running_text(add_prefix_space):
+    """A byte-level BPE tokenizer without add_prefix_space (ModernBERT's and Qwen2's, or any whose model type run_ner.py
+    does not list) tokenized every pre-split word as a sentence start ('M' where running text has 'ĠM')."""
+    from dwatt.ner_files import needs_word_spaces, words_as_in_running_text
+
+    tokenizer = _byte_level_bpe(add_prefix_space)
+    words = ["Müller", "visited", "São", "Paulo", "and", "Zürich", "."]
+    assert needs_word_spaces(tokenizer) == (not add_prefix_space)
+    split = words_as_in_running_text([words], needs_word_spaces(tokenizer))
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(split, is_split_into_words=True)["input_ids"][0])
+    running = tokenizer.convert_ids_to_tokens(tokenizer(" " + " ".join(words))["input_ids"])
+    assert tokens == running
+    as_given = tokenizer.convert_ids_to_tokens(tokenizer([words], is_split_into_words=True)["input_ids"][0])
+    assert (as_given == running) == add_prefix_space  # what the script used to feed such a tokenizer
+    encoded = tokenizer(split, is_split_into_words=True)
+    assert sorted(set(encoded.word_ids(0)) - {None}) == list(range(len(words)))
+
+
+def test_wordpiece_words_are_left_as_they_are(tmp_path):
+    from script_fixtures import tiny_encoder_folder
+    from transformers import AutoTokenizer
+
+    from dwatt.ner_files import needs_word_spaces, words_as_in_running_text
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_folder(tmp_path / "encoder"))
+    assert not needs_word_spaces(tokenizer)
+    assert words_as_in_running_text([["John", "Smith"]], needs_word_spaces(tokenizer)) == [["John", "Smith"]]

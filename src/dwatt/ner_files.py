@@ -7,6 +7,7 @@ Columns `id`, `tokens` (list of str) and the tags as a list of `ClassLabel` ids,
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -289,3 +290,27 @@ def count_unscored_words(tokenizer, sentences: Sequence[Sequence[str]], max_leng
             unscored += len(words) - len(seen)
     return unscored, total
 
+
+def needs_word_spaces(tokenizer) -> bool:
+    """Whether `tokenizer` is byte-level BPE (GPT-2, RoBERTa, ModernBERT, Qwen2, …) that puts no space before a
+    pre-split word: each word would then be tokenized as a sentence start, unlike the running text it learnt from.
+    run_ner.py relies on `add_prefix_space=True`, which only some tokenizer classes take, and chooses them by model
+    type; this reads the tokenizer's own pre-tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    nodes = [json.loads(backend.to_str()).get("pre_tokenizer") or {}]
+    while nodes:
+        node = nodes.pop()
+        if node.get("type") == "ByteLevel" and not node.get("add_prefix_space", False):
+            return True
+        nodes.extend(node.get("pretokenizers") or [])
+    return False
+
+
+def words_as_in_running_text(sentences: Sequence[Sequence[str]], add_word_spaces: bool) -> list[list[str]]:
+    """Pre-split words for `tokenizer(..., is_split_into_words=True)`; with `add_word_spaces`
+    (`needs_word_spaces(tokenizer)`) each word gets its leading space, so that it is tokenized as in running text."""
+    if not add_word_spaces:
+        return [list(words) for words in sentences]
+    return [[" " + word for word in words] for words in sentences]

@@ -86,7 +86,8 @@ class DataTrainingArguments:
     max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Predict on the first N examples."})
     label_all_tokens: bool = field(
         default=False,
-        metadata={"help": "Label every sub-word of a word (B- becomes I- after the first) instead of only the first."},
+        metadata={"help": "Label every sub-word of a word (B- becomes I- after the first) instead of only the first; "
+                          "the metrics and predictions.txt then count sub-words, as in run_ner.py."},
     )
     return_entity_level_metrics: bool = field(
         default=False, metadata={"help": "Report precision/recall/F1 per entity type as well as overall."}
@@ -162,7 +163,8 @@ def main():
     # Model and tokenizer.
     model = load_model(model_args, DWAttForTokenClassification, label_list, finetuning_task=data_args.task_name)
     model = apply_lora_from_args(model, model_args)  # --use_lora: LoRA on the encoder, head and classifier in full
-    tokenizer = load_tokenizer(model_args, add_prefix_space=encoder_model_type(model_args) in PREFIX_SPACE_MODEL_TYPES)
+    tokenizer = load_tokenizer(model_args, add_prefix_space=encoder_model_type(model_args) in PREFIX_SPACE_MODEL_TYPES,
+                               needs_word_ids=True)
     # The model's own label order decides the ids (it differs from the data's when continuing a checkpoint).
     label_to_id = {label: model.config.label2id[label] for label in label_list}
     data_id_to_model_id = {i: label_to_id[label] for i, label in enumerate(label_list)} if labels_are_int else None

@@ -504,6 +504,28 @@ def test_glue_mrpc_csv_with_label_names_scores_f1_on_equivalent(encoder, tmp_pat
     assert (alone / "predict_results_mrpc.txt").read_text().splitlines()[1:] == lines
 
 
+def test_glue_takes_a_slow_tokenizer_and_ner_refuses_it_naming_word_ids(tmp_path):
+    """run_glue.py works with a slow (pure-Python) tokenizer; the script refused one, saying it needed word ids, which
+    only NER does. --use_fast_tokenizer, an official option, was refused as unknown."""
+    from transformers import BertConfig, BertModel, ByT5Tokenizer
+
+    encoder = tmp_path / "byte-encoder"
+    tokenizer = ByT5Tokenizer()
+    assert not tokenizer.is_fast
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=128)).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    output = tmp_path / "glue"
+    run_script("run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--use_fast_tokenizer", "False",
+               "--train_file", str(write_csv(tmp_path / "train.csv", SENTIMENT)), "--max_seq_length", "64",
+               "--output_dir", str(output), "--do_train", *FAST_TRAINING)
+    assert (output / "model.safetensors").is_file()
+    result = run_script("run_ner_dwatt.py", "--encoder_name_or_path", str(encoder),
+                        "--dataset_name", str(write_conll_folder(tmp_path / "conll")), "--output_dir", str(tmp_path / "ner"),
+                        "--do_train", "--report_to", "none", check=False)
+    assert result.returncode != 0 and "not a fast tokenizer; the NER script needs the word ids" in result.stderr
+
+
 def test_mrpc_f1_of_a_checkpoint_with_its_own_label_order_scores_equivalent(encoder, tmp_path):
     """A model trained without --task_name sorts the names (`equivalent` id 0); scored later as MRPC, F1 took id 1
     (`not_equivalent`) as the positive class: 0.0 where it is 0.79."""

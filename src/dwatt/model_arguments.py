@@ -95,6 +95,11 @@ class ModelArguments:
                           "(e.g. other dropout), a DWAtt config with --model_name_or_path."},
     )
     tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
+    use_fast_tokenizer: bool = field(
+        default=True,
+        metadata={"help": "Use a fast (tokenizers-backed) tokenizer, as in run_ner.py / run_glue.py. The NER script needs "
+                          "one (it aligns labels by word ids); transformers 5 gives most models a fast one either way."},
+    )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store downloads from the Hub."})
     model_revision: str = field(default="main", metadata={"help": "Model revision: branch, tag or commit id."})
     token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models."})
@@ -288,15 +293,20 @@ def parse_fusion_layers(text: Union[str, list]) -> Union[str, list[int]]:
         ) from None
 
 
-def load_tokenizer(model_args: ModelArguments, add_prefix_space: bool = False) -> PreTrainedTokenizerBase:
-    """The fast tokenizer of the encoder or checkpoint (pre-tokenised NER input needs `add_prefix_space` for BPE)."""
+def load_tokenizer(
+    model_args: ModelArguments, add_prefix_space: bool = False, needs_word_ids: bool = False
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of the encoder or checkpoint (pre-tokenised NER input needs `add_prefix_space` for BPE, and word
+    ids, which only a fast tokenizer gives: `needs_word_ids`)."""
     name = model_args.tokenizer_name or model_args.source
-    kwargs = {"use_fast": True, "trust_remote_code": model_args.trust_remote_code, **model_args.hub_kwargs()}
+    kwargs = {"use_fast": model_args.use_fast_tokenizer, "trust_remote_code": model_args.trust_remote_code,
+              **model_args.hub_kwargs()}
     if add_prefix_space:
         kwargs["add_prefix_space"] = True
     tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"The tokenizer of {name} is not a fast tokenizer; the scripts need word ids from a fast one.")
+    if needs_word_ids and not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"The tokenizer of {name} is not a fast tokenizer; the NER script needs the word ids of a fast "
+                         "one to put each word's label on its first sub-word (as run_ner.py does).")
     if tokenizer.pad_token is None:  # decoder-only tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

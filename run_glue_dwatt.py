@@ -39,6 +39,7 @@ from dwatt.model_arguments import ModelArguments, checkpoint_labels, load_model,
 from dwatt.peft_utils import apply_lora_from_args
 from dwatt.script_utils import (
     apply_suggested_guidance_heads,
+    capped_max_seq_length,
     check_splits,
     dataset_id_for_card,
     finish_run,
@@ -173,9 +174,7 @@ def main():
         label_to_id = {value: model.config.label2id[str(value)] for value in label_list}
     # MRPC/QQP F1 scores `equivalent`/`duplicate`, whichever id the model gives it.
     positive_label = 1 if is_regression else glue_positive_label_id(data_args.task_name, model.config.label2id)
-    if data_args.max_seq_length > tokenizer.model_max_length:
-        logger.warning(f"--max_seq_length {data_args.max_seq_length} > the tokenizer's {tokenizer.model_max_length}; using the latter.")
-    max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
+    max_seq_length = capped_max_seq_length(data_args.max_seq_length, tokenizer, logger)
     padding = "max_length" if data_args.pad_to_max_length else False
 
     def preprocess(examples):

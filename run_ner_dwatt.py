@@ -32,6 +32,7 @@ from dwatt.model_arguments import ModelArguments, checkpoint_labels, encoder_mod
 from dwatt.peft_utils import apply_lora_from_args
 from dwatt.script_utils import (
     apply_suggested_guidance_heads,
+    capped_max_seq_length,
     check_splits,
     dataset_id_for_card,
     finish_run,
@@ -181,11 +182,7 @@ def main():
     word_spaces = needs_word_spaces(tokenizer)
     if word_spaces:
         logger.info("Byte-level BPE tokenizer without a space before each word: adding one, as in running text.")
-    # As run_glue_dwatt (run_ner.py passes a longer one on, and the model fails at its position embeddings).
-    max_seq_length = data_args.max_seq_length
-    if max_seq_length is not None and max_seq_length > tokenizer.model_max_length:
-        logger.warning(f"--max_seq_length {max_seq_length} > the tokenizer's {tokenizer.model_max_length}; using the latter.")
-        max_seq_length = tokenizer.model_max_length
+    max_seq_length = capped_max_seq_length(data_args.max_seq_length, tokenizer, logger)
 
     def tokenize_and_align_labels(examples):
         tokenized = tokenizer(

@@ -232,17 +232,12 @@ MODEL_LEVEL_OPTIONS = frozenset({
 })
 
 
-def _is_model_level_option(name: str) -> bool:
-    """Whether `name` is an option of the DWAtt model itself (see MODEL_LEVEL_OPTIONS), not of its encoder."""
-    return name in MODEL_LEVEL_OPTIONS
-
-
 def pop_encoder_config_options(options: dict[str, Any], encoder_config: PretrainedConfig) -> dict[str, Any]:
     """Removes from `options` and returns those that set the encoder's config (`hidden_dropout_prob=0.2`), as
     `from_pretrained(encoder, hidden_dropout_prob=0.2)` sets them for a plain model: names that the encoder's config
     has and that are neither DWAttConfig arguments nor attributes of every config."""
     dwatt_options = DWAttConfig.option_names()
-    names = [name for name in options if name not in dwatt_options and not _is_model_level_option(name)
+    names = [name for name in options if name not in dwatt_options and name not in MODEL_LEVEL_OPTIONS
              and hasattr(encoder_config, name)]
     return {name: options.pop(name) for name in names}
 
@@ -480,8 +475,10 @@ class DWAttConfig(PretrainedConfig):
         """
         config_dict = dict(config_dict)
         saved_encoder = config_dict.get("encoder_config")
+        if isinstance(saved_encoder, PretrainedConfig):
+            saved_encoder = saved_encoder.to_dict()
         given_encoder = kwargs.pop("encoder_config", None)
-        if isinstance(given_encoder, dict) and "model_type" not in given_encoder and isinstance(saved_encoder, dict):
+        if isinstance(given_encoder, dict) and "model_type" not in given_encoder and saved_encoder is not None:
             # Part of the nested config, as transformers merges a dict into a sub-config (hidden_dropout_prob, …).
             config_dict["encoder_config"] = {**saved_encoder, **given_encoder}
         elif given_encoder is not None:
@@ -499,15 +496,17 @@ class DWAttConfig(PretrainedConfig):
         if isinstance(encoder, PretrainedConfig):
             encoder_options = pop_encoder_config_options(kwargs, encoder)
             if encoder_options:
-                depth = [name for name in ("num_hidden_layers", "num_layers", "n_layer")
-                         if name in encoder_options and encoder_options[name] != getattr(encoder, name, None)]
-                if depth and config_dict.get("fusion", "dwatt") in ("dwatt", "concat", "scalar_mix"):
+                updated = {**encoder.to_dict(), **encoder_options}
+                fusion = config_dict.get("fusion", "dwatt")
+                saved_layers, layers = _num_encoder_layers(encoder), _num_encoder_layers(AutoConfig.for_model(**updated))
+                if fusion not in ("last", "deeper") and layers != saved_layers:  # the heads with weights per layer
+                    given = ", ".join(f"{name}={value}" for name, value in encoder_options.items())
                     raise ValueError(
-                        f"{depth[0]}={encoder_options[depth[0]]} changes the number of encoder layers that the "
-                        f"checkpoint's {config_dict.get('fusion', 'dwatt')} head fuses (its weights are per layer). To "
-                        "keep fewer layers, wrap the encoder anew: from_encoder_pretrained(encoder, encoder_num_layers=k)."
+                        f"{given} changes the number of encoder layers ({saved_layers} -> {layers}) that the "
+                        f"checkpoint's {fusion} head fuses (its weights are per layer). To keep fewer layers, wrap the "
+                        "encoder anew: from_encoder_pretrained(encoder, encoder_num_layers=k)."
                     )
-                config_dict["encoder_config"] = {**encoder.to_dict(), **encoder_options}
+                config_dict["encoder_config"] = updated
         return super().from_dict(config_dict, **kwargs)
 
     @property

@@ -81,9 +81,9 @@ def glue_positive_label_id(task_name: str | None, label2id: dict[str, int]) -> i
     """The model's id of the class that GLUE's F1 scores (MRPC `equivalent`, QQP `duplicate`; id 1 on the Hub, and
     label 1 in the TSV files): a checkpoint trained on files whose labels sorted otherwise has it at another id.
     1 for the tasks without F1."""
-    if task_name is None or _normalize_metric_config(task_name) not in F1_GLUE_TASKS:
+    task = None if task_name is None else _normalize_metric_config(task_name)
+    if task not in F1_GLUE_TASKS:
         return 1
-    task = _normalize_metric_config(task_name)
     positive = GLUE_TASKS[task].label_names[1]
     for name in (positive, "1"):
         if name in label2id:

@@ -21,7 +21,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import logging
 
-from .configuration_dwatt import (DWAttConfig, GuidanceHeads, _is_model_level_option, _num_encoder_layers,
+from .configuration_dwatt import (MODEL_LEVEL_OPTIONS, DWAttConfig, GuidanceHeads, _num_encoder_layers,
                                   attention_guidance_assignment, pop_encoder_config_options)
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
@@ -1418,8 +1418,8 @@ def _refuse_misspelt_options(config_kwargs: dict, encoder_config: PretrainedConf
     -1]`) would be stored in the config and do nothing: refuse it, naming the argument. Other names are kept as
     config attributes, as any transformers config keeps them (`finetuning_task`, `tokenizer_class`, …)."""
     options = DWAttConfig.option_names()
-    for name in config_kwargs:
-        if name in options or _is_model_level_option(name) or hasattr(encoder_config, name):
+    for name in config_kwargs:  # the encoder's options are gone by now (pop_encoder_config_options)
+        if name in options or name in MODEL_LEVEL_OPTIONS:
             continue
         distance, nearest = min((_edit_distance(name, option), option) for option in options)
         if distance <= max(1, len(name) // 6):  # one slip per six letters: fusion_layer, classifier_droput, fussion

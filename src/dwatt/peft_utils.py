@@ -175,6 +175,22 @@ def prompt_learning_sizes(model_or_config) -> dict[str, int]:
     }
 
 
+def prefix_tuning_sizes(model_or_config) -> dict[str, int]:
+    """`num_layers`, `token_dim` and `num_attention_heads` for PEFT's `PrefixTuningConfig`: the shape of the wrapped
+    encoder's keys and values in each layer. Under grouped-query attention (Qwen2, Llama) those have fewer heads than
+    the queries, and PEFT sizes a stock model's prefix by them; elsewhere they are `prompt_learning_sizes`.
+    `PrefixTuningConfig(task_type="TOKEN_CLS", num_virtual_tokens=16, modules_to_save=["fusion_classifier"],
+    **prefix_tuning_sizes(model))`; the encoder must take a key/value cache (BERT, RoBERTa, ELECTRA, GPT-2, Llama, …).
+    """
+    sizes = prompt_learning_sizes(model_or_config)
+    encoder_config = _encoder_config(model_or_config)
+    key_value_heads = getattr(encoder_config, "num_key_value_heads", None)
+    if key_value_heads:
+        head_dim = getattr(encoder_config, "head_dim", None) or sizes["token_dim"] // sizes["num_attention_heads"]
+        sizes.update(token_dim=head_dim * key_value_heads, num_attention_heads=key_value_heads)
+    return sizes
+
+
 def parse_target_modules(text: Optional[Union[str, list]]) -> Optional[Union[str, list[str]]]:
     """`None` → `None` (the defaults); `"all-linear"` stays; `"query,value"` → `["query", "value"]`."""
     if text is None or isinstance(text, list):

@@ -67,3 +67,25 @@ def test_a_split_cut_to_its_first_examples_is_named_so(limits, splits):
     assert {result.dataset_split for result in card.data.eval_results} == splits
     for split in splits:
         assert f"| {split} |" in card.text
+
+
+@pytest.mark.parametrize("limits, counts, splits", [
+    ({}, {}, {("accuracy", "validation_matched"), ("accuracy_mm", "validation_mismatched"),
+              ("accuracy", "test_matched"), ("accuracy_mm", "test_mismatched")}),
+    ({"max_eval_samples": 61, "max_predict_samples": 40},
+     {"eval_samples": 61, "eval_samples_mm": 50, "predict_samples": 40, "predict_samples_mm": 40},
+     {("accuracy", "validation_matched[:61]"), ("accuracy_mm", "validation_mismatched[:50]"),
+      ("accuracy", "test_matched[:40]"), ("accuracy_mm", "test_mismatched[:40]")}),
+])
+def test_mnli_rows_name_the_matched_and_mismatched_splits(limits, counts, splits):
+    """MNLI has no `validation` split on the Hub; its `_mm` rows were labelled with the matched split (and its count)."""
+    model = DWAttForSequenceClassification(DWAttConfig(encoder_config=tiny_encoder_config("bert"), num_labels=3))
+    eval_metrics = {"eval_accuracy": 0.81, "eval_accuracy_mm": 0.79,
+                    **{key: value for key, value in counts.items() if key.startswith("eval")}}
+    test_metrics = {"predict_accuracy": 0.8, "predict_accuracy_mm": 0.78,
+                    **{key: value for key, value in counts.items() if key.startswith("predict")}}
+    card = build_model_card(model, "text-classification", "glue", dataset_config="mnli", eval_metrics=eval_metrics,
+                            test_metrics=test_metrics, command="python run.py", seq_len=16, hyperparameters=limits)
+    assert {(result.metric_type, result.dataset_split) for result in card.data.eval_results} == splits
+    for metric, split in splits:
+        assert f"| {split} | {metric} |" in card.text

@@ -122,6 +122,20 @@ def quality_metrics(metrics: dict, prefix: str) -> dict[str, float]:
     return result
 
 
+def metric_split(split: str, metric: str, metrics: dict, prefix: str, limits: dict, dataset_config: Optional[str]
+                 ) -> str:
+    """The split a card names for `metric` of the Trainer's `metrics`: MNLI's are `validation_matched` and, for
+    run_glue's `_mm` metrics, `validation_mismatched` (likewise `test_…`), as on the Hub; a split cut by
+    --max_eval_samples / --max_predict_samples is `validation[:61]`, its first examples in the datasets notation."""
+    mismatched = metric.endswith("_mm")
+    if mismatched or str(dataset_config).lower() == "mnli":
+        split = f"{split}_{'mismatched' if mismatched else 'matched'}"
+    count = (metrics or {}).get(f"{prefix}_samples" + ("_mm" if mismatched else ""))
+    if limits.get(f"max_{prefix}_samples") is not None and count is not None:
+        split = f"{split}[:{count}]"
+    return split
+
+
 def _markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -167,18 +181,16 @@ def build_model_card(
     result_rows = []
     limits = hyperparameters or {}
     for split, prefix, metrics in (("validation", "eval", eval_metrics), ("test", "predict", test_metrics)):
-        count = (metrics or {}).get(f"{prefix}_samples")
-        if limits.get(f"max_{prefix}_samples") is not None and count is not None:
-            split = f"{split}[:{count}]"  # the first `count` examples (--max_eval_samples), in the datasets notation
         for name, value in quality_metrics(metrics or {}, prefix).items():
+            named_split = metric_split(split, name, metrics, prefix, limits, dataset_config)
             eval_results.append(
                 EvalResult(
                     task_type=task, task_name=task_title, dataset_type=dataset_id, dataset_name=dataset_name,
-                    dataset_config=dataset_config, dataset_split=split, metric_type=name, metric_name=name,
+                    dataset_config=dataset_config, dataset_split=named_split, metric_type=name, metric_name=name,
                     metric_value=value,
                 )
             )
-            result_rows.append([split, name, f"{value:.4f}"])
+            result_rows.append([named_split, name, f"{value:.4f}"])
 
     card_data = ModelCardData(
         license=license,

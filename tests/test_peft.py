@@ -6,6 +6,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 import optuna
 import peft
@@ -13,8 +14,11 @@ import pytest
 import torch
 from packaging.version import Version
 from peft import (
+    AdaLoraConfig,
     AutoPeftModelForSequenceClassification,
     AutoPeftModelForTokenClassification,
+    IA3Config,
+    LoHaConfig,
     LoraConfig,
     PeftModel,
     PrefixTuningConfig,
@@ -724,6 +728,133 @@ def test_prefix_tuning_sizes_count_key_value_heads_under_grouped_query_attention
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Other PEFT methods under DWAttTrainer: the final save, the card, AdaLoRA's loss, a second adapter
+# --------------------------------------------------------------------------------------------------------------------
+
+OTHER_METHODS = {
+    "ia3": lambda task, model: IA3Config(task_type=task, target_modules=["key", "value", "output.dense"],
+                                         feedforward_modules=["output.dense"], modules_to_save=["fusion_classifier"]),
+    "loha": lambda task, model: LoHaConfig(task_type=task, r=4, alpha=8, target_modules=["query", "value"],
+                                           modules_to_save=["fusion_classifier"]),
+    "adalora": lambda task, model: AdaLoraConfig(task_type=task, init_r=6, target_r=2, total_step=4,
+                                                 target_modules=["query", "value"], modules_to_save=["fusion_classifier"]),
+    "prefix_tuning": lambda task, model: PrefixTuningConfig(task_type=task, num_virtual_tokens=3,
+                                                            modules_to_save=["fusion_classifier"],
+                                                            **prefix_tuning_sizes(model)),
+}
+
+
+def train_with_method(method: str, task: str, folder: Path, card_info: Optional[dict] = None):
+    """A DWAttTrainer run of 2 steps with `method`, its adapter moved off its initialisation first."""
+    from test_trainer_loop import collate, make_examples, training_args
+
+    peft_model = get_peft_model(make_model(task, dropout=0.0), OTHER_METHODS[method](TASKS[task][1], make_model(task)))
+    perturb_trainable(peft_model)
+    trainer = DWAttTrainer(model=peft_model, train_dataset=make_examples(task, 8), data_collator=collate,
+                           args=training_args(folder, max_steps=2, per_device_train_batch_size=4), card_info=card_info)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("method", list(OTHER_METHODS))
+def test_the_final_save_of_other_peft_methods(tmp_path, method, task):
+    """save_model() merged every method as LoRA and read LoRA's settings: it failed for all others, after training.
+    Methods that change the encoder's weights are merged; prefix tuning, which cannot be, is saved as its adapter."""
+    card_info = dict(task="token-classification" if task == "token" else "text-classification", dataset_id="tiny",
+                     command="python train.py")
+    trainer = train_with_method(method, task, tmp_path / "out", card_info)
+    batch = inputs()
+    expected = logits(trainer.model, batch)
+    trainer.save_model()
+    trainer.create_model_card()
+    output = tmp_path / "out"
+    summary_file = output / "peft.json"
+    summary = json.loads(summary_file.read_text())
+    assert summary["method"] == {"ia3": "IA3", "loha": "LOHA", "adalora": "ADALORA", "prefix_tuning": "PREFIX_TUNING"}[method]
+    card = (output / "README.md").read_text()
+    if method == "prefix_tuning":
+        assert summary["merged"] is False and summary["num_virtual_tokens"] == 3
+        assert (output / "adapter_config.json").is_file() and not (output / "model.safetensors").exists()
+        fresh = make_model(task, dropout=0.0)  # the same encoder; head and classifier come from the adapter
+        with torch.no_grad():
+            for name, parameter in fresh.named_parameters():
+                if "fusion_classifier" in name or name.startswith("classifier"):
+                    parameter.normal_()
+        assert torch.equal(logits(PeftModel.from_pretrained(fresh, output), batch), expected)
+        assert "cannot be merged" in card and "PeftModel.from_pretrained(base" in card and "prefix-tuning" in card
+    else:
+        assert summary["merged"] is True
+        merged = TASKS[task][0].from_pretrained(output)
+        torch.testing.assert_close(logits(merged, batch), expected, atol=1e-5, rtol=1e-5)
+        assert "is **merged**" in card and "pipeline(" in card
+    if method == "adalora":  # its ranks are init_r → target_r; LoRA's `r` (8 by default) is not used
+        assert (summary["init_r"], summary["target_r"]) == (6, 2) and "r" not in summary
+        assert "init_r=6, target_r=2" in card and "r=8" not in card
+
+
+def test_lora_keeps_its_settings_file_with_the_method_added(tmp_path):
+    peft_model = get_lora_model(make_model("token"), r=4, lora_alpha=8)
+    trainer = DWAttTrainer(model=peft_model, args=cpu_args(tmp_path))
+    trainer.save_model()
+    summary = json.loads((tmp_path / "lora.json").read_text())
+    assert (summary["method"], summary["r"], summary["lora_alpha"], summary["merged"]) == ("LORA", 4, 8, True)
+    assert not (tmp_path / "peft.json").exists()
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_adalora_trains_its_orthogonal_regularisation_as_the_stock_trainer_does(tmp_path, task):
+    """AdaLoRA adds orth_reg_weight·R to the model's loss; the exact-accumulation loss, computed from the logits, left
+    it out (its lora_A moved in 0 of 6 tensors). DWAttTrainer now trains the model's loss, so one step equals
+    transformers.Trainer's."""
+    from test_trainer_loop import collate, make_examples, max_difference, state, training_args
+    from transformers import Trainer
+
+    runs = {}
+    for trainer_class in (Trainer, DWAttTrainer):
+        peft_model = get_peft_model(make_model(task, dropout=0.0), OTHER_METHODS["adalora"](TASKS[task][1], None))
+        perturb_trainable(peft_model)
+        before = state(peft_model)
+        trainer = trainer_class(model=peft_model, train_dataset=make_examples(task, 8), data_collator=collate,
+                                args=training_args(tmp_path / trainer_class.__name__, per_device_train_batch_size=8))
+        trainer.train()
+        runs[trainer_class] = state(trainer.model)
+        moved_a = [k for k in before if "lora_A" in k and not torch.equal(before[k], runs[trainer_class][k])]
+        assert len(moved_a) == 2 * LAYERS, moved_a
+    assert max_difference(runs[Trainer], runs[DWAttTrainer]) < 1e-6
+    peft_model = get_peft_model(make_model(task), OTHER_METHODS["adalora"](TASKS[task][1], None))
+    with pytest.raises(ValueError, match="label_smoothing_factor=0.1.*orthogonal regularisation"):
+        DWAttTrainer(model=peft_model, args=TrainingArguments(output_dir=str(tmp_path / "s"), report_to=[], use_cpu=True,
+                                                              label_smoothing_factor=0.1))
+
+
+def test_an_added_adapter_without_the_head_is_refused_also_when_activated_after_construction(tmp_path):
+    """PEFT keeps a copy of the head per adapter that names it: a second adapter that does not would train on with
+    the head frozen at its initialisation, and save without it."""
+    from test_trainer_loop import collate, make_examples, training_args
+
+    peft_model = get_lora_model(make_model("token"))
+    peft_model.add_adapter("second", LoraConfig(task_type="TOKEN_CLS", target_modules=["query", "value"], r=2))
+    args = training_args(tmp_path, max_steps=1)
+    trainer = DWAttTrainer(model=peft_model, train_dataset=make_examples("token", 4), data_collator=collate, args=args)
+    peft_model.set_adapter("second")
+    refusal = r"for the adapter 'second'.*add modules_to_save=\['fusion_classifier'\]"
+    with pytest.raises(ValueError, match=refusal):
+        trainer.train()
+    with pytest.raises(ValueError, match=refusal):
+        DWAttTrainer(model=peft_model, args=args)
+    peft_model.set_adapter("default")
+    trainer.train()  # the first adapter names the head
+
+
+def test_the_refusal_names_the_fix_for_the_method_in_use(tmp_path):
+    model = make_model("token")
+    config = PrefixTuningConfig(task_type="TOKEN_CLS", num_virtual_tokens=2, **prefix_tuning_sizes(model))
+    with pytest.raises(ValueError, match=r"Add modules_to_save=\['fusion_classifier'\] to your PrefixTuningConfig"):
+        DWAttTrainer(model=get_peft_model(model, config), args=cpu_args(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # The scripts
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -777,7 +908,7 @@ def test_ner_script_with_lora_writes_a_merged_checkpoint(tmp_path):
     assert eval_results["eval_loss"] == pytest.approx(batch_loss, rel=1e-4)
 
     card = (output / "README.md").read_text()
-    assert "## LoRA" in card and "r=4, alpha=8" in card and "**merged**" in card and "- lora" in card
+    assert "## LoRA" in card and "r=4, lora_alpha=8" in card and "**merged**" in card and "- lora" in card
     history = json.loads((output / "trainer_state.json").read_text())["log_history"]
     assert all("depth_weight_entropy" in entry for entry in history if "loss" in entry)
 

@@ -10,6 +10,7 @@ from typing import Mapping, Optional, Sequence
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .accounting import cost_summary
+from .peft_utils import PEFT_METHOD_NAMES, PEFT_SETTINGS
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
 
@@ -136,6 +137,32 @@ def metric_split(split: str, metric: str, metrics: dict, prefix: str, limits: di
     return split
 
 
+def peft_tags(peft: Optional[dict]) -> list[str]:
+    """Hub tags of a PEFT run: `lora` for LoRA (as before), else `peft` and the method (`prefix-tuning`, `ia3`)."""
+    if not peft:
+        return []
+    method = peft["method"].lower().replace("_", "-")
+    return ["lora"] if method == "lora" else ["peft", method]
+
+
+def peft_card_fields(peft: Optional[dict]) -> dict:
+    """The template's `peft_…` fields from `dwatt.peft_utils.peft_summary` (empty strings without PEFT)."""
+    if not peft:
+        return {"peft": None, "peft_method": "", "peft_settings": "", "peft_targets": "", "peft_trainable": "",
+                "peft_total": "", "peft_base": ""}
+    targets = peft.get("target_modules")
+    targets = [targets] if isinstance(targets, str) else (targets or [])
+    return {
+        "peft": peft,
+        "peft_method": PEFT_METHOD_NAMES.get(peft["method"], peft["method"]),
+        "peft_settings": ", ".join(f"{name}={peft[name]}" for name in PEFT_SETTINGS if name in peft),
+        "peft_targets": ", ".join(f"`{target}`" for target in targets),
+        "peft_trainable": f"{peft['trainable_parameters']:,}",
+        "peft_total": f"{peft['total_parameters']:,}",
+        "peft_base": peft.get("base_model") or "",
+    }
+
+
 def _markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -158,12 +185,13 @@ def build_model_card(
     depth_weights_png: Optional[str] = None,
     seq_len: int = 128,
     model_name: Optional[str] = None,
-    lora: Optional[dict] = None,
+    peft: Optional[dict] = None,
     sentence_pairs: bool = False,
 ) -> ModelCard:
     """Builds the card; `eval_metrics`/`test_metrics` are the Trainer's dicts (`eval_…`, `predict_…` keys).
 
-    `lora` (`dwatt.peft_utils.lora_summary`) marks a LoRA run whose adapter was merged into the saved weights;
+    `peft` (`dwatt.peft_utils.peft_summary`) marks a PEFT run: its adapter merged into the saved weights, or (prompt
+    learning) saved as the adapter;
     `sentence_pairs` a text classifier of sentence pairs, whose usage example then passes a pair.
     """
     if task not in TASKS:
@@ -197,7 +225,7 @@ def build_model_card(
         base_model=base_model,
         library_name="transformers",
         pipeline_tag=task,
-        tags=["dwatt", "custom_code", "layer-fusion", f"fusion-{config.fusion}", task, *(["lora"] if lora else [])],
+        tags=["dwatt", "custom_code", "layer-fusion", f"fusion-{config.fusion}", task, *peft_tags(peft)],
         datasets=[dataset_id],
         metrics=sorted({result.metric_type for result in eval_results}) or None,
         model_name=model_name,
@@ -247,10 +275,9 @@ def build_model_card(
         command=command or command_line(),
         hyperparameters_table=_markdown_table(["hyperparameter", "value"], [[k, v] for k, v in hyperparameters.items()]) if hyperparameters else "",
         results_table=_markdown_table(["split", "metric", "value"], result_rows) if result_rows else "No evaluation was run.",
-        lora=lora,
-        lora_trainable=f"{lora['trainable_parameters']:,}" if lora else "",
-        lora_total=f"{lora['total_parameters']:,}" if lora else "",
-        lora_targets=", ".join(f"`{t}`" for t in ([lora["target_modules"]] if isinstance(lora["target_modules"], str) else lora["target_modules"])) if lora else "",
+        encoder_id=encoder_id,
+        num_labels=config.num_labels,
+        **peft_card_fields(peft),
     )
 
 
@@ -269,7 +296,7 @@ def write_model_card(
     revision: str = "main",
     license: str = "apache-2.0",
     command: Optional[str] = None,
-    lora: Optional[dict] = None,
+    peft: Optional[dict] = None,
     sentence_pairs: bool = False,
 ) -> Path:
     """Writes `README.md` into `output_dir` from the run's files there: eval_results.json, predict_results.json and
@@ -291,7 +318,7 @@ def write_model_card(
         depth_weights=depth["mean_weights"] if depth else None,
         depth_weights_png="depth_weights.png" if (folder / "depth_weights.png").exists() else None,
         model_name=folder.resolve().name if repo_id is None else None,
-        lora=lora,
+        peft=peft,
         sentence_pairs=sentence_pairs,
     )
     path = folder / "README.md"

@@ -297,12 +297,18 @@ def check_peft_model(peft_model) -> None:
         return
     head = unwrap_dwatt_model(peft_model).base_model.fusion_classifier
     has_parameters = any(True for _ in head.parameters())
-    if has_parameters and not is_modules_to_save_wrapper(head):
+    # PEFT keeps one trained copy of the head per adapter that names it: each active adapter needs its own.
+    copies = head.modules_to_save if is_modules_to_save_wrapper(head) else {}
+    without_head = [name for name in peft_model.active_adapters if name not in copies]
+    if has_parameters and without_head:
+        config = peft_model.peft_config[without_head[0]]
+        fix = ("Build the config with dwatt.peft_utils.lora_config(model), or add modules_to_save=['fusion_classifier'] "
+               "to your LoraConfig." if config.peft_type == "LORA" else
+               f"Add modules_to_save=['fusion_classifier'] to your {type(config).__name__}.")
         raise ValueError(
-            "PEFT does not train the fusion head (dwatt.fusion_classifier) in full: it would stay at its "
-            "initialisation and the adapter would not save it (peft 0.22 and later keep only modules named exactly "
-            "'classifier'/'score' for a task type). Build the config with dwatt.peft_utils.lora_config(model), or add "
-            "modules_to_save=['fusion_classifier'] to your PEFT config."
+            f"PEFT does not train the fusion head (dwatt.fusion_classifier) in full for the adapter "
+            f"{without_head[0]!r}: it would stay at its initialisation and the adapter would not save it (peft 0.22 "
+            f"and later keep only modules named exactly 'classifier'/'score' for a task type). {fix}"
         )
     inside = lora_layers_in_head(peft_model)
     if inside:
@@ -315,27 +321,80 @@ def check_peft_model(peft_model) -> None:
         )
 
 
+def can_merge(peft_model) -> bool:
+    """Whether the active adapter merges into the weights (`merge_and_unload`): LoRA and the other methods that
+    change the encoder's weights do; prompt learning (prompt tuning, P-tuning, prefix tuning) adds inputs instead."""
+    return not peft_model.peft_config[peft_model.active_adapter].is_prompt_learning
+
+
 def merged_copy(peft_model) -> nn.Module:
-    """A plain DWAtt model with the LoRA weights merged in; `peft_model` itself is left untouched.
+    """A plain DWAtt model with the adapter merged in; `peft_model` itself is left untouched (`can_merge` first).
 
     The result saves like any DWAtt checkpoint (weights, code files, `auto_map`) and loads without PEFT.
     """
     return copy.deepcopy(peft_model).merge_and_unload()
 
 
-def lora_summary(peft_model) -> dict:
-    """The LoRA settings of a PEFT model's active adapter, for logs and model cards."""
+def unwrapped_copy(peft_model) -> nn.Module:
+    """A plain DWAtt model with the adapter's trained copies of the fusion head and classifier, without the adapter
+    itself (for describing a prompt-learning run, whose adapter cannot be merged)."""
+    model = copy.deepcopy(peft_model.get_base_model())
+    for name, module in list(model.named_modules()):
+        if is_modules_to_save_wrapper(module):
+            parent_name, _, child = name.rpartition(".")
+            copies = module.modules_to_save
+            trained = copies[peft_model.active_adapter] if peft_model.active_adapter in copies else module.original_module
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, trained)
+    return model
+
+
+# The settings of a PEFT config that say what was trained (those the method has; booleans only when set).
+PEFT_SETTINGS = ("r", "lora_alpha", "lora_dropout", "use_rslora", "use_dora", "init_r", "target_r", "alpha",
+                 "rank_dropout", "module_dropout", "oft_block_size", "boft_block_size", "boft_block_num",
+                 "vera_dropout", "n_frequency", "scaling", "num_virtual_tokens", "prefix_projection",
+                 "encoder_reparameterization_type")
+PEFT_METHOD_NAMES = {"LORA": "LoRA", "ADALORA": "AdaLoRA", "IA3": "IA³", "LOHA": "LoHa", "LOKR": "LoKr",
+                     "VERA": "VeRA", "FOURIERFT": "FourierFT", "PREFIX_TUNING": "Prefix tuning",
+                     "PROMPT_TUNING": "Prompt tuning", "P_TUNING": "P-tuning"}
+
+
+def peft_summary(peft_model) -> dict:
+    """The PEFT method and settings of a PEFT model's active adapter, for logs and model cards: `method` (PEFT's
+    type: `LORA`, `PREFIX_TUNING`, …), its settings, `target_modules` (methods on the encoder's layers), the
+    parameter counts, and `merged` (whether a final save merges it, `can_merge`)."""
     config = peft_model.peft_config[peft_model.active_adapter]
-    targets = config.target_modules
+    method = str(getattr(config.peft_type, "value", config.peft_type))
+    summary = {"method": method}
+    for name in PEFT_SETTINGS:
+        value = getattr(config, name, None)
+        if name == "r" and method == "ADALORA":  # AdaLoRA's ranks are init_r → target_r; `r` is unused
+            continue
+        if value is not None and value is not False:
+            summary[name] = value.value if hasattr(value, "value") else value
+    targets = getattr(config, "target_modules", None)
+    if targets is not None:
+        summary["target_modules"] = targets if isinstance(targets, str) else sorted(targets)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    return {
-        "r": config.r,
-        "lora_alpha": config.lora_alpha,
-        "lora_dropout": config.lora_dropout,
-        "target_modules": targets if isinstance(targets, str) else sorted(targets),
-        "trainable_parameters": int(trainable),
-        "total_parameters": int(total),
-    }
+    summary.update(trainable_parameters=int(trainable), total_parameters=int(total), merged=can_merge(peft_model))
+    if not summary["merged"]:  # the model the adapter runs on (None for one built with from_encoder_pretrained)
+        summary["base_model"] = config.base_model_name_or_path
+    return summary
+
+
+def peft_summary_file(summary: dict) -> str:
+    """Where a final save writes `peft_summary`: `lora.json` for LoRA (as ever), `peft.json` for the other methods."""
+    return "lora.json" if summary["method"] == "LORA" else "peft.json"
+
+
+def peft_loss_extras(peft_model) -> Optional[str]:
+    """What the PEFT wrapper adds to the model's loss, which a loss computed from the logits would leave out
+    (AdaLoRA's orthogonal regularisation); None when nothing."""
+    if not is_peft_model(peft_model):
+        return None
+    config = peft_model.peft_config[peft_model.active_adapter]
+    if config.peft_type == "ADALORA" and getattr(config, "orth_reg_weight", 0):
+        return f"AdaLoRA's orthogonal regularisation (orth_reg_weight={config.orth_reg_weight})"
+    return None
 
 
 def apply_lora_from_args(model: nn.Module, model_args) -> nn.Module:
@@ -349,7 +408,7 @@ def apply_lora_from_args(model: nn.Module, model_args) -> nn.Module:
         lora_dropout=model_args.lora_dropout,
         target_modules=parse_target_modules(model_args.lora_target_modules),
     )
-    summary = lora_summary(peft_model)
+    summary = peft_summary(peft_model)
     logger.info(
         f"LoRA r={summary['r']} alpha={summary['lora_alpha']} dropout={summary['lora_dropout']} on "
         f"{summary['target_modules']}; fusion head and classifier trained in full: "

@@ -85,7 +85,8 @@ def setup_logging(training_args: TrainingArguments, logger: logging.Logger) -> N
 # What a run writes beside the model, and its model card reads back. A training run into a folder that holds an
 # earlier run's copies removes them first: the card would otherwise report that run's metrics and depth weights.
 RUN_RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "predict_results.json",
-                    "depth_weights.json", "depth_weights.png", "predictions.txt", "lora.json")
+                    "depth_weights.json", "depth_weights.png", "predictions.txt", "lora.json",
+                    "peft.json")
 RUN_RESULT_PATTERNS = ("predict_results_*.txt",)
 
 

@@ -15,14 +15,19 @@ What `DWAttTrainer` changes (the first two can be switched off; everything else 
 - Attention guidance (a model config with `attention_guidance_heads`): `dwatt.callbacks.AttentionGuidanceCallback`
   applies its weight schedule and logs it; the guidance term is part of the loss whichever way the loss is computed
   (the model's own, exact accumulation, label smoothing).
-- PEFT: the final save (`save_model()` into `output_dir`, also before `push_to_hub`) writes the LoRA-merged model,
-  a plain DWAtt checkpoint with its code files; checkpoints written during training hold the adapter, so
-  `resume_from_checkpoint` works as usual.
+- PEFT: the final save (`save_model()` into `output_dir`, also before `push_to_hub`) writes the merged model (LoRA
+  and the other methods that change the encoder's weights), a plain DWAtt checkpoint with its code files, and the
+  method's settings (`lora.json`, or `peft.json` for other methods); prompt learning (prefix tuning, prompt tuning,
+  P-tuning) cannot be merged, so its final save is the adapter, as with the stock `Trainer`. Checkpoints written
+  during training hold the adapter, so `resume_from_checkpoint` works as usual. AdaLoRA's orthogonal
+  regularisation is part of the model's own loss only, so with it the model's loss is trained (exact accumulation
+  off, said in the log).
 - `model_init` (hyperparameter search): all of the above is set up again for every model it makes, so trials may
   differ in head, problem type or PEFT wrapping.
 """
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -39,7 +44,19 @@ from .depth_weights import depth_weight_entropy, depth_weight_sums, plot_depth_w
 from .model_card import write_model_card
 from .model_utils import MODEL_INPUTS, unwrap_dwatt_model
 from .modeling_dwatt import sequence_classification_loss
-from .peft_utils import check_peft_model, is_peft_model, lora_summary, merged_copy
+from .peft_utils import (
+    can_merge,
+    check_peft_model,
+    is_peft_model,
+    merged_copy,
+    peft_loss_extras,
+    peft_summary,
+    peft_summary_file,
+    unwrapped_copy,
+)
+
+
+logger = logging.getLogger(__name__)
 
 
 def _rows(dataset, indices: range):
@@ -138,9 +155,18 @@ class DWAttTrainer(Trainer):
         config = getattr(unwrap_dwatt_model(model), "config", None)
         is_dwatt = getattr(config, "model_type", None) == "dwatt"
         self.compute_loss_func = self._own_compute_loss_func
-        if self._exact_accumulation_loss and is_dwatt and self.compute_loss_func is None:
+        extras = peft_loss_extras(model)
+        if self._exact_accumulation_loss and is_dwatt and self.compute_loss_func is None and extras is None:
             # Trainer prefers a compute_loss_func to its label smoother, so this one smooths as the smoother would.
             self.compute_loss_func = AccumulationExactLoss(config, label_smoothing=self._label_smoothing)
+        elif extras is not None:
+            if self._label_smoothing:
+                raise ValueError(
+                    f"label_smoothing_factor={self._label_smoothing} computes the loss from the logits, which would "
+                    f"leave out {extras}: the PEFT model adds it to its own loss only. Train it without label smoothing."
+                )
+            logger.info(f"The model's own loss is trained: it includes {extras}, which a loss computed from the "
+                        "logits would leave out (so the loss is not normalised over the whole accumulation step).")
         self._merged_for_card = None
         for callback in self._dwatt_callbacks:  # those of the previous model
             self.callback_handler.remove_callback(callback)
@@ -210,34 +236,42 @@ class DWAttTrainer(Trainer):
             return None
         return {key: value for key, value in batch.items() if key in MODEL_INPUTS and torch.is_tensor(value)}
 
+    def train(self, *args, **kwargs):
+        """Trainer's `train`, checking the PEFT model again (an adapter may have been added or activated since)."""
+        if self.model is not None and self.model_init is None:
+            check_peft_model(self.model)
+        return super().train(*args, **kwargs)
+
     def _model_for_card(self):
         model = self._unwrapped_model()
         if not is_peft_model(model):
             return model
         if self._merged_for_card is None:
-            self._merged_for_card = merged_copy(model)
+            self._merged_for_card = merged_copy(model) if can_merge(model) else unwrapped_copy(model)
         return self._merged_for_card
 
     # ------------------------------------------------------------------------------------------------------------
     # saving
 
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
-        """Trainer's `_save`; for a PEFT model, the final save into `output_dir` writes the LoRA-merged model."""
+        """Trainer's `_save`; for a PEFT model, the final save into `output_dir` writes the merged model (the
+        adapter where it cannot be merged) and the method's settings."""
         target = output_dir if output_dir is not None else self.args.output_dir
         model = self._unwrapped_model()
         final = os.path.abspath(target) == os.path.abspath(self.args.output_dir)
-        if not (final and is_peft_model(model)):
-            return super()._save(output_dir, state_dict=state_dict)  # FSDP2 models save as their own class too
-        if not self.args.should_save:
-            return
-        os.makedirs(target, exist_ok=True)
-        merged = merged_copy(model)
-        self._merged_for_card = merged
-        merged.save_pretrained(target)  # weights, config with auto_map, the two code files
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(target)
-        torch.save(self.args, os.path.join(target, TRAINING_ARGS_NAME))
-        (Path(target) / "lora.json").write_text(json.dumps(lora_summary(model), indent=2) + "\n")
+        if not (final and is_peft_model(model) and can_merge(model)):
+            super()._save(output_dir, state_dict=state_dict)  # FSDP2 models save as their own class too
+        elif self.args.should_save:
+            os.makedirs(target, exist_ok=True)
+            merged = merged_copy(model)
+            self._merged_for_card = merged
+            merged.save_pretrained(target)  # weights, config with auto_map, the two code files
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(target)
+            torch.save(self.args, os.path.join(target, TRAINING_ARGS_NAME))
+        if final and is_peft_model(model) and self.args.should_save:
+            summary = peft_summary(model)
+            (Path(target) / peft_summary_file(summary)).write_text(json.dumps(summary, indent=2) + "\n")
 
     def create_model_card(self, revision: str = "main", **kwargs) -> None:
         """Writes README.md into the output folder (main process only)."""
@@ -246,7 +280,7 @@ class DWAttTrainer(Trainer):
         model = self._unwrapped_model()
         info = dict(self.card_info)
         if is_peft_model(model):
-            info.setdefault("lora", lora_summary(model))
+            info.setdefault("peft", peft_summary(model))
         write_model_card(
             self.args.output_dir,
             self._model_for_card(),

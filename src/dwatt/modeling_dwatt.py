@@ -214,10 +214,20 @@ def token_attention_mask(attention_mask: Optional[torch.Tensor], prefix_position
     )
 
 
+def mask_with_prefix_columns(given_mask: Optional[torch.Tensor], token_mask: torch.Tensor, prefix_positions: int
+                             ) -> torch.Tensor:
+    """The encoder's (B, P + T) mask under a key/value prefix: the caller's, when it has the prefix's columns, else
+    the tokens' (B, T) mask after P ones (the prefix is always attended to, as PEFT's prefix tuning has it)."""
+    if given_mask is not None and given_mask.shape[-1] == prefix_positions + token_mask.shape[-1]:
+        return given_mask
+    ones = token_mask.new_ones(token_mask.shape[0], prefix_positions)  # (B, P)
+    return torch.cat([ones, token_mask], dim=1)
+
+
 def _is_activation_checkpointing(model: PreTrainedModel) -> bool:
     """Whether activation checkpointing is on (transformers 5.23 renamed `is_gradient_checkpointing`)."""
-    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
-    return bool(getattr(model, name, False))
+    renamed = hasattr(type(model), "is_activation_checkpointing")
+    return bool(getattr(model, "is_activation_checkpointing" if renamed else "is_gradient_checkpointing", False))
 
 
 def _num_input_tokens(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor]) -> int:
@@ -1271,7 +1281,8 @@ class DWAttPreTrainedModel(PreTrainedModel):
                 "the encoder) the heads also attend to the prefix, and the patterns are not defined for it. Train "
                 "with either, not both (model.config.attention_guidance_heads = None turns guidance off)."
             )
-        return prefix, token_attention_mask(attention_mask, prefix_length(prefix), _num_input_tokens(input_ids, inputs_embeds))
+        num_tokens = _num_input_tokens(input_ids, inputs_embeds)
+        return prefix, token_attention_mask(attention_mask, prefix_length(prefix), num_tokens)
 
     def _add_attention_guidance(
         self, loss: Optional[torch.Tensor], attentions, attention_mask: torch.Tensor
@@ -1671,20 +1682,15 @@ class DWAttModel(DWAttPreTrainedModel):
         if self.training and not self._frozen_head_checked and torch.is_grad_enabled() and not _is_compiling():
             self._warn_once_if_only_the_head_is_frozen()
         prefix = key_value_prefix(cache, past_key_values)
-        encoder_attention_mask = attention_mask
+        given_mask = attention_mask
         if prefix is not None:
             self._check_prefix_can_be_used()
             attention_mask = token_attention_mask(
                 attention_mask, prefix_length(prefix), _num_input_tokens(input_ids, inputs_embeds))
         if attention_mask is None:
             attention_mask = _all_real_tokens(input_ids, inputs_embeds)
-        if prefix is not None and (encoder_attention_mask is None
-                                   or encoder_attention_mask.shape[-1] == attention_mask.shape[-1]):
-            # The prefix positions are always attended to, as PEFT's prefix tuning has it.
-            ones = attention_mask.new_ones(attention_mask.shape[0], prefix_length(prefix))  # (B, P)
-            encoder_attention_mask = torch.cat([ones, attention_mask], dim=1)  # (B, P + T)
-        elif prefix is None:
-            encoder_attention_mask = attention_mask
+        encoder_attention_mask = (attention_mask if prefix is None
+                                  else mask_with_prefix_columns(given_mask, attention_mask, prefix_length(prefix)))
 
         encoder_inputs = {
             "input_ids": input_ids,

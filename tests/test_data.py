@@ -236,6 +236,48 @@ def test_csv_error_inside_multiline_row_names_its_first_line(tmp_path):
     assert_names_line(excinfo, path, 3)
 
 
+def test_a_tsv_file_is_read_without_quoting_as_glues_are(tmp_path, caplog):
+    """With CSV quoting, a sentence opening with `"` took the rows after it into one field: 5 rows became 3, silently
+    (RTE's train.tsv without --task_name lost quotes in 71 sentences)."""
+    sentences = ['"Quoted" at the start', "plain", 'unbalanced " quote', "another", "last one"]
+    path = write(tmp_path / "train.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(sentences)))
+    ds = load_classification_files({"train": path})["train"]
+    assert ds["sentence"] == sentences and ds["label"] == [0, 1, 0, 1, 0]
+    assert "look quoted" not in caplog.text
+    # A TSV written with CSV quoting (pandas' to_csv(sep="\t")) keeps its quote characters, and the log says why.
+    quoted = write(tmp_path / "quoted.tsv", 'sentence\tlabel\n"He said ""hi"""\t1\nplain\t0\n')
+    ds = load_classification_files({"train": quoted})["train"]
+    assert ds["sentence"] == ['"He said ""hi"""', "plain"]
+    assert "quoted.tsv: 1 field(s) (the first on line 2) look quoted as in a CSV file" in caplog.text
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_an_integer_id_column_is_not_taken_for_the_first_sentence(tmp_path, suffix):
+    """`id,sentence,label`: every CSV cell is a string, so `id` became sentence 1 and the model trained on pairs."""
+    sep = "," if suffix == ".csv" else "\t"
+    path = write(tmp_path / f"train{suffix}", f"id{sep}sentence{sep}label\n7{sep}good{sep}1\n8{sep}bad{sep}0\n")
+    with pytest.raises(ValueError, match=r"text column 'id' .* holds an integer in every row, such as '7': an id"):
+        load_classification_files({"train": path})
+    numbered = write(tmp_path / f"numbers{suffix}", f"sentence{sep}label\n7 days{sep}1\n8{sep}0\n")
+    assert load_classification_files({"train": numbered})["train"]["sentence"] == ["7 days", "8"]
+
+
+def test_stsb_files_with_integer_scores_are_regression_and_glue_classes_are_not_decimals(tmp_path):
+    """`--task_name stsb` with a CSV of integer scores trained a 6-way classifier (Pearson on class ids); a
+    classification task's 0.0/1.0 labels would train a regressor."""
+    scores = write(tmp_path / "stsb.csv", "sentence1,sentence2,label\na,b,3\nc,d,5\n")
+    ds = load_text_classification_data(task_name="stsb", train_file=scores)["train"]
+    assert ds.features["label"].dtype == "float64" and ds["label"] == [3.0, 5.0]
+    assert get_classification_label_info(ds) == (True, None)
+    words = write(tmp_path / "stsb.jsonl", '{"sentence1": "a", "sentence2": "b", "label": "high"}\n')
+    with pytest.raises(ValueError, match="stsb labels are similarity scores, and these are not all numbers"):
+        load_text_classification_data(task_name="stsb", train_file=words)
+    decimals = write(tmp_path / "sst2.csv", "sentence,label\ngood,1.0\nbad,0.0\n")
+    with pytest.raises(ValueError, match=r"sst2 is a classification task, but its labels are decimal numbers \(such as"):
+        load_text_classification_data(task_name="sst2", train_file=decimals)
+    assert get_classification_label_info(load_classification_files({"train": decimals})["train"]) == (True, None)
+
+
 def test_csv_float_labels_are_regression(tmp_path):
     path = write(tmp_path / "train.csv", "a,b,label\nx,y,0.5\nz,w,3\n")
     ds = load_classification_files({"train": path})["train"]
@@ -400,6 +442,32 @@ def test_conll_column_variants(tmp_path, content):
     ds = load_conll(write(tmp_path / "data.conll", content), label_list=["O", "B-PER", "B-LOC"])
     assert ds["tokens"] == [["John", "lives"], ["Paris"]]
     assert ds["ner_tags"] == [[1, 0], [2]]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # CoNLL-U style and MultiCoNER's headers: comments before each sentence, 4 and 2 pieces (as many as tokens')
+        "# sent_id = 1\nJohn NNP B-NP B-PER\nlives VBZ B-VP O\n\n# sent_id = 2\nParis NNP B-NP B-LOC\n",
+        "# id 6f3c domain=en\nJohn B-PER\nlives O\n\n# id 7a1b domain=en\nParis B-LOC\n",
+        # a CRLF file rewritten in text mode on Windows: every line ends in \r\r\n
+        "John B-PER\r\r\nlives O\r\r\n\r\r\nParis B-LOC\r\r\n",
+        # two files concatenated, each with its byte-order mark; a no-break space after a tag
+        "\ufeff-DOCSTART- O\n\nJohn B-PER\nlives O\n\n\ufeff-DOCSTART- O\n\nParis B-LOC\u00a0\n",
+    ],
+    ids=["conllu-comments", "multiconer-comments", "cr-cr-lf", "concatenated-boms"],
+)
+def test_conll_files_as_users_have_them(tmp_path, content):
+    """Each was read wrong without a word: comments became tokens with their last word as a tag, every token its
+    own sentence, a BOM'd -DOCSTART- a sentence, `B-LOC\u00a0` a label of its own."""
+    ds = load_conll(write(tmp_path / "data.conll", content))
+    assert ds["tokens"] == [["John", "lives"], ["Paris"]]
+    assert get_ner_label_list(ds) == ["B-LOC", "B-PER", "O"]
+
+
+def test_a_hash_token_inside_a_sentence_stays_a_token(tmp_path):
+    ds = load_conll(write(tmp_path / "data.conll", "Call O\n# O\n5 O\n"))
+    assert ds["tokens"] == [["Call", "#", "5"]]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
+from pyarrow import ArrowInvalid
 
 from .glue_files import (F1_GLUE_TASKS, GLUE_TASK_TO_KEYS, GLUE_TASKS, glue_task_dir, glue_task_named_by,
                          is_glue_folder, load_glue_folder, load_glue_tsv, normalize_glue_task_name)
@@ -83,12 +84,16 @@ def _load_from_hub(
     return load_dataset(name, config, revision=revision or default_revision, cache_dir=cache_dir, token=token)
 
 
-def _in_glue_label_order(splits: DatasetDict, task_name: str | None, label_list: Sequence[str] | None) -> DatasetDict:
-    """CSV/JSON files of a named GLUE task whose labels are the task's label names get the Hub's label ids.
+def _labelled_as_the_glue_task(splits: DatasetDict, task_name: str | None, label_list: Sequence[str] | None
+                               ) -> DatasetDict:
+    """The labels of CSV/JSON files of a named GLUE task, as the task has them.
 
-    Sorted, MRPC's names would give `equivalent` id 0, and GLUE's F1 (positive class: id 1) would score the wrong
-    class. Numeric labels are GLUE's ids already and stay as they are. Other names are refused for the F1 tasks,
-    where nothing tells which one is the positive class.
+    STS-B's similarity scores are a regression target however the files write them (integer scores typed as
+    classes would train a 6-way classifier, its Pearson computed on class ids). The classification tasks' labels
+    must be classes: decimal numbers would train a regressor, and are refused. Labels that are the task's label
+    names get the Hub's label ids: sorted, MRPC's names would give `equivalent` id 0, and GLUE's F1 (positive
+    class: id 1) would score the wrong class. Numeric labels are GLUE's ids already and stay as they are. Other
+    names are refused for the F1 tasks, where nothing tells which one is the positive class.
     """
     if task_name is None or label_list is not None:
         return splits
@@ -98,7 +103,24 @@ def _in_glue_label_order(splits: DatasetDict, task_name: str | None, label_list:
         return splits
     names = GLUE_TASKS[task].label_names
     labelled = [split for split in splits.values() if "label" in split.column_names]
-    if names is None or not labelled or any(split.features["label"].dtype != "string" for split in labelled):
+    if not labelled:
+        return splits
+    dtypes = {split.features["label"].dtype for split in labelled}
+    if names is None:  # STS-B
+        try:
+            return DatasetDict({
+                name: split.cast_column("label", Value("float64")) if "label" in split.column_names else split
+                for name, split in splits.items()
+            })
+        except (ValueError, TypeError, ArrowInvalid) as err:
+            raise ValueError(f"The {task} labels are similarity scores, and these are not all numbers ({err}).") from None
+    if dtypes & {"float32", "float64"}:
+        example = next(v for split in labelled for v in split.unique("label") if isinstance(v, float))
+        raise ValueError(
+            f"{task} is a classification task, but its labels are decimal numbers (such as {example!r}), which would "
+            f"train a regressor: give GLUE's class ids (0 to {len(names) - 1}) or the names {list(names)}."
+        )
+    if dtypes != {"string"}:
         return splits
     found = sorted({value for split in labelled for value in split.unique("label")})
     if set(found) <= set(names):
@@ -147,7 +169,7 @@ def load_text_classification_data(
                     for split, path in check_data_files(files).items()
                 }
             )
-        return _in_glue_label_order(load_classification_files(files, label_list=label_list), task_name, label_list)
+        return _labelled_as_the_glue_task(load_classification_files(files, label_list=label_list), task_name, label_list)
 
     if dataset_name is not None and looks_like_local_path(dataset_name):
         folder = Path(dataset_name).expanduser()
@@ -162,7 +184,7 @@ def load_text_classification_data(
             raise ValueError(
                 f"{folder}: found neither GLUE files (train.tsv, dev.tsv) nor train/validation/test .csv/.json files."
             )
-        return _in_glue_label_order(load_classification_files(found, label_list=label_list), task, label_list)
+        return _labelled_as_the_glue_task(load_classification_files(found, label_list=label_list), task, label_list)
 
     if dataset_name is not None:
         return _load_from_hub(dataset_name, dataset_config_name, revision, cache_dir, token)

@@ -43,14 +43,19 @@ CONLL_TAG_COLUMNS = {"ner_tags": -1, "pos_tags": 1, "chunk_tags": 2}
 
 def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[_Sentence]:
     """Parse a CoNLL column file: token first, tag last, 2-4 columns, blank lines between sentences. `tag_column`
-    "pos_tags"/"chunk_tags" reads the POS or chunk tags of a 4-column file instead of the last column's."""
+    "pos_tags"/"chunk_tags" reads the POS or chunk tags of a 4-column file instead of the last column's.
+
+    `-DOCSTART-` lines end a sentence; lines whose first column is `#` before a sentence's first token are comments
+    (CoNLL-U's `# sent_id = 1`, MultiCoNER's `# id … domain=en`) and skipped."""
     if tag_column not in CONLL_TAG_COLUMNS:
         raise ValueError(
             f"{path}: CoNLL column files hold NER, POS and chunk tags ({', '.join(CONLL_TAG_COLUMNS)}), not "
             f"{tag_column!r}: pass one of those as the label column (--label_column_name), or use JSON lines."
         )
     tag_index = CONLL_TAG_COLUMNS[tag_column]
-    text = read_text(path)
+    # One line end however many carriage returns precede it: a CRLF file rewritten in text mode on Windows ends its
+    # lines in \r\r\n, which universal newlines would read as a blank line (a sentence break) after every token.
+    text = re.sub(r"\r+\n", "\n", read_text(path))
     sentences: list[_Sentence] = []
     current = _Sentence([], [], [])
     first_width: tuple[int, int] | None = None  # (columns, line) of the first token line
@@ -62,13 +67,15 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
         current = _Sentence([], [], [])
 
     for line, raw in enumerate(io.StringIO(text, newline=None), start=1):
-        stripped = raw.strip(" \t\r\n")
+        stripped = raw.strip(" \t\r\n\ufeff")  # U+FEFF: the byte-order mark of each file of a concatenation
         if not stripped:
             flush()
             continue
         columns = _COLUMN_SPLIT.split(stripped)
         if columns[0] == "-DOCSTART-":
             flush()  # a document boundary also ends a sentence
+            continue
+        if columns[0] == "#" and not current.tokens:  # a comment line before a sentence
             continue
         if not 2 <= len(columns) <= 4:
             raise data_error(
@@ -93,7 +100,7 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
                 "give every token line the same columns 'token [POS] [chunk] tag'",
             )
         current.tokens.append(columns[0])
-        current.tags.append(columns[tag_index])
+        current.tags.append(columns[tag_index].strip())  # tags hold no blanks: a trailing U+00A0 is not part of it
         current.lines.append(line)
     flush()
 

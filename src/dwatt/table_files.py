@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from .text_files import (PathLike, UnknownLabelError, check_data_files, data_error, empty_file_error, is_test_split,
                          iter_json_objects, read_text)
+
+logger = logging.getLogger(__name__)
 
 
 def infer_text_columns(column_names: Sequence[str], label_column: str = "label") -> tuple[str, str | None]:
@@ -47,8 +50,12 @@ class _Table:
 
 def _read_csv_table(path: Path, delimiter: str) -> _Table:
     text = read_text(path)
-    # The default (minimal) quoting of `load_dataset("csv")`/pandas: quoted fields may hold delimiters and newlines.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    tsv = delimiter == "\t"
+    # CSV: the default (minimal) quoting of `load_dataset("csv")`/pandas, quoted fields may hold delimiters and
+    # newlines. TSV has no quoting (GLUE's files are written so): a sentence that opens with `"` would otherwise take
+    # the rows after it into one field, and those rows would be gone without a word.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
     header: list[str] | None = None
     header_line = 1
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -73,7 +80,22 @@ def _read_csv_table(path: Path, delimiter: str) -> _Table:
         raise data_error(path, start, f"unreadable CSV row ({err})", "check the quoting of this row") from None
     if header is None:
         raise empty_file_error(path, text, "header row", "the file should start with a header row naming the columns")
+    if tsv:
+        _warn_of_csv_quoting(path, rows)
     return _Table(path, list(header), rows, header_line, is_json=False)
+
+
+def _warn_of_csv_quoting(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> None:
+    """Says so when a TSV file looks quoted as a CSV file is (pandas' `to_csv(sep="\t")` wraps a field holding `"`
+    in quotes and doubles the `"`s inside): read without quoting, those fields keep the quote characters."""
+    quoted = [line for line, row in rows for value in row.values()
+              if len(value) > 1 and value[0] == value[-1] == '"' and '""' in value[1:-1]]
+    if quoted:
+        logger.warning(
+            f"{path}: {len(quoted)} field(s) (the first on line {quoted[0]}) look quoted as in a CSV file (wrapped in "
+            '" with "" inside). TSV files are read without quoting, as GLUE\'s are, so those fields keep their quote '
+            "characters. If the file was written with CSV quoting, save it as .csv instead."
+        )
 
 
 def _read_json_table(path: Path) -> _Table:
@@ -100,6 +122,21 @@ def _read_table(path: PathLike) -> _Table:
             path, path.read_text(encoding="utf-8-sig"), "example", "add at least one example (one per line)"
         )
     return table
+
+
+def _refuse_integer_text_columns(table: _Table, text_columns: list[str]) -> None:
+    """An inferred text column of a CSV/TSV file that holds an integer in every row is an id, not text (pandas and
+    `load_dataset("csv")` type it int64, and a JSON file's numbers are refused the same way): training on it as the
+    first sentence, with the real sentence as the second, would be a silent mistake."""
+    for column in text_columns:
+        values = [row[column].strip() for _, row in table.rows]
+        if all(value.lstrip("+-").isdigit() for value in values):
+            raise data_error(
+                table.path, table.header_line,
+                f"text column {column!r} (inferred: sentence1/sentence2, else the first two non-label columns) holds "
+                f"an integer in every row, such as {values[0]!r}: an id, not text",
+                "drop that column, put the text columns first, or name them sentence1/sentence2",
+            )
 
 
 def _label_value(raw: Any, table: _Table, line: int, column: str) -> int | float | str:
@@ -149,6 +186,8 @@ def load_classification_files(
     except ValueError as err:
         raise data_error(reference.path, reference.header_line, str(err).rstrip("."), "add a text column") from None
 
+    if not reference.is_json:
+        _refuse_integer_text_columns(reference, text_columns)
     labels_by_split: dict[str, list[Any]] = {}
     for split, table in tables.items():
         needs_label = not is_test_split(split)

@@ -27,6 +27,7 @@ from transformers import DataCollatorWithPadding, TrainingArguments, default_dat
 from dwatt import DWAttForSequenceClassification
 from dwatt.data import (
     GLUE_TASK_TO_KEYS,
+    check_known_labels,
     get_classification_label_info,
     glue_task_named_by,
     infer_text_columns,
@@ -181,10 +182,13 @@ def main():
         texts = (examples[sentence1_key],) if sentence2_key is None else (examples[sentence1_key], examples[sentence2_key])
         result = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
         if label_to_id is not None and "label" in examples:  # a test file may have no label column
-            result["label"] = [label_to_id[label] if label != -1 else -1 for label in examples["label"]]
+            # -1 marks an unlabelled row (GLUE's test splits) unless it is one of the classes.
+            result["label"] = [label_to_id.get(label, -1) for label in examples["label"]]
         return result
 
     def prepare(split: str, limit: Optional[int], few_shot: bool):
+        if label_to_id is not None:
+            check_known_labels(raw_datasets[split], split, label_list, label_to_id)
         return prepare_split(
             raw_datasets[split], split, limit, data_args.few_shot_seed if few_shot else None, training_args, preprocess,
             load_from_cache_file=not data_args.overwrite_cache,

@@ -278,6 +278,12 @@ def test_stsb_files_with_integer_scores_are_regression_and_glue_classes_are_not_
     assert get_classification_label_info(load_classification_files({"train": decimals})["train"]) == (True, None)
 
 
+def test_a_capitalised_label_header_is_named_in_the_refusal(tmp_path):
+    path = write(tmp_path / "train.csv", "Sentence,Label\ngood,1\nbad,0\n")
+    with pytest.raises(ValueError, match=r"no 'label' column, but 'Label' .* rename 'Label' to 'label'"):
+        load_classification_files({"train": path})
+
+
 def test_csv_float_labels_are_regression(tmp_path):
     path = write(tmp_path / "train.csv", "a,b,label\nx,y,0.5\nz,w,3\n")
     ds = load_classification_files({"train": path})["train"]
@@ -601,6 +607,18 @@ def test_load_ner_data_from_files_and_folder(tmp_path):
     write(empty / "notes.md", "train.txt went elsewhere\n")
     with pytest.raises(ValueError, match=r"empty: no train/valid/test files \(\.txt, \.conll, \.iob, \.iob2, \.jsonl, \.json\)"):
         load_ner_data(str(empty))
+
+
+def test_a_folder_of_tsv_files_that_names_no_glue_task_is_read_by_its_header(tmp_path):
+    """The docstring promised generic .tsv folders; train.tsv made it a GLUE folder, refused without a task name."""
+    folder = tmp_path / "reviews"
+    write(folder / "train.tsv", "text\tlabel\ngood\t1\nbad\t0\n")
+    write(folder / "dev.tsv", "text\tlabel\nfine\t1\n")
+    splits = load_text_classification_data(str(folder))
+    assert splits["train"]["text"] == ["good", "bad"] and splits["validation"]["label"] == [1]
+    write(folder / "train.tsv", "Quality\t#1 String\t#2 String\n1\ta\tb\n")  # MRPC's files in an unnamed folder
+    with pytest.raises(ValueError, match=r"If these are the files of a GLUE task, name it: task_name="):
+        load_text_classification_data(str(folder))
 
 
 def test_load_text_classification_data_local(tmp_path):

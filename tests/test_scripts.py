@@ -526,6 +526,25 @@ def test_glue_takes_a_slow_tokenizer_and_ner_refuses_it_naming_word_ids(tmp_path
     assert result.returncode != 0 and "not a fast tokenizer; the NER script needs the word ids" in result.stderr
 
 
+def test_glue_labels_minus_one_and_one_are_classes_and_an_unseen_dev_label_is_named(encoder, tmp_path):
+    """-1/1 labels were taken for GLUE's 'unlabelled' mark and training failed ("Target -1 is out of bounds"); a dev
+    label the training data lacks failed with a bare KeyError inside datasets.map."""
+    signed = [(text, 1 if label else -1) for text, label in SENTIMENT]
+    output = tmp_path / "signed"
+    run_script("run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--max_seq_length", "32",
+               "--train_file", str(write_csv(tmp_path / "train.csv", signed)),
+               "--validation_file", str(write_csv(tmp_path / "dev.csv", signed)),
+               "--output_dir", str(output), "--do_train", "--do_eval", *FAST_TRAINING)
+    assert read_json(output / "config.json")["label2id"] == {"-1": 0, "1": 1}
+    assert read_json(output / "eval_results.json")["eval_samples"] == len(signed)
+    result = run_script("run_glue_dwatt.py", "--encoder_name_or_path", str(encoder), "--max_seq_length", "32",
+                        "--train_file", str(write_csv(tmp_path / "train.csv")),
+                        "--validation_file", str(write_csv(tmp_path / "dev3.csv", SENTIMENT[:3] + [("so so", 2)])),
+                        "--output_dir", str(tmp_path / "unseen"), "--do_train", "--do_eval", *FAST_TRAINING, check=False)
+    assert result.returncode != 0
+    assert "The validation split has label(s) [2] that are not among the model's labels [0, 1]" in result.stderr
+
+
 def test_mrpc_f1_of_a_checkpoint_with_its_own_label_order_scores_equivalent(encoder, tmp_path):
     """A model trained without --task_name sorts the names (`equivalent` id 0); scored later as MRPC, F1 took id 1
     (`not_equivalent`) as the positive class: 0.0 where it is 0.79."""

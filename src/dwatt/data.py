@@ -25,7 +25,8 @@ from .glue_files import (F1_GLUE_TASKS, GLUE_TASK_TO_KEYS, GLUE_TASKS, glue_task
                          is_glue_folder, load_glue_folder, load_glue_tsv, normalize_glue_task_name)
 from .ner_files import (CONLL2003_NER_LABELS, CONLL_TAG_COLUMNS, get_ner_label_list, load_conll, load_ner_files,
                         load_ner_jsonl, subword_labels)
-from .table_files import get_classification_label_info, infer_text_columns, load_classification_files
+from .table_files import (check_known_labels, get_classification_label_info, infer_text_columns,
+                          load_classification_files)
 from .text_files import PathLike, check_data_files, is_test_split, looks_like_local_path
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "CONLL_TAG_COLUMNS",
     "GLUE_TASKS",
     "GLUE_TASK_TO_KEYS",
+    "check_known_labels",
     "get_classification_label_info",
     "get_ner_label_list",
     "glue_task_named_by",
@@ -136,6 +138,14 @@ def _labelled_as_the_glue_task(splits: DatasetDict, task_name: str | None, label
     return splits
 
 
+def _names_a_glue_task(name: str) -> bool:
+    try:
+        normalize_glue_task_name(name)
+    except ValueError:
+        return False
+    return True
+
+
 def load_text_classification_data(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -156,7 +166,8 @@ def load_text_classification_data(
        CSV/TSV/JSON(-lines) files as in `load_classification_files`.
     2. `dataset_name` naming a local folder: a GLUE task folder (`train.tsv`/`dev.tsv`, or a `$GLUE_DIR` holding
        `SST-2/`, ...; the task comes from `task_name`, `dataset_config_name` or the folder name), else a folder with
-       `train`/`validation|valid|dev`/`test` `.csv`/`.tsv`/`.json`/`.jsonl` files.
+       `train`/`validation|valid|dev`/`test` `.csv`/`.tsv`/`.json`/`.jsonl` files (`.tsv` files of a folder that
+       names no GLUE task included, read by their header).
     3. `dataset_name` (+ `dataset_config_name`): `datasets.load_dataset` from the Hub, e.g. `nyu-mll/glue`, `sst2`.
     4. `task_name` alone: `load_dataset("nyu-mll/glue", task_name)`, as run_glue.py does.
     """
@@ -177,14 +188,22 @@ def load_text_classification_data(
             raise ValueError(f"{folder}: local dataset folder not found.")
         task = task_name or dataset_config_name
         glue_dir = glue_task_dir(folder, task)
-        if is_glue_folder(glue_dir):
+        # GLUE's layout (train.tsv, dev.tsv) with a GLUE task named by the arguments or the folder: the task's columns
+        # and labels. Other folders of .tsv files are read as any table, by their header.
+        if is_glue_folder(glue_dir) and _names_a_glue_task(task or glue_dir.name):
             return load_glue_folder(glue_dir, task)
         found = find_split_files(folder, SPLIT_STEMS, (".csv", ".tsv", ".jsonl", ".json"))
         if not found:
             raise ValueError(
                 f"{folder}: found neither GLUE files (train.tsv, dev.tsv) nor train/validation/test .csv/.json files."
             )
-        return _labelled_as_the_glue_task(load_classification_files(found, label_list=label_list), task, label_list)
+        try:
+            splits = load_classification_files(found, label_list=label_list)
+        except ValueError as err:
+            if is_glue_folder(glue_dir):  # GLUE's files read by their header lack a `label` column, say
+                raise type(err)(f"{err} (If these are the files of a GLUE task, name it: task_name='sst2', …)") from None
+            raise
+        return _labelled_as_the_glue_task(splits, task, label_list)
 
     if dataset_name is not None:
         return _load_from_hub(dataset_name, dataset_config_name, revision, cache_dir, token)

@@ -7,7 +7,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,14 @@ def load_classification_files(
     """
     files = check_data_files(data_files)
     tables = {split: _read_table(path) for split, path in files.items()}
+    for table in tables.values():
+        near = [column for column in table.columns if column.strip().lower() == label_column and column != label_column]
+        if near and label_column not in table.columns:
+            raise data_error(
+                table.path, table.header_line,
+                f"no {label_column!r} column, but {near[0]!r} (column names are case-sensitive: it would be read as text)",
+                f"rename {near[0]!r} to {label_column!r}",
+            )
 
     reference = tables.get("train", next(iter(tables.values())))
     try:
@@ -299,3 +307,27 @@ def get_classification_label_info(
     if getattr(feature, "dtype", None) in ("float32", "float64"):
         return True, None
     return False, sorted(train_dataset.unique(label_column))
+
+
+def check_known_labels(dataset: Dataset, split: str, label_list: Sequence[Any], known: Collection[Any]) -> None:
+    """Refuses labels of `split` that the model has no output for (`known`: the raw label values it maps; without
+    this check preprocessing failed with a bare KeyError), and -1, GLUE's mark of an unlabelled row, outside test
+    splits (training on it failed with "Target -1 is out of bounds") unless -1 is one of the classes."""
+    if "label" not in dataset.column_names:
+        return
+    feature = dataset.features["label"]
+    unknown = [value for value in dataset.unique("label")
+               if value not in known and not (value == -1 and is_test_split(split))]
+    if not unknown:
+        return
+    if unknown == [-1]:
+        raise UnknownLabelError(
+            f"The {split} split has rows labelled -1, which marks an unlabelled row (GLUE's test splits), while "
+            f"the model's labels are {list(label_list)}: give those rows their labels, or leave them out."
+        )
+    shown = sorted((feature.names[v] if isinstance(feature, ClassLabel) and v >= 0 else v for v in unknown), key=str)
+    raise UnknownLabelError(
+        f"The {split} split has label(s) {shown[:10]}{' …' if len(shown) > 10 else ''} that are not among the "
+        f"model's labels {list(label_list)} (the training data's, or the checkpoint's): a classifier has no output "
+        "for them. Correct those labels, or add examples of them to the training data."
+    )

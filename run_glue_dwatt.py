@@ -46,7 +46,6 @@ from dwatt.script_utils import (
     finish_run,
     parse_arguments,
     prepare_split,
-    remove_earlier_results,
     run_hyperparameters,
     setup_logging,
     train_and_evaluate,
@@ -106,7 +105,6 @@ def glue_dataset_id(data_args: DataTrainingArguments) -> str:
 def main():
     model_args, data_args, training_args = parse_arguments((ModelArguments, DataTrainingArguments, TrainingArguments))
     setup_logging(training_args, logger)
-    remove_earlier_results(training_args, logger)
     check_distributed_launch(training_args)
     set_seed(training_args.seed)
 

@@ -47,6 +47,7 @@ from dwatt.trainer import DWAttTrainer
 from dwatt.peft_utils import (
     DEFAULT_LORA_TARGET_MODULES,
     added_token_ids,
+    check_checkpoint_fits,
     default_lora_target_modules,
     get_lora_model,
     lora_config,
@@ -786,6 +787,9 @@ def test_lora_keeps_its_settings_file_with_the_method_added(tmp_path):
     trainer.save_model()
     summary = json.loads((tmp_path / "lora.json").read_text())
     assert (summary["method"], summary["r"], summary["lora_alpha"], summary["merged"]) == ("LORA", 4, 8, True)
+    # The model's parameters and the adapter's (PEFT's own total also counted the frozen head the adapter copies).
+    lora = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
+    assert summary["total_parameters"] == make_model("token").num_parameters() + lora
     assert not (tmp_path / "peft.json").exists()
 
 
@@ -839,6 +843,62 @@ def test_the_refusal_names_the_fix_for_the_method_in_use(tmp_path):
     config = PrefixTuningConfig(task_type="TOKEN_CLS", num_virtual_tokens=2, **prefix_tuning_sizes(model))
     with pytest.raises(ValueError, match=r"Add modules_to_save=\['fusion_classifier'\] to your PrefixTuningConfig"):
         DWAttTrainer(model=get_peft_model(model, config), args=cpu_args(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Resuming: the checkpoint must fit the model (adapter or whole model, the same adapter settings, the same head)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_refused_before_loading(tmp_path):
+    """A merged final save resumed into a LoRA model loaded nothing (strict=False) and trained on from the untrained
+    model without a word; an adapter saved with lora_alpha 8 resumed at 32 scaled its effect 4x, silently."""
+    whole = tmp_path / "merged"
+    make_model("token").save_pretrained(whole)
+    with pytest.raises(ValueError, match="holds a whole model, and this run trains a PEFT adapter"):
+        check_checkpoint_fits(str(whole), get_lora_model(make_model("token"), lora_alpha=8))
+    adapter = tmp_path / "adapter"
+    get_lora_model(make_model("token"), lora_alpha=8).save_pretrained(adapter)
+    with pytest.raises(ValueError, match="holds a PEFT adapter .* this run's model has none: resume with --use_lora"):
+        check_checkpoint_fits(str(adapter), make_model("token"))
+    with pytest.raises(ValueError, match=r"other adapter settings than this run's \(lora_alpha: 8 in the checkpoint, 32 now\)"):
+        check_checkpoint_fits(str(adapter), get_lora_model(make_model("token"), lora_alpha=32))
+    with pytest.raises(ValueError, match=r"target_modules: \['query', 'value'\] in the checkpoint, \['key', 'query', 'value'\] now"):
+        check_checkpoint_fits(str(adapter), get_lora_model(make_model("token"), lora_alpha=8,
+                                                           target_modules=["query", "key", "value"]))
+    check_checkpoint_fits(str(adapter), get_lora_model(make_model("token"), lora_alpha=8))  # the same settings
+    check_checkpoint_fits(str(whole), make_model("token"))
+
+
+def test_resuming_an_adapter_under_another_head_names_the_options(tmp_path):
+    from test_trainer_loop import collate, make_examples, training_args
+
+    def trainer_for(fusion: str) -> DWAttTrainer:
+        return DWAttTrainer(model=get_lora_model(make_model("token", fusion=fusion)), data_collator=collate,
+                            train_dataset=make_examples("token", 4),
+                            args=training_args(tmp_path, max_steps=1, save_strategy="steps", save_steps=1))
+
+    trainer_for("dwatt").train()
+    with pytest.raises(ValueError, match="checkpoint-1 does not fit this run's model .*--fusion and the head options"):
+        trainer_for("scalar_mix").train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+
+
+def test_lora_script_refuses_its_merged_output_as_a_checkpoint_and_an_adapter_as_a_model(tmp_path):
+    encoder = tiny_encoder_folder(tmp_path / "encoder")
+    data = write_conll_folder(tmp_path / "conll")
+    output = tmp_path / "out"
+    command = ["run_ner_dwatt.py", "--encoder_name_or_path", str(encoder), "--dataset_name", str(data),
+               "--output_dir", str(output), "--do_train", "--do_eval", "--use_lora", "--max_steps", "2",
+               "--save_strategy", "steps", "--save_steps", "1", "--per_device_train_batch_size", "2",
+               "--report_to", "none", "--seed", "0"]
+    run_script(*command)
+    before = {name: (output / name).read_bytes() for name in ("model.safetensors", "eval_results.json", "lora.json")}
+    result = run_script(*command, "--resume_from_checkpoint", str(output), check=False)
+    assert result.returncode != 0 and "holds a whole model, and this run trains a PEFT adapter" in result.stderr
+    assert {name: (output / name).read_bytes() for name in before} == before  # the trained run and its results stay
+    result = run_script("run_ner_dwatt.py", "--model_name_or_path", str(output / "checkpoint-2"), "--dataset_name",
+                        str(data), "--output_dir", str(tmp_path / "eval"), "--do_eval", "--report_to", "none", check=False)
+    assert result.returncode != 0 and "checkpoint-2 holds a PEFT adapter (a checkpoint written during a --use_lora run), not a model" in result.stderr
 
 
 # --------------------------------------------------------------------------------------------------------------------

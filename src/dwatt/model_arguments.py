@@ -3,6 +3,7 @@
 import json
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import ClassVar, Optional, Union
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -141,6 +142,14 @@ class ModelArguments:
             raise ValueError(
                 "--encoder_num_layers cuts a plain pretrained encoder when wrapping it: give it with "
                 "--encoder_name_or_path (a DWAtt checkpoint keeps the layers it was trained with)."
+            )
+        source = Path(self.source)
+        if (source / "adapter_config.json").is_file() and not (source / "config.json").is_file():
+            raise ValueError(
+                f"{self.source} holds a PEFT adapter (a checkpoint written during a --use_lora run), not a model. "
+                "Evaluate or continue from the run's output folder, which holds the merged model; resume that run "
+                "with --resume_from_checkpoint and its own options; or, in Python, load the adapter onto its base "
+                "with peft.PeftModel.from_pretrained(base, folder)."
             )
         if self.fusion not in FUSION_CHOICES:
             raise ValueError(f"Unknown --fusion {self.fusion!r}: choose one of {', '.join(FUSION_CHOICES)}.")

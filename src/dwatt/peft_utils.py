@@ -24,8 +24,10 @@ branches passed when run by hand):
 """
 
 import copy
+import json
 import logging
 import re
+from pathlib import Path
 from typing import Optional, Union
 
 from torch import nn
@@ -321,10 +323,15 @@ def check_peft_model(peft_model) -> None:
         )
 
 
+def peft_model_config(peft_model):
+    """The PEFT config of the active adapter."""
+    return peft_model.peft_config[peft_model.active_adapter]
+
+
 def can_merge(peft_model) -> bool:
     """Whether the active adapter merges into the weights (`merge_and_unload`): LoRA and the other methods that
     change the encoder's weights do; prompt learning (prompt tuning, P-tuning, prefix tuning) adds inputs instead."""
-    return not peft_model.peft_config[peft_model.active_adapter].is_prompt_learning
+    return not peft_model_config(peft_model).is_prompt_learning
 
 
 def merged_copy(peft_model) -> nn.Module:
@@ -362,7 +369,7 @@ def peft_summary(peft_model) -> dict:
     """The PEFT method and settings of a PEFT model's active adapter, for logs and model cards: `method` (PEFT's
     type: `LORA`, `PREFIX_TUNING`, …), its settings, `target_modules` (methods on the encoder's layers), the
     parameter counts, and `merged` (whether a final save merges it, `can_merge`)."""
-    config = peft_model.peft_config[peft_model.active_adapter]
+    config = peft_model_config(peft_model)
     method = str(getattr(config.peft_type, "value", config.peft_type))
     summary = {"method": method}
     for name in PEFT_SETTINGS:
@@ -374,7 +381,10 @@ def peft_summary(peft_model) -> dict:
     targets = getattr(config, "target_modules", None)
     if targets is not None:
         summary["target_modules"] = targets if isinstance(targets, str) else sorted(targets)
-    trainable, total = peft_model.get_nb_trainable_parameters()
+    # The model's parameters and the adapter's. (PEFT's own total also counts the frozen originals of the head and
+    # classifier that it trains copies of, a model's worth of head too many.)
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    total = sum(p.numel() for name, p in peft_model.named_parameters() if ".original_module." not in name)
     summary.update(trainable_parameters=int(trainable), total_parameters=int(total), merged=can_merge(peft_model))
     if not summary["merged"]:  # the model the adapter runs on (None for one built with from_encoder_pretrained)
         summary["base_model"] = config.base_model_name_or_path
@@ -391,10 +401,61 @@ def peft_loss_extras(peft_model) -> Optional[str]:
     (AdaLoRA's orthogonal regularisation); None when nothing."""
     if not is_peft_model(peft_model):
         return None
-    config = peft_model.peft_config[peft_model.active_adapter]
+    config = peft_model_config(peft_model)
     if config.peft_type == "ADALORA" and getattr(config, "orth_reg_weight", 0):
         return f"AdaLoRA's orthogonal regularisation (orth_reg_weight={config.orth_reg_weight})"
     return None
+
+
+# The settings of an adapter that shape what it trains: a checkpoint resumed under other values would load, and train
+# on with them (an alpha 4x larger scales the adapter's effect 4x at the step it resumes), or fail deep in loading.
+ADAPTER_SHAPING_SETTINGS = ("peft_type", *PEFT_SETTINGS, "target_modules", "exclude_modules", "modules_to_save",
+                            "bias", "layers_to_transform")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _comparable(value):
+    return sorted(value) if isinstance(value, (list, set, tuple)) else value
+
+
+def check_checkpoint_fits(checkpoint: str, model: nn.Module) -> None:
+    """Refuses to resume `model` (a PEFT model or not) from a checkpoint folder that would load wrongly: a whole model
+    into a PEFT model (the merged final save of a LoRA run: Trainer loads it with strict=False, nothing matches, and
+    training restarts from the untrained model without a word), an adapter into a model without one, or an adapter
+    saved with other settings than the model's."""
+    folder = Path(checkpoint)
+    holds_adapter = any((folder / name).is_file() for name in ADAPTER_FILES)
+    holds_model = any((folder / name).is_file() for name in MODEL_FILES)
+    if not is_peft_model(model):
+        if holds_adapter and not holds_model:
+            raise ValueError(
+                f"{checkpoint} holds a PEFT adapter (a checkpoint of a --use_lora run), and this run's model has none: "
+                "resume with --use_lora and that run's --lora_* options."
+            )
+        return
+    if holds_model and not holds_adapter:
+        raise ValueError(
+            f"{checkpoint} holds a whole model, and this run trains a PEFT adapter: a --use_lora run resumes from its "
+            "checkpoint-* folders (its final save is the merged model, not an adapter). Resume a run without "
+            f"--use_lora from it, or start a new run from a model folder (--model_name_or_path {checkpoint})."
+        )
+    saved_path = folder / "adapter_config.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    current = peft_model_config(model).to_dict()
+    differing = [
+        f"{name}: {_comparable(saved[name])!r} in the checkpoint, {_comparable(current[name])!r} now"
+        for name in ADAPTER_SHAPING_SETTINGS
+        if name in saved and name in current and _comparable(saved[name]) != _comparable(current[name])
+    ]
+    if differing:
+        raise ValueError(
+            f"{checkpoint} was saved with other adapter settings than this run's ({'; '.join(differing)}). Resume "
+            "with the options of the run that wrote it (--lora_r, --lora_alpha, --lora_dropout, "
+            "--lora_target_modules), or start a new run."
+        )
 
 
 def apply_lora_from_args(model: nn.Module, model_args) -> nn.Module:

@@ -17,6 +17,7 @@ from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
 from dwatt.attention_patterns import SUGGESTION_EXAMPLES, guide_suggested_heads
 from dwatt.data import select_few_shot
 from dwatt.distributed import join_cpu_process_group
+from dwatt.peft_utils import check_checkpoint_fits
 
 
 def parse_arguments(dataclass_types: tuple) -> tuple:
@@ -198,7 +199,11 @@ def train_and_evaluate(trainer, training_args: TrainingArguments, train_dataset,
     eval_results.json.
     """
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        resume = training_args.resume_from_checkpoint
+        if isinstance(resume, str) and os.path.isdir(resume):  # refused before the earlier results are removed
+            check_checkpoint_fits(resume, trainer.accelerator.unwrap_model(trainer.model))
+        remove_earlier_results(training_args, logger)  # here, so that a run that fails before training keeps them
+        train_result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()  # weights, code files, config with auto_map, tokenizer
         metrics = train_result.metrics
         metrics["train_samples"] = len(train_dataset)

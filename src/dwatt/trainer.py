@@ -46,6 +46,7 @@ from .model_utils import MODEL_INPUTS, unwrap_dwatt_model
 from .modeling_dwatt import sequence_classification_loss
 from .peft_utils import (
     can_merge,
+    check_checkpoint_fits,
     check_peft_model,
     is_peft_model,
     merged_copy,
@@ -241,6 +242,19 @@ class DWAttTrainer(Trainer):
         if self.model is not None and self.model_init is None:
             check_peft_model(self.model)
         return super().train(*args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Trainer's, once the checkpoint is known to fit the model (`dwatt.peft_utils.check_checkpoint_fits`), and
+        with what to do when its weights do not (another head, other adapter target modules)."""
+        check_checkpoint_fits(resume_from_checkpoint, self._unwrapped_model())
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        except (KeyError, RuntimeError) as err:
+            raise ValueError(
+                f"{resume_from_checkpoint} does not fit this run's model ({type(err).__name__}: {err}). Resume with "
+                "the options of the run that wrote it (--fusion and the head options; --use_lora and its --lora_* "
+                "options), or start a new run."
+            ) from err
 
     def _model_for_card(self):
         model = self._unwrapped_model()

@@ -149,7 +149,7 @@ def main():
     if data_args.task_name is not None:
         sentence1_key, sentence2_key = GLUE_TASK_TO_KEYS[data_args.task_name]
     else:
-        sentence1_key, sentence2_key = infer_text_columns([c for c in reference.column_names if c != "idx"])
+        sentence1_key, sentence2_key = infer_text_columns(reference.column_names)
     for key in (sentence1_key, sentence2_key):
         if key is not None and key not in reference.column_names:
             raise ValueError(f"Text column {key!r} is missing (columns: {reference.column_names}).")

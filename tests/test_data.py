@@ -6,6 +6,7 @@ reads the real benchmark files (../shared/data) only checks row/sentence counts 
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -197,6 +198,9 @@ def test_glue_empty_file(tmp_path, content, line):
         (["text", "label"], ("text", None)),
         (["label", "premise", "hypothesis", "extra"], ("premise", "hypothesis")),
         (["id", "sentence2", "label", "sentence1"], ("sentence1", "sentence2")),
+        (["id", "sentence", "label"], ("sentence", None)),  # run_glue.py: ("id", "sentence")
+        (["index", "sentence"], ("sentence", None)),  # GLUE's test files
+        (["idx", "question", "sentence", "label"], ("question", "sentence")),  # the Hub's GLUE
     ],
 )
 def test_infer_text_columns_like_run_glue(columns, expected):
@@ -236,28 +240,35 @@ def test_csv_error_inside_multiline_row_names_its_first_line(tmp_path):
     assert_names_line(excinfo, path, 3)
 
 
-def test_a_tsv_file_is_read_without_quoting_as_glues_are(tmp_path, caplog):
+def test_a_tsv_file_is_read_as_glues_are_unless_it_is_quoted_as_csv(tmp_path):
     """With CSV quoting, a sentence opening with `"` took the rows after it into one field: 5 rows became 3, silently
-    (RTE's train.tsv without --task_name lost quotes in 71 sentences)."""
+    (RTE's train.tsv without --task_name lost quotes in 71 sentences). A TSV file pandas wrote (`to_csv(sep="\t")`)
+    is quoted as CSV, though: a value holding `"` is wrapped and its quotes doubled, one holding a line break wrapped."""
     sentences = ['"Quoted" at the start', "plain", 'unbalanced " quote', "another", "last one"]
     path = write(tmp_path / "train.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(sentences)))
     ds = load_classification_files({"train": path})["train"]
     assert ds["sentence"] == sentences and ds["label"] == [0, 1, 0, 1, 0]
-    assert "look quoted" not in caplog.text
-    # A TSV written with CSV quoting (pandas' to_csv(sep="\t")) keeps its quote characters, and the log says why.
-    quoted = write(tmp_path / "quoted.tsv", 'sentence\tlabel\n"He said ""hi"""\t1\nplain\t0\n')
-    ds = load_classification_files({"train": quoted})["train"]
-    assert ds["sentence"] == ['"He said ""hi"""', "plain"]
-    assert "quoted.tsv: 1 field(s) (the first on line 2) look quoted as in a CSV file" in caplog.text
+    written_by_pandas = ['He said "hi" to me', "two\nlines", "plain"]
+    frame = tmp_path / "pandas.tsv"
+    with frame.open("w", newline="") as handle:  # what pandas writes: csv's minimal quoting
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["sentence", "label"])
+        writer.writerows([text, i % 2] for i, text in enumerate(written_by_pandas))
+    assert load_classification_files({"train": frame})["train"]["sentence"] == written_by_pandas
+    only_quotes = write(tmp_path / "quotes.tsv", 'sentence\tlabel\n"He said ""hi"""\t1\nplain\t0\n')
+    assert load_classification_files({"train": only_quotes})["train"]["sentence"] == ['He said "hi"', "plain"]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv"])
 def test_an_integer_id_column_is_not_taken_for_the_first_sentence(tmp_path, suffix):
-    """`id,sentence,label`: every CSV cell is a string, so `id` became sentence 1 and the model trained on pairs."""
+    """`id,sentence,label`: every CSV cell is a string, so `id` became sentence 1 and the model trained on pairs. An id
+    column is left out by its name; one under another name is refused, as it holds an integer in every row."""
     sep = "," if suffix == ".csv" else "\t"
     path = write(tmp_path / f"train{suffix}", f"id{sep}sentence{sep}label\n7{sep}good{sep}1\n8{sep}bad{sep}0\n")
-    with pytest.raises(ValueError, match=r"text column 'id' .* holds an integer in every row, such as '7': an id"):
-        load_classification_files({"train": path})
+    assert load_classification_files({"train": path})["train"]["sentence"] == ["good", "bad"]
+    other = write(tmp_path / f"other{suffix}", f"pair_id{sep}sentence{sep}label\n7{sep}good{sep}1\n8{sep}bad{sep}0\n")
+    with pytest.raises(ValueError, match=r"text column 'pair_id' .* holds an integer in every row, such as '7': an id"):
+        load_classification_files({"train": other})
     numbered = write(tmp_path / f"numbers{suffix}", f"sentence{sep}label\n7 days{sep}1\n8{sep}0\n")
     assert load_classification_files({"train": numbered})["train"]["sentence"] == ["7 days", "8"]
 
@@ -471,9 +482,12 @@ def test_conll_files_as_users_have_them(tmp_path, content):
     assert get_ner_label_list(ds) == ["B-LOC", "B-PER", "O"]
 
 
-def test_a_hash_token_inside_a_sentence_stays_a_token(tmp_path):
-    ds = load_conll(write(tmp_path / "data.conll", "Call O\n# O\n5 O\n"))
-    assert ds["tokens"] == [["Call", "#", "5"]]
+def test_a_hash_token_stays_a_token(tmp_path):
+    """A `#` line is a comment only where it cannot be a token line: at a sentence start, with another width or a
+    tag the file's token lines do not use."""
+    ds = load_conll(write(tmp_path / "data.conll", "Call O\n# O\n5 O\n\n#\tB-MISC\nWinning\tI-MISC\n\n# newdoc\n\nday O\n"))
+    assert ds["tokens"] == [["Call", "#", "5"], ["#", "Winning"], ["day"]]
+    assert get_ner_label_list(ds) == ["B-MISC", "I-MISC", "O"]
 
 
 @pytest.mark.parametrize(

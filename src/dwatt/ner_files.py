@@ -34,6 +34,7 @@ class _Sentence:
     lines: list[int]
 
 
+_IOB_TAG = re.compile(r"O|[BIESL]-\S+")  # O, B-PER, I-ORG, E-LOC, S-MISC, L-… (IOB1/IOB2/IOBES/BILOU)
 _COLUMN_SPLIT = re.compile(r"[ \t]+")  # ASCII blanks only: str.split() would also break tokens at U+00A0 etc.
 
 
@@ -45,8 +46,10 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
     """Parse a CoNLL column file: token first, tag last, 2-4 columns, blank lines between sentences. `tag_column`
     "pos_tags"/"chunk_tags" reads the POS or chunk tags of a 4-column file instead of the last column's.
 
-    `-DOCSTART-` lines end a sentence; lines whose first column is `#` before a sentence's first token are comments
-    (CoNLL-U's `# sent_id = 1`, MultiCoNER's `# id … domain=en`) and skipped."""
+    `-DOCSTART-` lines end a sentence. A line whose first column is `#` before a sentence's first token is a comment
+    (the convention of CoNLL-U's `# sent_id = 1` and MultiCoNER's `# id … domain=en`), skipped, unless it reads as a
+    token line of the file: as many columns as its token lines, and a tag they use or an IOB tag (`#\tO`, a real
+    `#` token)."""
     if tag_column not in CONLL_TAG_COLUMNS:
         raise ValueError(
             f"{path}: CoNLL column files hold NER, POS and chunk tags ({', '.join(CONLL_TAG_COLUMNS)}), not "
@@ -56,15 +59,15 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
     # One line end however many carriage returns precede it: a CRLF file rewritten in text mode on Windows ends its
     # lines in \r\r\n, which universal newlines would read as a blank line (a sentence break) after every token.
     text = re.sub(r"\r+\n", "\n", read_text(path))
-    sentences: list[_Sentence] = []
-    current = _Sentence([], [], [])
+    sentences: list[tuple[_Sentence, list[tuple[list[str], int]]]] = []  # each with its leading `#` lines
+    current, leading = _Sentence([], [], []), []
     first_width: tuple[int, int] | None = None  # (columns, line) of the first token line
 
     def flush() -> None:
-        nonlocal current
-        if current.tokens:
-            sentences.append(current)
-        current = _Sentence([], [], [])
+        nonlocal current, leading
+        if current.tokens or leading:
+            sentences.append((current, leading))
+        current, leading = _Sentence([], [], []), []
 
     for line, raw in enumerate(io.StringIO(text, newline=None), start=1):
         stripped = raw.strip(" \t\r\n\ufeff")  # U+FEFF: the byte-order mark of each file of a concatenation
@@ -75,7 +78,8 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
         if columns[0] == "-DOCSTART-":
             flush()  # a document boundary also ends a sentence
             continue
-        if columns[0] == "#" and not current.tokens:  # a comment line before a sentence
+        if columns[0] == "#" and not current.tokens:  # a comment, or a `#` token: told apart once the tags are known
+            leading.append((columns, line))
             continue
         if not 2 <= len(columns) <= 4:
             raise data_error(
@@ -103,12 +107,34 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
         current.tags.append(columns[tag_index].strip())  # tags hold no blanks: a trailing U+00A0 is not part of it
         current.lines.append(line)
     flush()
+    sentences = _without_comment_lines(sentences, first_width[0] if first_width else 0, tag_index)
 
     if not sentences:
         raise empty_file_error(
             path, text, "sentence", "write one 'token ... tag' line per token and a blank line between sentences"
         )
     return sentences
+
+
+def _without_comment_lines(sentences: list[tuple[_Sentence, list[tuple[list[str], int]]]], width: int,
+                           tag_index: int) -> list[_Sentence]:
+    """The sentences with their leading `#` lines that read as token lines (the file's width, and a tag its token
+    lines use or one shaped as an IOB tag) put back in front, the comments dropped, and sentences of comments only
+    gone."""
+    tags = {tag for sentence, _ in sentences for tag in sentence.tags}
+
+    def is_token_line(columns: list[str]) -> bool:
+        return len(columns) == width and (columns[tag_index] in tags or _IOB_TAG.fullmatch(columns[tag_index]) is not None)
+
+    kept = []
+    for sentence, leading in sentences:
+        tokens = [(columns, line) for columns, line in leading if is_token_line(columns)]
+        sentence.tokens[:0] = [columns[0] for columns, _ in tokens]
+        sentence.tags[:0] = [columns[tag_index] for columns, _ in tokens]
+        sentence.lines[:0] = [line for _, line in tokens]
+        if sentence.tokens:
+            kept.append(sentence)
+    return kept
 
 
 def _read_ner_jsonl_sentences(

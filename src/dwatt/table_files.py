@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,15 +16,19 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from .text_files import (PathLike, UnknownLabelError, check_data_files, data_error, empty_file_error, is_test_split,
                          iter_json_objects, read_text)
 
-logger = logging.getLogger(__name__)
+
+
+# Row ids, not text: the Hub's GLUE has `idx`, GLUE's test files `index`, many files `id` or `guid`.
+ID_COLUMNS = frozenset({"idx", "id", "index", "guid"})
 
 
 def infer_text_columns(column_names: Sequence[str], label_column: str = "label") -> tuple[str, str | None]:
-    """Pick the text column(s) the way run_glue.py does for CSV/JSON files.
+    """Pick the text column(s) the way run_glue.py does for CSV/JSON files, id columns (`ID_COLUMNS`) left out.
 
-    `sentence1`/`sentence2` if both exist, else the first two non-label columns, else the only non-label column.
+    `sentence1`/`sentence2` if both exist, else the first two other columns, else the only other column. (run_glue.py
+    would take an `id` column as the first sentence, and the real sentence as the second.)
     """
-    non_label = [name for name in column_names if name != label_column]
+    non_label = [name for name in column_names if name != label_column and name.lower() not in ID_COLUMNS]
     if "sentence1" in non_label and "sentence2" in non_label:
         return "sentence1", "sentence2"
     if len(non_label) >= 2:
@@ -50,12 +53,9 @@ class _Table:
 
 def _read_csv_table(path: Path, delimiter: str) -> _Table:
     text = read_text(path)
-    tsv = delimiter == "\t"
-    # CSV: the default (minimal) quoting of `load_dataset("csv")`/pandas, quoted fields may hold delimiters and
-    # newlines. TSV has no quoting (GLUE's files are written so): a sentence that opens with `"` would otherwise take
-    # the rows after it into one field, and those rows would be gone without a word.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
-                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else _tsv_quoting(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    quoted = quoting == csv.QUOTE_MINIMAL
     header: list[str] | None = None
     header_line = 1
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -73,29 +73,41 @@ def _read_csv_table(path: Path, delimiter: str) -> _Table:
                     path,
                     line,
                     f"expected {len(header)} fields {header}, found {len(fields)}",
-                    f"give every row one value per header column; quote values that contain {delimiter!r}",
+                    "give every row one value per header column; "
+                    + (f"quote values that contain {delimiter!r}" if quoted else
+                       "a TSV value cannot hold a tab or a line break (or write the file as CSV, with quoting)"),
                 )
             rows.append((line, dict(zip(header, fields))))
     except csv.Error as err:
         raise data_error(path, start, f"unreadable CSV row ({err})", "check the quoting of this row") from None
     if header is None:
         raise empty_file_error(path, text, "header row", "the file should start with a header row naming the columns")
-    if tsv:
-        _warn_of_csv_quoting(path, rows)
     return _Table(path, list(header), rows, header_line, is_json=False)
 
 
-def _warn_of_csv_quoting(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> None:
-    """Says so when a TSV file looks quoted as a CSV file is (pandas' `to_csv(sep="\t")` wraps a field holding `"`
-    in quotes and doubles the `"`s inside): read without quoting, those fields keep the quote characters."""
-    quoted = [line for line, row in rows for value in row.values()
-              if len(value) > 1 and value[0] == value[-1] == '"' and '""' in value[1:-1]]
-    if quoted:
-        logger.warning(
-            f"{path}: {len(quoted)} field(s) (the first on line {quoted[0]}) look quoted as in a CSV file (wrapped in "
-            '" with "" inside). TSV files are read without quoting, as GLUE\'s are, so those fields keep their quote '
-            "characters. If the file was written with CSV quoting, save it as .csv instead."
-        )
+def _tsv_quoting(text: str) -> int:
+    """How to read a TSV file: without quoting, as GLUE's files are written (a sentence opening with `"`, read with
+    CSV quoting, took the rows after it into one field, and they were gone without a word), unless the file is
+    quoted as CSV: every value holding a `"` wrapped in quotes with its own quotes doubled (pandas'
+    `to_csv(sep="\t")`), or values that only CSV quoting reads as one (a line break inside quotes)."""
+    def rows(quoting: int) -> list[list[str]]:
+        return [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=quoting) if r and r != [""]]
+
+    plain = rows(csv.QUOTE_NONE)
+    with_quotes = [value for row in plain for value in row if '"' in value]
+    if not with_quotes:
+        return csv.QUOTE_NONE  # both readings agree
+    csv_quoted = all(len(v) > 1 and v[0] == v[-1] == '"' and '"' not in v[1:-1].replace('""', "") for v in with_quotes)
+    try:
+        quoted = rows(csv.QUOTE_MINIMAL)
+    except csv.Error:
+        return csv.QUOTE_NONE
+    def one_width(table: list[list[str]]) -> bool:
+        return len({len(row) for row in table}) == 1
+
+    if csv_quoted or (not one_width(plain) and one_width(quoted)):
+        return csv.QUOTE_MINIMAL
+    return csv.QUOTE_NONE
 
 
 def _read_json_table(path: Path) -> _Table:
@@ -125,15 +137,16 @@ def _read_table(path: PathLike) -> _Table:
 
 
 def _refuse_integer_text_columns(table: _Table, text_columns: list[str]) -> None:
-    """An inferred text column of a CSV/TSV file that holds an integer in every row is an id, not text (pandas and
-    `load_dataset("csv")` type it int64, and a JSON file's numbers are refused the same way): training on it as the
-    first sentence, with the real sentence as the second, would be a silent mistake."""
+    """An inferred text column of a CSV/TSV file that holds an integer in every row is an id under another name than
+    `ID_COLUMNS` (pandas and `load_dataset("csv")` type it int64, and a JSON file's numbers are refused the same way):
+    training on it as the first sentence, with the real sentence as the second, would be a silent mistake."""
     for column in text_columns:
         values = [row[column].strip() for _, row in table.rows]
         if all(value.lstrip("+-").isdigit() for value in values):
             raise data_error(
                 table.path, table.header_line,
-                f"text column {column!r} (inferred: sentence1/sentence2, else the first two non-label columns) holds "
+                f"text column {column!r} (inferred: sentence1/sentence2, else the first two columns besides the label "
+                f"and ids) holds "
                 f"an integer in every row, such as {values[0]!r}: an id, not text",
                 "drop that column, put the text columns first, or name them sentence1/sentence2",
             )

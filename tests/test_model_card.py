@@ -84,8 +84,13 @@ def test_mnli_rows_name_the_matched_and_mismatched_splits(limits, counts, splits
                     **{key: value for key, value in counts.items() if key.startswith("eval")}}
     test_metrics = {"predict_accuracy": 0.8, "predict_accuracy_mm": 0.78,
                     **{key: value for key, value in counts.items() if key.startswith("predict")}}
-    card = build_model_card(model, "text-classification", "glue", dataset_config="mnli", eval_metrics=eval_metrics,
-                            test_metrics=test_metrics, command="python run.py", seq_len=16, hyperparameters=limits)
+    card = build_model_card(model, "text-classification", "nyu-mll/glue", dataset_config="mnli",
+                            eval_metrics=eval_metrics, test_metrics=test_metrics, command="python run.py", seq_len=16,
+                            hyperparameters=limits)
     assert {(result.metric_type, result.dataset_split) for result in card.data.eval_results} == splits
     for metric, split in splits:
         assert f"| {split} | {metric} |" in card.text
+    # The user's own MNLI files (--task_name mnli --validation_file …) have a plain validation split.
+    own = build_model_card(model, "text-classification", "my-nli", dataset_config="mnli",
+                           eval_metrics={"eval_accuracy": 0.8}, command="python run.py", seq_len=16)
+    assert [result.dataset_split for result in own.data.eval_results] == ["validation"]

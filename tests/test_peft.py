@@ -19,6 +19,7 @@ from peft import (
     AutoPeftModelForTokenClassification,
     IA3Config,
     LoHaConfig,
+    PolyConfig,
     LoraConfig,
     PeftModel,
     PrefixTuningConfig,
@@ -766,11 +767,11 @@ def test_the_final_save_of_other_peft_methods(tmp_path, method, task):
     assert summary["method"] == {"ia3": "IA3", "loha": "LOHA", "adalora": "ADALORA", "prefix_tuning": "PREFIX_TUNING"}[method]
     card = (output / "README.md").read_text()
     if method == "prefix_tuning":
-        assert summary["merged"] is False and summary["num_virtual_tokens"] == 3
+        assert summary["merged"] is False
         assert (output / "adapter_config.json").is_file() and not (output / "model.safetensors").exists()
         fresh = with_new_head(make_model(task, dropout=0.0))  # the same encoder; the adapter brings the head
         assert torch.equal(logits(PeftModel.from_pretrained(fresh, output), batch), expected)
-        assert "cannot be merged" in card and "PeftModel.from_pretrained(base" in card and "prefix-tuning" in card
+        assert "cannot be merged" in card and "PeftModel.from_pretrained(base" in card and f"- {method.replace('_', '-')}" in card
     else:
         assert summary["merged"] is True
         merged = TASKS[task][0].from_pretrained(output)
@@ -779,6 +780,20 @@ def test_the_final_save_of_other_peft_methods(tmp_path, method, task):
     if method == "adalora":  # its ranks are init_r → target_r; LoRA's `r` (8 by default) is not used
         assert (summary["init_r"], summary["target_r"]) == (6, 2) and "r" not in summary
         assert "init_r=6, target_r=2" in card and "r=8" not in card
+
+
+def test_a_method_whose_layers_do_not_merge_is_saved_as_its_adapter(tmp_path):
+    """Poly's layers raise NotImplementedError in merge_and_unload: the final save failed after training."""
+    model = make_model("token")
+    peft_model = get_peft_model(model, PolyConfig(task_type="TOKEN_CLS", target_modules=["query", "value"], r=2,
+                                                  n_tasks=2, modules_to_save=["fusion_classifier"]))
+    trainer = DWAttTrainer(model=peft_model, args=cpu_args(tmp_path),
+                           card_info=dict(task="token-classification", dataset_id="tiny", command="python train.py"))
+    trainer.save_model()
+    trainer.create_model_card()
+    assert json.loads((tmp_path / "peft.json").read_text())["merged"] is False
+    assert (tmp_path / "adapter_config.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    assert "POLY cannot be merged into the weights" in (tmp_path / "README.md").read_text()
 
 
 def test_lora_keeps_its_settings_file_with_the_method_added(tmp_path):
@@ -814,9 +829,11 @@ def test_adalora_trains_its_orthogonal_regularisation_as_the_stock_trainer_does(
         assert len(moved_a) == 2 * LAYERS, moved_a
     assert max_difference(runs[Trainer], runs[DWAttTrainer]) < 1e-6
     peft_model = get_peft_model(make_model(task), OTHER_METHODS["adalora"](TASKS[task][1], None))
+    smoothing = TrainingArguments(output_dir=str(tmp_path / "s"), report_to=[], use_cpu=True, label_smoothing_factor=0.1)
     with pytest.raises(ValueError, match="label_smoothing_factor=0.1.*orthogonal regularisation"):
-        DWAttTrainer(model=peft_model, args=TrainingArguments(output_dir=str(tmp_path / "s"), report_to=[], use_cpu=True,
-                                                              label_smoothing_factor=0.1))
+        DWAttTrainer(model=peft_model, args=smoothing)
+    own_loss = DWAttTrainer(model=peft_model, args=smoothing, compute_loss_func=lambda *args, **kwargs: 0.0)
+    assert own_loss.compute_loss_func is not None and own_loss.compute_loss_func(None, None) == 0.0  # the user's
 
 
 def test_an_added_adapter_without_the_head_is_refused_also_when_activated_after_construction(tmp_path):
@@ -863,11 +880,17 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_refused_before_loading(tmp_
         check_checkpoint_fits(str(adapter), make_model("token"))
     with pytest.raises(ValueError, match=r"other adapter settings than this run's \(lora_alpha: 8 in the checkpoint, 32 now\)"):
         check_checkpoint_fits(str(adapter), get_lora_model(make_model("token"), lora_alpha=32))
-    with pytest.raises(ValueError, match=r"target_modules: \['query', 'value'\] in the checkpoint, \['key', 'query', 'value'\] now"):
+    with pytest.raises(ValueError, match=r"target_modules: \['query', 'value'\] in the checkpoint, \['key', 'query', 'value'\] now.*--lora_r"):
         check_checkpoint_fits(str(adapter), get_lora_model(make_model("token"), lora_alpha=8,
                                                            target_modules=["query", "key", "value"]))
     check_checkpoint_fits(str(adapter), get_lora_model(make_model("token"), lora_alpha=8))  # the same settings
     check_checkpoint_fits(str(whole), make_model("token"))
+    prefix = tmp_path / "prefix"
+    prefix_model("token", num_virtual_tokens=3).save_pretrained(prefix)  # other methods: the fix names no --lora_*
+    with pytest.raises(ValueError, match="PREFIX_TUNING.*none: wrap the model in that run's PEFT config"):
+        check_checkpoint_fits(str(prefix), make_model("token"))
+    with pytest.raises(ValueError, match=r"num_virtual_tokens: 3 in the checkpoint, 4 now\)\. Resume with the PEFT config"):
+        check_checkpoint_fits(str(prefix), prefix_model("token", num_virtual_tokens=4))
 
 
 def test_resuming_an_adapter_under_another_head_names_the_options(tmp_path):
@@ -898,7 +921,7 @@ def test_lora_script_refuses_its_merged_output_as_a_checkpoint_and_an_adapter_as
     assert {name: (output / name).read_bytes() for name in before} == before  # the trained run and its results stay
     result = run_script("run_ner_dwatt.py", "--model_name_or_path", str(output / "checkpoint-2"), "--dataset_name",
                         str(data), "--output_dir", str(tmp_path / "eval"), "--do_eval", "--report_to", "none", check=False)
-    assert result.returncode != 0 and "checkpoint-2 holds a PEFT adapter (a checkpoint written during a --use_lora run), not a model" in result.stderr
+    assert result.returncode != 0 and "checkpoint-2 holds a PEFT adapter (LORA), not a model" in result.stderr
 
 
 # --------------------------------------------------------------------------------------------------------------------

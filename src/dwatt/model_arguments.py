@@ -143,13 +143,14 @@ class ModelArguments:
                 "--encoder_num_layers cuts a plain pretrained encoder when wrapping it: give it with "
                 "--encoder_name_or_path (a DWAtt checkpoint keeps the layers it was trained with)."
             )
-        source = Path(self.source)
-        if (source / "adapter_config.json").is_file() and not (source / "config.json").is_file():
+        adapter_config = Path(self.source) / "adapter_config.json"
+        if adapter_config.is_file() and not (Path(self.source) / "config.json").is_file():
+            method = json.loads(adapter_config.read_text()).get("peft_type", "PEFT")
             raise ValueError(
-                f"{self.source} holds a PEFT adapter (a checkpoint written during a --use_lora run), not a model. "
-                "Evaluate or continue from the run's output folder, which holds the merged model; resume that run "
-                "with --resume_from_checkpoint and its own options; or, in Python, load the adapter onto its base "
-                "with peft.PeftModel.from_pretrained(base, folder)."
+                f"{self.source} holds a PEFT adapter ({method}), not a model. A --use_lora run's output folder holds "
+                "the merged model: give that; a run resumes from its checkpoint-* folders with "
+                "--resume_from_checkpoint and its own options; in Python, "
+                "peft.PeftModel.from_pretrained(base, folder) loads an adapter onto its base."
             )
         if self.fusion not in FUSION_CHOICES:
             raise ValueError(f"Unknown --fusion {self.fusion!r}: choose one of {', '.join(FUSION_CHOICES)}.")

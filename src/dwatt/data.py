@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
-from pyarrow import ArrowInvalid
 
 from .glue_files import (F1_GLUE_TASKS, GLUE_TASK_TO_KEYS, GLUE_TASKS, glue_task_dir, glue_task_named_by,
-                         is_glue_folder, load_glue_folder, load_glue_tsv, normalize_glue_task_name)
+                         glue_task_or_none, is_glue_folder, load_glue_folder, load_glue_tsv, normalize_glue_task_name)
 from .ner_files import (CONLL2003_NER_LABELS, CONLL_TAG_COLUMNS, get_ner_label_list, load_conll, load_ner_files,
                         load_ner_jsonl, subword_labels)
 from .table_files import (check_known_labels, get_classification_label_info, infer_text_columns,
@@ -99,9 +98,8 @@ def _labelled_as_the_glue_task(splits: DatasetDict, task_name: str | None, label
     """
     if task_name is None or label_list is not None:
         return splits
-    try:
-        task = normalize_glue_task_name(task_name)
-    except ValueError:  # a folder's dataset_config_name that names no GLUE task
+    task = glue_task_or_none(task_name)
+    if task is None:  # a folder's dataset_config_name that names no GLUE task
         return splits
     names = GLUE_TASKS[task].label_names
     labelled = [split for split in splits.values() if "label" in split.column_names]
@@ -114,7 +112,7 @@ def _labelled_as_the_glue_task(splits: DatasetDict, task_name: str | None, label
                 name: split.cast_column("label", Value("float64")) if "label" in split.column_names else split
                 for name, split in splits.items()
             })
-        except (ValueError, TypeError, ArrowInvalid) as err:
+        except (ValueError, TypeError) as err:  # (pyarrow's ArrowInvalid is a ValueError)
             raise ValueError(f"The {task} labels are similarity scores, and these are not all numbers ({err}).") from None
     if dtypes & {"float32", "float64"}:
         example = next(v for split in labelled for v in split.unique("label") if isinstance(v, float))
@@ -138,12 +136,6 @@ def _labelled_as_the_glue_task(splits: DatasetDict, task_name: str | None, label
     return splits
 
 
-def _names_a_glue_task(name: str) -> bool:
-    try:
-        normalize_glue_task_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 def load_text_classification_data(
@@ -190,7 +182,7 @@ def load_text_classification_data(
         glue_dir = glue_task_dir(folder, task)
         # GLUE's layout (train.tsv, dev.tsv) with a GLUE task named by the arguments or the folder: the task's columns
         # and labels. Other folders of .tsv files are read as any table, by their header.
-        if is_glue_folder(glue_dir) and _names_a_glue_task(task or glue_dir.name):
+        if is_glue_folder(glue_dir) and glue_task_or_none(task or glue_dir.name) is not None:
             return load_glue_folder(glue_dir, task)
         found = find_split_files(folder, SPLIT_STEMS, (".csv", ".tsv", ".jsonl", ".json"))
         if not found:

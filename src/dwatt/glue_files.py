@@ -141,6 +141,14 @@ def normalize_glue_task_name(task: str) -> str:
     return name
 
 
+def glue_task_or_none(name: str) -> str | None:
+    """The Hub config name of the GLUE task `name` names (as normalize_glue_task_name), or None if it names none."""
+    try:
+        return normalize_glue_task_name(name)
+    except ValueError:
+        return None
+
+
 def _read_tsv_rows(path: PathLike, text: str) -> list[tuple[int, list[str]]]:
     """Split a GLUE TSV into (line number, fields) pairs, skipping blank lines.
 
@@ -256,10 +264,10 @@ def glue_task_dir(data_dir: Path, task_name: str | None) -> Path:
     """Accept both `glue/SST-2` and the parent `glue` folder (the $GLUE_DIR convention) when the task is known."""
     if task_name is None or any((data_dir / name).is_file() for name in ("train.tsv", "dev.tsv")):
         return data_dir
-    try:
-        candidate = data_dir / GLUE_TASKS[normalize_glue_task_name(task_name)].folder_name
-    except ValueError:  # not a GLUE task name (e.g. a config of a generic folder)
+    task = glue_task_or_none(task_name)
+    if task is None:  # not a GLUE task name (e.g. a config of a generic folder)
         return data_dir
+    candidate = data_dir / GLUE_TASKS[task].folder_name
     return candidate if candidate.is_dir() else data_dir
 
 
@@ -304,10 +312,5 @@ def glue_task_named_by(dataset_name: str | None, dataset_config_name: str | None
         candidates = (dataset_config_name, folder.name) if is_glue_folder(folder) else ()
     else:
         candidates = (dataset_config_name,) if dataset_name in ("glue", "nyu-mll/glue") else ()
-    for candidate in candidates:
-        if candidate:
-            try:
-                return normalize_glue_task_name(candidate)
-            except ValueError:
-                continue
-    return None
+    tasks = (glue_task_or_none(candidate) for candidate in candidates if candidate)
+    return next((task for task in tasks if task is not None), None)

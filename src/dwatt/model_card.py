@@ -28,7 +28,6 @@ FUSION_DESCRIPTIONS = {
     ),
     "last": "No fusion: the encoder's last layer, as in the stock transformers classifiers (the baseline).",
 }
-# Keys of the Trainer's metric dicts that are bookkeeping, not quality.
 # Bookkeeping the Trainer and the scripts log beside the metrics (also with run_glue's "_mm" suffix for MNLI's
 # mismatched dev set), and seqeval's per-type entity counts (`LOC_number`): not results to list on a card.
 NON_QUALITY_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "samples",
@@ -132,7 +131,7 @@ def metric_split(split: str, metric: str, metrics: dict, prefix: str, limits: di
     mismatched = metric.endswith("_mm")
     if mismatched or (str(dataset_config).lower() == "mnli" and dataset_id == "nyu-mll/glue"):
         split = f"{split}_{'mismatched' if mismatched else 'matched'}"
-    count = (metrics or {}).get(f"{prefix}_samples" + ("_mm" if mismatched else ""))
+    count = metrics.get(f"{prefix}_samples" + ("_mm" if mismatched else ""))
     if limits.get(f"max_{prefix}_samples") is not None and count is not None:
         split = f"{split}[:{count}]"
     return split

@@ -29,14 +29,20 @@ def is_modules_to_save_wrapper(module: torch.nn.Module) -> bool:
     return hasattr(module, "modules_to_save") and hasattr(module, "original_module") and hasattr(module, "active_adapters")
 
 
+def active_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """The module that runs in the forward pass: for PEFT's ModulesToSaveWrapper the active adapter's trained copy
+    (its frozen original where adapters are off or the active adapter has no copy), else `module` itself."""
+    if not is_modules_to_save_wrapper(module):
+        return module
+    active = [name for name in module.active_adapters if name in module.modules_to_save]
+    if module.disable_adapters or not active:
+        return module.original_module
+    return module.modules_to_save[active[0]]
+
+
 def active_fusion_head(model: torch.nn.Module) -> torch.nn.Module:
     """The fusion head that runs in the forward pass (the trained copy when PEFT wraps it in modules_to_save)."""
-    head = unwrap_dwatt_model(model).base_model.fusion_classifier
-    if is_modules_to_save_wrapper(head):
-        if not head.disable_adapters and head.active_adapters:
-            return head.modules_to_save[head.active_adapters[0]]
-        return head.original_module
-    return head
+    return active_copy(unwrap_dwatt_model(model).base_model.fusion_classifier)
 
 
 @contextmanager

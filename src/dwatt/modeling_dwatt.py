@@ -1682,15 +1682,15 @@ class DWAttModel(DWAttPreTrainedModel):
         if self.training and not self._frozen_head_checked and torch.is_grad_enabled() and not _is_compiling():
             self._warn_once_if_only_the_head_is_frozen()
         prefix = key_value_prefix(cache, past_key_values)
-        given_mask = attention_mask
+        given_mask = attention_mask  # (B, T) or (B, P + T)
+        num_prefix = 0 if prefix is None else prefix_length(prefix)
         if prefix is not None:
             self._check_prefix_can_be_used()
-            attention_mask = token_attention_mask(
-                attention_mask, prefix_length(prefix), _num_input_tokens(input_ids, inputs_embeds))
+            attention_mask = token_attention_mask(attention_mask, num_prefix, _num_input_tokens(input_ids, inputs_embeds))
         if attention_mask is None:
             attention_mask = _all_real_tokens(input_ids, inputs_embeds)
         encoder_attention_mask = (attention_mask if prefix is None
-                                  else mask_with_prefix_columns(given_mask, attention_mask, prefix_length(prefix)))
+                                  else mask_with_prefix_columns(given_mask, attention_mask, num_prefix))
 
         encoder_inputs = {
             "input_ids": input_ids,

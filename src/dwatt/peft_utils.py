@@ -33,7 +33,7 @@ from typing import Optional, Union
 from torch import nn
 from transformers import PretrainedConfig
 
-from .model_utils import is_modules_to_save_wrapper, unwrap_dwatt_model
+from .model_utils import active_copy, is_modules_to_save_wrapper, unwrap_dwatt_model
 
 logger = logging.getLogger(__name__)
 
@@ -350,9 +350,7 @@ def unwrapped_copy(peft_model) -> nn.Module:
     for name, module in list(model.named_modules()):
         if is_modules_to_save_wrapper(module):
             parent_name, _, child = name.rpartition(".")
-            copies = module.modules_to_save
-            trained = copies[peft_model.active_adapter] if peft_model.active_adapter in copies else module.original_module
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, trained)
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, active_copy(module))
     return model
 
 

@@ -16,8 +16,6 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from .text_files import (PathLike, UnknownLabelError, check_data_files, data_error, empty_file_error, is_test_split,
                          iter_json_objects, read_text)
 
-
-
 # Row ids, not text: the Hub's GLUE has `idx`, GLUE's test files `index`, many files `id` or `guid`.
 ID_COLUMNS = frozenset({"idx", "id", "index", "guid"})
 
@@ -102,6 +100,7 @@ def _tsv_quoting(text: str) -> int:
         quoted = rows(csv.QUOTE_MINIMAL)
     except csv.Error:
         return csv.QUOTE_NONE
+
     def one_width(table: list[list[str]]) -> bool:
         return len({len(row) for row in table}) == 1
 
@@ -146,8 +145,7 @@ def _refuse_integer_text_columns(table: _Table, text_columns: list[str]) -> None
             raise data_error(
                 table.path, table.header_line,
                 f"text column {column!r} (inferred: sentence1/sentence2, else the first two columns besides the label "
-                f"and ids) holds "
-                f"an integer in every row, such as {values[0]!r}: an id, not text",
+                f"and ids) holds an integer in every row, such as {values[0]!r}: an id, not text",
                 "drop that column, put the text columns first, or name them sentence1/sentence2",
             )
 

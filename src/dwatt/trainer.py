@@ -167,6 +167,8 @@ class DWAttTrainer(Trainer):
                 )
             logger.info(f"The model's own loss is trained: it includes {extras}, which a loss computed from the "
                         "logits would leave out (so the loss is not normalised over the whole accumulation step).")
+        # (merged_copy(model),) once the final save or the card has merged it: a 1-tuple, since the copy itself is
+        # None where the adapter cannot be merged, and that answer is cached too.
         self._merged_for_card = None
         for callback in self._dwatt_callbacks:  # those of the previous model
             self.callback_handler.remove_callback(callback)
@@ -256,20 +258,16 @@ class DWAttTrainer(Trainer):
             ) from err
 
     def _model_for_card(self) -> tuple[torch.nn.Module, Optional[bool]]:
-        """The plain DWAtt model a card describes, and whether the saved folder holds it merged (None: not PEFT)."""
+        """The plain DWAtt model a card describes, and whether the saved folder holds it merged (None: not PEFT):
+        the final save's merged copy, or, where the adapter cannot be merged, the model with the adapter's head and
+        classifier (copied here, for the card only)."""
         model = self._unwrapped_model()
         if not is_peft_model(model):
             return model, None
-        if self._merged_for_card is None:
-            self._merge_for_saving(model)
-        return self._merged_for_card
-
-    def _merge_for_saving(self, peft_model) -> tuple[torch.nn.Module, bool]:
-        """The adapter merged into a plain copy of the model (True), or, where it cannot be merged, the plain model
-        with the adapter's head and classifier (False); kept for the card."""
-        merged = merged_copy(peft_model)
-        self._merged_for_card = (merged, True) if merged is not None else (unwrapped_copy(peft_model), False)
-        return self._merged_for_card
+        if self._merged_for_card is None:  # no final save yet
+            self._merged_for_card = (merged_copy(model),)
+        (merged,) = self._merged_for_card
+        return (merged, True) if merged is not None else (unwrapped_copy(model), False)
 
     # ------------------------------------------------------------------------------------------------------------
     # saving
@@ -282,17 +280,19 @@ class DWAttTrainer(Trainer):
         final = os.path.abspath(target) == os.path.abspath(self.args.output_dir) and is_peft_model(model)
         if final and not self.args.should_save:
             return
-        plain, merged = self._merge_for_saving(model) if final else (None, False)
-        if not merged:
+        merged = merged_copy(model) if final else None  # None too where the adapter cannot be merged
+        if final:
+            self._merged_for_card = (merged,)  # kept for the card
+        if merged is None:
             super()._save(output_dir, state_dict=state_dict)  # FSDP2 models save as their own class too
         else:
             os.makedirs(target, exist_ok=True)
-            plain.save_pretrained(target)  # weights, config with auto_map, the two code files
+            merged.save_pretrained(target)  # weights, config with auto_map, the two code files
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(target)
             torch.save(self.args, os.path.join(target, TRAINING_ARGS_NAME))
         if final:
-            summary = peft_summary(model, merged=merged)
+            summary = peft_summary(model, merged=merged is not None)
             (Path(target) / peft_summary_file(summary)).write_text(json.dumps(summary, indent=2) + "\n")
 
     def create_model_card(self, revision: str = "main", **kwargs) -> None:

@@ -28,7 +28,12 @@ def _numpy_variability(vectors: np.ndarray, labels: np.ndarray) -> float:
     sigma_w /= len(classes)
     mu_bar = np.mean(means, axis=0)
     sigma_b = sum(np.outer(mu - mu_bar, mu - mu_bar) for mu in means) / len(classes)
-    return float(np.trace(sigma_w @ np.linalg.pinv(sigma_b)) / len(classes))
+    # pinv(Σ_b) from its C - 1 largest eigenpairs: the C centred means sum to zero, so Σ_b has rank C - 1 at most,
+    # and the other eigenvalues are rounding noise (numpy's default cut-off kept some on an AMD CPU: ν ~ 1e13).
+    eigenvalues, eigenvectors = np.linalg.eigh(sigma_b)  # ascending
+    top_values, top_vectors = eigenvalues[-(len(classes) - 1):], eigenvectors[:, -(len(classes) - 1):]
+    pinv_b = top_vectors @ np.diag(1.0 / top_values) @ top_vectors.T
+    return float(np.trace(sigma_w @ pinv_b) / len(classes))
 
 
 def _random_classes(num_classes=3, dim=8, seed=0):

@@ -259,6 +259,86 @@ def test_a_tsv_file_is_read_as_glues_are_unless_it_is_quoted_as_csv(tmp_path):
     assert load_classification_files({"train": only_quotes})["train"]["sentence"] == ['He said "hi"', "plain"]
 
 
+def _pandas_minimal_quoting(path: Path, header: list[str], rows: list[list]) -> Path:
+    """A TSV file as pandas' `to_csv(sep="\t", index=False)` writes it: csv's minimal quoting."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_a_pandas_written_tsv_reads_back_with_a_task_name_too(tmp_path):
+    """With --task_name a .tsv went to the GLUE reader, which never read quoting: GLUE's columns exported with
+    pandas came back wrapped in quotes with their quotes doubled (439 of RTE's 2490 sentences)."""
+    pairs = [['He said "hi"', "He spoke."], ["A\ttab inside", "x"], ["two\nlines", "y"], ["plain", "z"]]
+    path = _pandas_minimal_quoting(tmp_path / "train.tsv", ["sentence1", "sentence2", "label"],
+                                   [[a, b, i % 2] for i, (a, b) in enumerate(pairs)])
+    ds = load_text_classification_data(task_name="rte", train_file=str(path))["train"]
+    assert ds["sentence1"] == [a for a, _ in pairs] and ds["sentence2"] == [b for _, b in pairs]
+    assert ds["label"] == [0, 1, 0, 1]
+
+
+def test_quotes_around_a_whole_value_with_no_reason_to_quote_it_are_text(tmp_path):
+    """Minimal quoting wraps a value only for a quote, a tab or a line break inside it: `"Yes."` alone in a file
+    (a GLUE sentence quoting a reply) is text, as pandas reads it with quoting=3; unless every value is wrapped."""
+    path = write(tmp_path / "train.tsv", 'sentence\tlabel\n"Yes."\t1\nno\t0\n')
+    assert load_classification_files({"train": path})["train"]["sentence"] == ['"Yes."', "no"]
+    quote_all = write(tmp_path / "all.tsv", '"sentence"\t"label"\n"Yes."\t"1"\n"no"\t"0"\n')
+    ds = load_classification_files({"train": quote_all})["train"]
+    assert ds["sentence"] == ["Yes.", "no"] and ds["label"] == [1, 0]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_value_longer_than_the_csv_modules_limit_is_read(tmp_path, suffix):
+    """csv refuses a value over 128 KiB by default; pandas and load_dataset read a long document."""
+    document = "word " * 40_000  # 200,000 characters
+    sep = "," if suffix == ".csv" else "\t"
+    path = write(tmp_path / f"train{suffix}", f"sentence{sep}label\n{document}{sep}1\nshort{sep}0\n")
+    assert load_classification_files({"train": path})["train"]["sentence"] == [document, "short"]
+
+
+def test_a_tasks_text_columns_are_taken_before_any_guess(tmp_path):
+    """run_glue.py reads a named task's columns (question1/question2 for QQP): the first two columns besides the
+    label were guessed instead, Kaggle's QQP ids among them, and the file was refused as holding ids."""
+    qqp = write(tmp_path / "qqp.csv", "id,qid1,qid2,question1,question2,label\n0,1,2,What is x?,What is y?,0\n"
+                                      "1,3,4,Why?,How?,1\n")
+    ds = load_text_classification_data(task_name="qqp", train_file=str(qqp))["train"]
+    assert ds["question1"] == ["What is x?", "Why?"] and ds["label"] == [0, 1]
+    cola = write(tmp_path / "cola.csv", "source,label,orig_label,sentence\ngj04,1,,The book fell.\n"
+                                        "gj04,0,*,Fell book the.\n")
+    cola_test = write(tmp_path / "cola_test.csv", "index,sentence\n0,A sentence.\n")
+    splits = load_text_classification_data(task_name="cola", train_file=str(cola), test_file=str(cola_test))
+    assert splits["train"]["sentence"] == ["The book fell.", "Fell book the."] and splits["test"]["sentence"] == ["A sentence."]
+    with pytest.raises(ValueError, match="integer in every row"):  # without a task, the guess is refused as before
+        load_text_classification_data(train_file=str(qqp))
+
+
+def test_a_test_file_labelled_minus_one_is_unlabelled_beside_named_labels(tmp_path):
+    """Typed with the train file's class names, GLUE's -1 became the string "-1": MRPC was refused as having a
+    third label, and a generic file's test split as holding an unknown one (run_glue.py types each file alone)."""
+    train = write(tmp_path / "train.csv", "sentence1,sentence2,label\na,b,equivalent\nc,d,not_equivalent\n")
+    test = write(tmp_path / "test.csv", "sentence1,sentence2,label\ne,f,-1\ng,h,-1\n")
+    splits = load_text_classification_data(task_name="mrpc", train_file=str(train), test_file=str(test))
+    assert splits["train"]["label"] == [1, 0]  # the Hub's ids: equivalent = 1
+    assert splits["test"]["label"] == [-1, -1]
+    generic = load_text_classification_data(train_file=str(train), test_file=str(test))
+    assert generic["train"]["label"] == ["equivalent", "not_equivalent"] and generic["test"]["label"] == [-1, -1]
+    classes = write(tmp_path / "classes.csv", "sentence,label\na,-1\nb,1\n")  # -1 as a class stays a class
+    minus_one_test = write(tmp_path / "minus_one.csv", "sentence,label\nc,-1\n")
+    splits = load_classification_files({"train": classes, "test": minus_one_test}, label_list=["-1", "1"])
+    assert splits["test"]["label"] == [0]
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "inf", "-Infinity"])
+def test_a_non_finite_csv_label_is_refused(tmp_path, value):
+    """pandas reads NaN/inf labels as numbers, and a regressor trained on them (JSON files refused them already)."""
+    path = write(tmp_path / "train.csv", f"sentence,label\na,0.5\nb,{value}\n")
+    with pytest.raises(ValueError, match="finite number") as excinfo:
+        load_classification_files({"train": path})
+    assert_names_line(excinfo, path, 3)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".tsv"])
 def test_an_integer_id_column_is_not_taken_for_the_first_sentence(tmp_path, suffix):
     """`id,sentence,label`: every CSV cell is a string, so `id` became sentence 1 and the model trained on pairs. An id
@@ -488,6 +568,21 @@ def test_a_hash_token_stays_a_token(tmp_path):
     ds = load_conll(write(tmp_path / "data.conll", "Call O\n# O\n5 O\n\n#\tB-MISC\nWinning\tI-MISC\n\n# newdoc\n\nday O\n"))
     assert ds["tokens"] == [["Call", "#", "5"], ["#", "Winning"], ["day"]]
     assert get_ner_label_list(ds) == ["B-MISC", "I-MISC", "O"]
+
+
+@pytest.mark.parametrize("content, tag_column, tags", [
+    ("# # B-NP O\n200 CD I-NP O\nmillion CD I-NP O\n", "pos_tags", ["#", "CD", "CD"]),  # '#' is its own PTB POS tag
+    ("# # B-NP O\n200 CD I-NP O\nmillion CD I-NP O\n", "ner_tags", ["O", "O", "O"]),
+    ("#\tU-TAG\nParis\tO\n", "ner_tags", ["U-TAG", "O"]),  # BILOU's unit tag
+    ("#\tO\u00a0\nlove\tO\nParis\tB-LOC\n", "ner_tags", ["O", "O", "B-LOC"]),  # a no-break space after the tag
+])
+def test_a_hash_token_is_known_by_any_of_its_tag_columns(tmp_path, content, tag_column, tags):
+    """Reading POS tags, `# # B-NP O` was dropped as a comment (only the POS column was compared, and `#` is used
+    nowhere else in a small file); so were `#` with BILOU's U- tag and `#` with a no-break space after its tag."""
+    ds = load_ner_files({"train": write(tmp_path / "data.conll", content)}, tag_column=tag_column)["train"]
+    assert ds["tokens"][0][0] == "#"
+    names = ds.features[tag_column].feature.names
+    assert [names[i] for i in ds[tag_column][0]] == tags
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,8 @@ def _labelled_as_the_glue_task(splits: DatasetDict, task_name: str | None, label
     if task is None:  # a folder's dataset_config_name that names no GLUE task
         return splits
     names = GLUE_TASKS[task].label_names
-    labelled = [split for split in splits.values() if "label" in split.column_names]
+    labelled = [split for name, split in splits.items() if "label" in split.column_names
+                and not (is_test_split(name) and set(split.unique("label")) == {-1})]  # not GLUE's unlabelled test
     if not labelled:
         return splits
     dtypes = {split.features["label"].dtype for split in labelled}
@@ -136,6 +137,10 @@ def _labelled_as_the_glue_task(splits: DatasetDict, task_name: str | None, label
     return splits
 
 
+def _task_text_columns(task_name: str | None) -> tuple[str, str | None] | None:
+    """The text columns of the GLUE task `task_name` names (run_glue.py's task_to_keys), else None."""
+    task = None if task_name is None else glue_task_or_none(task_name)
+    return None if task is None else GLUE_TASK_TO_KEYS[task]
 
 
 def load_text_classification_data(
@@ -172,7 +177,8 @@ def load_text_classification_data(
                     for split, path in check_data_files(files).items()
                 }
             )
-        return _labelled_as_the_glue_task(load_classification_files(files, label_list=label_list), task_name, label_list)
+        splits = load_classification_files(files, label_list=label_list, task_text_columns=_task_text_columns(task_name))
+        return _labelled_as_the_glue_task(splits, task_name, label_list)
 
     if dataset_name is not None and looks_like_local_path(dataset_name):
         folder = Path(dataset_name).expanduser()
@@ -190,7 +196,7 @@ def load_text_classification_data(
                 f"{folder}: found neither GLUE files (train.tsv, dev.tsv) nor train/validation/test .csv/.json files."
             )
         try:
-            splits = load_classification_files(found, label_list=label_list)
+            splits = load_classification_files(found, label_list=label_list, task_text_columns=_task_text_columns(task))
         except ValueError as err:
             if is_glue_folder(glue_dir):  # GLUE's files read by their header lack a `label` column, say
                 raise type(err)(f"{err} (If these are the files of a GLUE task, name it: task_name='sst2', …)") from None

@@ -7,8 +7,6 @@ Text columns are named as on the Hub (`sentence`, `sentence1`/`sentence2`, `prem
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +14,8 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .text_files import PathLike, data_error, empty_file_error, is_test_split, looks_like_local_path, read_text
+from .text_files import (PathLike, data_error, delimited_rows, empty_file_error, is_test_split, looks_like_local_path,
+                         read_text, tsv_quoting)
 
 
 _DEFAULT_GLUE_SPLIT_FILES: dict[str, tuple[str, ...]] = {
@@ -152,18 +151,12 @@ def glue_task_or_none(name: str) -> str | None:
 def _read_tsv_rows(path: PathLike, text: str) -> list[tuple[int, list[str]]]:
     """Split a GLUE TSV into (line number, fields) pairs, skipping blank lines.
 
-    Quoting is off (csv.QUOTE_NONE): GLUE sentences contain unbalanced double quotes, which the default CSV dialect
-    would treat as the start of a quoted field and glue several rows together.
+    Quoting is off (csv.QUOTE_NONE) as GLUE's own files are written: their sentences contain unbalanced double
+    quotes, which the default CSV dialect would take as the start of a quoted value, gluing several rows together.
+    A file quoted as CSV throughout (the GLUE columns exported with pandas' `to_csv(sep="\t")`) is read with
+    quoting (see `tsv_quoting`).
     """
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    rows = []
-    try:
-        for fields in reader:
-            if fields:
-                rows.append((reader.line_num, fields))
-    except csv.Error as err:
-        raise data_error(path, reader.line_num, f"unreadable TSV row ({err})", "check the row for stray characters")
-    return rows
+    return delimited_rows(path, text, "\t", tsv_quoting(text))
 
 
 def _parse_glue_label(value: str, task: GlueTask, path: PathLike, line: int) -> int | float:

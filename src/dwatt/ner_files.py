@@ -34,7 +34,7 @@ class _Sentence:
     lines: list[int]
 
 
-_IOB_TAG = re.compile(r"O|[BIESL]-\S+")  # O, B-PER, I-ORG, E-LOC, S-MISC, L-… (IOB1/IOB2/IOBES/BILOU)
+_IOB_TAG = re.compile(r"O|[BIESLU]-\S+")  # O, B-PER, I-ORG, E-LOC, S-MISC, L-/U-… (IOB1/IOB2/IOBES/BILOU)
 _COLUMN_SPLIT = re.compile(r"[ \t]+")  # ASCII blanks only: str.split() would also break tokens at U+00A0 etc.
 
 
@@ -48,8 +48,8 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
 
     `-DOCSTART-` lines end a sentence. A line whose first column is `#` before a sentence's first token is a comment
     (the convention of CoNLL-U's `# sent_id = 1` and MultiCoNER's `# id … domain=en`), skipped, unless it reads as a
-    token line of the file: as many columns as its token lines, and a tag they use or an IOB tag (`#\tO`, a real
-    `#` token)."""
+    token line of the file: as many columns as its token lines, and in a tag column a value they hold there or an
+    IOB tag (`#\tO`, `# # B-NP O`: a real `#` token)."""
     if tag_column not in CONLL_TAG_COLUMNS:
         raise ValueError(
             f"{path}: CoNLL column files hold NER, POS and chunk tags ({', '.join(CONLL_TAG_COLUMNS)}), not "
@@ -62,6 +62,7 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
     sentences: list[tuple[_Sentence, list[tuple[list[str], int]]]] = []  # each with its leading `#` lines
     current, leading = _Sentence([], [], []), []
     first_width: tuple[int, int] | None = None  # (columns, line) of the first token line
+    column_values: list[set[str]] = []
 
     def flush() -> None:
         nonlocal current, leading
@@ -90,6 +91,7 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
             )
         if first_width is None:
             first_width = (len(columns), line)
+            column_values = [set() for _ in columns[1:]]  # the values each tag column (POS, chunk, NER) holds
             if tag_index > 0 and len(columns) != 4:
                 raise data_error(
                     path, line, f"reading {tag_column} needs the 4 columns 'token POS chunk NER', found {len(columns)}",
@@ -103,11 +105,13 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
                 f"found {len(columns)} columns but line {first_width[1]} has {first_width[0]}",
                 "give every token line the same columns 'token [POS] [chunk] tag'",
             )
+        for values, value in zip(column_values, columns[1:]):
+            values.add(value.strip())
         current.tokens.append(columns[0])
         current.tags.append(columns[tag_index].strip())  # tags hold no blanks: a trailing U+00A0 is not part of it
         current.lines.append(line)
     flush()
-    sentences = _without_comment_lines(sentences, first_width[0] if first_width else 0, tag_index)
+    sentences = _without_comment_lines(sentences, column_values, tag_index)
 
     if not sentences:
         raise empty_file_error(
@@ -116,21 +120,27 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
     return sentences
 
 
-def _without_comment_lines(sentences: list[tuple[_Sentence, list[tuple[list[str], int]]]], width: int,
-                           tag_index: int) -> list[_Sentence]:
-    """The sentences with their leading `#` lines that read as token lines (the file's width, and a tag its token
-    lines use or one shaped as an IOB tag) put back in front, the comments dropped, and sentences of comments only
-    gone."""
-    tags = {tag for sentence, _ in sentences for tag in sentence.tags}
+def _without_comment_lines(sentences: list[tuple[_Sentence, list[tuple[list[str], int]]]],
+                           column_values: list[set[str]], tag_index: int) -> list[_Sentence]:
+    """The sentences with their leading `#` lines that read as token lines put back in front, the comments dropped,
+    and sentences of comments only gone. A token line has the file's width and, in one of its tag columns, a value
+    that column holds on the file's token lines (`#` is its own POS tag in the Penn Treebank) or one shaped as an
+    IOB/BILOU tag (in the chunk and NER columns)."""
+    width = len(column_values) + 1
+    iob_columns = {width - 1, 2} if width == 4 else {width - 1}  # "token POS chunk NER": chunk and NER
 
     def is_token_line(columns: list[str]) -> bool:
-        return len(columns) == width and (columns[tag_index] in tags or _IOB_TAG.fullmatch(columns[tag_index]) is not None)
+        values = [value.strip() for value in columns[1:]]  # as the token lines' tags (a trailing U+00A0)
+        return len(columns) == width and any(
+            value in column_values[c - 1] or (c in iob_columns and _IOB_TAG.fullmatch(value) is not None)
+            for c, value in enumerate(values, start=1)
+        )
 
     kept = []
     for sentence, leading in sentences:
         tokens = [(columns, line) for columns, line in leading if is_token_line(columns)]
         sentence.tokens[:0] = [columns[0] for columns, _ in tokens]
-        sentence.tags[:0] = [columns[tag_index] for columns, _ in tokens]
+        sentence.tags[:0] = [columns[tag_index].strip() for columns, _ in tokens]
         sentence.lines[:0] = [line for _, line in tokens]
         if sentence.tokens:
             kept.append(sentence)

@@ -4,7 +4,6 @@ read as `datasets.load_dataset("csv"/"json")` would, but checked line by line.""
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from .text_files import (PathLike, UnknownLabelError, check_data_files, data_error, empty_file_error, is_test_split,
-                         iter_json_objects, read_text)
+                         delimited_rows, iter_json_objects, read_text, tsv_quoting)
 
 # Row ids, not text: the Hub's GLUE has `idx`, GLUE's test files `index`, many files `id` or `guid`.
 ID_COLUMNS = frozenset({"idx", "id", "index", "guid"})
@@ -51,62 +50,23 @@ class _Table:
 
 def _read_csv_table(path: Path, delimiter: str) -> _Table:
     text = read_text(path)
-    quoting = csv.QUOTE_MINIMAL if delimiter == "," else _tsv_quoting(text)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    quoted = quoting == csv.QUOTE_MINIMAL
-    header: list[str] | None = None
-    header_line = 1
-    rows: list[tuple[int, dict[str, Any]]] = []
-    start = 1
-    try:
-        for fields in reader:
-            line, start = start, reader.line_num + 1  # a quoted field can span lines: report where the row starts
-            if not fields or fields == [""]:
-                continue
-            if header is None:
-                header, header_line = fields, line
-                continue
-            if len(fields) != len(header):
-                raise data_error(
-                    path,
-                    line,
-                    f"expected {len(header)} fields {header}, found {len(fields)}",
-                    "give every row one value per header column; "
-                    + (f"quote values that contain {delimiter!r}" if quoted else
-                       "a TSV value cannot hold a tab or a line break (or write the file as CSV, with quoting)"),
-                )
-            rows.append((line, dict(zip(header, fields))))
-    except csv.Error as err:
-        raise data_error(path, start, f"unreadable CSV row ({err})", "check the quoting of this row") from None
-    if header is None:
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else tsv_quoting(text)
+    rows = delimited_rows(path, text, delimiter, quoting)
+    if not rows:
         raise empty_file_error(path, text, "header row", "the file should start with a header row naming the columns")
-    return _Table(path, list(header), rows, header_line, is_json=False)
-
-
-def _tsv_quoting(text: str) -> int:
-    """How to read a TSV file: without quoting, as GLUE's files are written (a sentence opening with `"`, read with
-    CSV quoting, took the rows after it into one field, and they were gone without a word), unless the file is
-    quoted as CSV: every value holding a `"` wrapped in quotes with its own quotes doubled (pandas'
-    `to_csv(sep="\t")`), or values that only CSV quoting reads as one (a line break inside quotes)."""
-    def rows(quoting: int) -> list[list[str]]:
-        return [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=quoting) if r and r != [""]]
-
-    plain = rows(csv.QUOTE_NONE)
-    with_quotes = [value for row in plain for value in row if '"' in value]
-    if not with_quotes:
-        return csv.QUOTE_NONE  # both readings agree
-    csv_quoted = all(len(v) > 1 and v[0] == v[-1] == '"' and '"' not in v[1:-1].replace('""', "") for v in with_quotes)
-    try:
-        quoted = rows(csv.QUOTE_MINIMAL)
-    except csv.Error:
-        return csv.QUOTE_NONE
-
-    def one_width(table: list[list[str]]) -> bool:
-        return len({len(row) for row in table}) == 1
-
-    if csv_quoted or (not one_width(plain) and one_width(quoted)):
-        return csv.QUOTE_MINIMAL
-    return csv.QUOTE_NONE
+    (header_line, header), records = rows[0], []
+    for line, fields in rows[1:]:
+        if len(fields) != len(header):
+            raise data_error(
+                path,
+                line,
+                f"expected {len(header)} fields {header}, found {len(fields)}",
+                "give every row one value per header column; "
+                + (f"quote values that contain {delimiter!r}" if quoting == csv.QUOTE_MINIMAL else
+                   "a TSV value cannot hold a tab or a line break (or write the file as CSV, with quoting)"),
+            )
+        records.append((line, dict(zip(header, fields))))
+    return _Table(path, list(header), records, header_line, is_json=False)
 
 
 def _read_json_table(path: Path) -> _Table:
@@ -162,6 +122,12 @@ def _label_value(raw: Any, table: _Table, line: int, column: str) -> int | float
         return raw
     if raw.strip() == "":
         raise data_error(table.path, line, f"empty {column!r} value", "give every row a label")
+    try:
+        number = float(raw)
+    except ValueError:
+        return raw
+    if not math.isfinite(number):  # pandas reads NaN/inf as numbers too: a regressor would train on them
+        raise data_error(table.path, line, f"{column!r} is {raw.strip()!r}", "give a finite number (or a class name)")
     return raw
 
 
@@ -180,12 +146,15 @@ def load_classification_files(
     *,
     label_column: str = "label",
     label_list: Sequence[str] | None = None,
+    task_text_columns: Sequence[str | None] | None = None,
 ) -> DatasetDict:
     """Load CSV/TSV/JSON(-lines) text-classification files, one per split, as run_glue.py does with local files.
 
-    All columns are kept. Text columns (see `infer_text_columns`, decided on the train split or else the first split)
-    must be present and hold strings in every split. `label` is required except in test splits, where an absent label
-    column stays absent (as with `load_dataset("csv")`). Labels keep their type (int, float for regression, or str)
+    All columns are kept. Text columns (`task_text_columns`, a GLUE task's as run_glue.py's task_to_keys, where the
+    train split or else the first split has them all; else see `infer_text_columns`, decided on that split) must be
+    present and hold strings in every split. `label` is required except in test splits, where an absent label
+    column stays absent (as with `load_dataset("csv")`) and one of -1s only is unlabelled (int -1, GLUE's mark,
+    whatever the other splits' labels, unless -1 is one of their classes). Labels keep their type (int, float for regression, or str)
     unless `label_list` is given: then every label must be one of it and `label` becomes a `ClassLabel`.
     """
     files = check_data_files(data_files)
@@ -200,13 +169,19 @@ def load_classification_files(
             )
 
     reference = tables.get("train", next(iter(tables.values())))
-    try:
-        text_columns = [c for c in infer_text_columns(reference.columns, label_column) if c is not None]
-    except ValueError as err:
-        raise data_error(reference.path, reference.header_line, str(err).rstrip("."), "add a text column") from None
-
-    if not reference.is_json:
-        _refuse_integer_text_columns(reference, text_columns)
+    named = [column for column in task_text_columns or () if column is not None]
+    if named and set(named) <= set(reference.columns):
+        text_columns = named  # the task's: other columns (ids, sources) are not guessed at
+        where_from = "the task's text columns"
+    else:
+        where_from = (f"text columns are inferred from {reference.path.name}: sentence1/sentence2, else the first two "
+                      "columns besides the label and ids")
+        try:
+            text_columns = [c for c in infer_text_columns(reference.columns, label_column) if c is not None]
+        except ValueError as err:
+            raise data_error(reference.path, reference.header_line, str(err).rstrip("."), "add a text column") from None
+        if not reference.is_json:
+            _refuse_integer_text_columns(reference, text_columns)
     labels_by_split: dict[str, list[Any]] = {}
     for split, table in tables.items():
         needs_label = not is_test_split(split)
@@ -217,7 +192,7 @@ def load_classification_files(
                 table.path,
                 table.header_line,
                 f"missing required column(s) {missing}; the header is {table.columns}",
-                f"name the columns {required} (text columns are inferred from {reference.path.name})",
+                f"name the columns {required} ({where_from})",
             )
         has_label = label_column in table.columns
         labels: list[Any] = []
@@ -228,8 +203,7 @@ def load_classification_files(
                         table.path,
                         line,
                         f"missing required column {column!r}",
-                        f"give every row the columns {required} (text columns are inferred from "
-                        f"{reference.path.name}: sentence1/sentence2, else the first two non-label columns)",
+                        f"give every row the columns {required} ({where_from})",
                     )
             for column in text_columns:
                 if not isinstance(row[column], str):
@@ -246,6 +220,14 @@ def load_classification_files(
                 labels.append(_label_value(raw, table, line, label_column))
         if has_label:
             labels_by_split[split] = labels
+
+    # A test split labelled -1 throughout is unlabelled (GLUE's mark), whatever the type of the other splits' labels:
+    # typed with class names, its -1 would become the string "-1", a class of its own. Unless -1 is a class.
+    classes = {str(v).strip() for split, values in labels_by_split.items() if not is_test_split(split) for v in values}
+    unlabelled = [split for split, values in labels_by_split.items()
+                  if is_test_split(split) and "-1" not in classes and all(str(v).strip() == "-1" for v in values)]
+    for split in unlabelled:
+        del labels_by_split[split]
 
     # Type the labels once over all splits, so train and validation can never disagree on the label type.
     all_labels = [(split, i, v) for split, values in labels_by_split.items() for i, v in enumerate(values)]
@@ -294,13 +276,17 @@ def load_classification_files(
         features = None
         if not table.is_json:
             features = Features({c: Value("string") for c in table.columns})
+        feature = label_feature
+        if split in unlabelled:
+            typed[split] = [-1] * len(table.rows)
+            feature = label_feature if isinstance(label_feature, ClassLabel) else Value("int64")
         if split in typed:
             columns[label_column] = typed[split]
             if features is not None:
-                features[label_column] = label_feature
+                features[label_column] = feature
         dataset = Dataset.from_dict(columns, features=features)
-        if split in typed and dataset.features[label_column] != label_feature:
-            dataset = dataset.cast_column(label_column, label_feature)
+        if split in typed and dataset.features[label_column] != feature:
+            dataset = dataset.cast_column(label_column, feature)
         splits[split] = dataset
     return DatasetDict(splits)
 

@@ -6,11 +6,13 @@ Shared by the GLUE, table (CSV / JSON) and NER readers: every problem in a local
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Union
 
@@ -48,6 +50,66 @@ def count_lines(text: str) -> int:
 def empty_file_error(path: PathLike, text: str, what: str, fix: str) -> ValueError:
     # Point at the line just past the end: that is where an example was expected and none came.
     return data_error(path, count_lines(text) + 1, f"end of file reached without any {what}", fix)
+
+
+@contextmanager
+def unlimited_csv_fields() -> Iterator[None]:
+    """Lift the csv module's 128 KiB limit on one value while reading: a long document is a valid value (pandas and
+    `load_dataset("csv")` read it), not an unreadable row."""
+    previous = csv.field_size_limit(2**31 - 1)  # (sys.maxsize overflows a C long on Windows)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def tsv_quoting(text: str) -> int:
+    """How to read a TSV file: without quoting, as GLUE's files are written (a sentence opening with `"`, read with
+    CSV quoting, took the rows after it into one field, and they were gone without a word), unless the file is
+    quoted as CSV: values that only CSV quoting reads as one (a tab or a line break inside quotes), or every value
+    holding a `"` wrapped in quotes with its own quotes doubled, as pandas' `to_csv(sep="\t")` writes them. Wrapped
+    values with no doubled quote inside (`"Yes."`) are taken as written unless every value is wrapped (QUOTE_ALL):
+    minimal quoting has no reason to wrap them."""
+    def rows(quoting: int) -> list[list[str]]:
+        with unlimited_csv_fields():
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=quoting)
+            return [row for row in reader if row and row != [""]]
+
+    plain = rows(csv.QUOTE_NONE)
+    with_quotes = [value for row in plain for value in row if '"' in value]
+    if not with_quotes:
+        return csv.QUOTE_NONE  # both readings agree
+    try:
+        quoted = rows(csv.QUOTE_MINIMAL)
+    except csv.Error:
+        return csv.QUOTE_NONE
+
+    def wrapped(value: str) -> bool:  # `"…"`, with every quote inside doubled
+        return len(value) > 1 and value[0] == value[-1] == '"' and '"' not in value[1:-1].replace('""', "")
+
+    def one_width(table: list[list[str]]) -> bool:
+        return len({len(row) for row in table}) == 1
+
+    quote_all = all(wrapped(value) for row in plain for value in row)
+    csv_quoted = all(wrapped(v) for v in with_quotes) and (quote_all or any('""' in v[1:-1] for v in with_quotes))
+    if csv_quoted or (not one_width(plain) and one_width(quoted)):
+        return csv.QUOTE_MINIMAL
+    return csv.QUOTE_NONE
+
+
+def delimited_rows(path: PathLike, text: str, delimiter: str, quoting: int) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV/TSV text, each with the line it starts on (a quoted value can span lines)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    rows, start = [], 1
+    with unlimited_csv_fields():
+        try:
+            for fields in reader:
+                line, start = start, reader.line_num + 1
+                if fields and fields != [""]:
+                    rows.append((line, fields))
+        except csv.Error as err:
+            raise data_error(path, start, f"unreadable row ({err})", "check the quoting of this row") from None
+    return rows
 
 
 def is_test_split(split: str) -> bool:

@@ -94,3 +94,14 @@ def test_mnli_rows_name_the_matched_and_mismatched_splits(limits, counts, splits
     own = build_model_card(model, "text-classification", "my-nli", dataset_config="mnli",
                            eval_metrics={"eval_accuracy": 0.8}, command="python run.py", seq_len=16)
     assert [result.dataset_split for result in own.data.eval_results] == ["validation"]
+
+
+def test_the_earlier_lora_argument_still_describes_a_merged_lora_model():
+    """`build_model_card(model, …, lora=…)` took lora_summary's dict (no `method`, and LoRA was always merged): after
+    other PEFT methods came, such a call said the folder held an unmerged adapter, or failed with KeyError 'method'."""
+    model = DWAttForTokenClassification(DWAttConfig(encoder_config=tiny_encoder_config("bert"), num_labels=2))
+    earlier_lora_json = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["query", "value"],
+                         "trainable_parameters": 1000, "total_parameters": 50000}
+    card = build_model_card(model, "token-classification", "conll2003", command="python run.py", lora=earlier_lora_json)
+    assert "is **merged**" in card.text and "cannot be merged" not in card.text
+    assert "lora" in card.data.tags and "r=4, lora_alpha=8" in card.text

@@ -18,6 +18,7 @@ from peft import (
     AutoPeftModelForSequenceClassification,
     AutoPeftModelForTokenClassification,
     IA3Config,
+    LNTuningConfig,
     LoHaConfig,
     PolyConfig,
     LoraConfig,
@@ -537,6 +538,24 @@ def stock_bert_and_last(encoder: str, task: str = "sequence"):
     return stock, ours
 
 
+@pytest.mark.parametrize("task", list(TASKS))
+def test_depth_weights_under_prompt_tuning_are_those_of_the_input_tokens(task):
+    """Prompt tuning puts its virtual tokens before the inputs, so a head fusing every token returns P + T positions
+    of weights: the depth-weight log (with a (B, T) mask) failed at the first logging step under DWAttTrainer."""
+    from dwatt.depth_weights import mean_depth_weights
+
+    model = make_model(task, pooling="mean") if task == "sequence" else make_model(task)
+    peft_model = get_peft_model(model, PromptTuningConfig(task_type=TASKS[task][1], num_virtual_tokens=3,
+                                                          modules_to_save=["fusion_classifier"],
+                                                          **prompt_learning_sizes(model)))
+    batch = inputs()
+    with torch.no_grad():
+        weights = peft_model.eval()(**batch, output_fusion_weights=True).fusion_weights  # (B, 3 + T, H, n)
+    assert weights.shape[1] == 3 + batch["input_ids"].shape[1]
+    expected = weights[:, 3:].mean(dim=2)[batch["attention_mask"].bool()].mean(dim=0)  # the real input tokens
+    torch.testing.assert_close(torch.from_numpy(mean_depth_weights(peft_model, [batch])), expected)
+
+
 @pytest.mark.parametrize("encoder", ["tiny", "minilm"])
 @pytest.mark.parametrize("config_class", [PromptTuningConfig, PromptEncoderConfig])
 def test_prompt_learning_on_last_equals_stock_bert_with_the_same_prompt(config_class, encoder):
@@ -769,6 +788,10 @@ OTHER_METHODS = {
                                            modules_to_save=["fusion_classifier"]),
     "adalora": lambda task, model: AdaLoraConfig(task_type=task, init_r=6, target_r=2, total_step=4,
                                                  target_modules=["query", "value"], modules_to_save=["fusion_classifier"]),
+    # LN tuning's unload left the head and classifier in their modules_to_save wrappers: the "merged" checkpoint's
+    # head reloaded freshly initialised.
+    "ln_tuning": lambda task, model: LNTuningConfig(task_type=task, target_modules=["LayerNorm"],
+                                                    modules_to_save=["fusion_classifier"]),
     "prefix_tuning": lambda task, model: PrefixTuningConfig(task_type=task, num_virtual_tokens=3,
                                                             modules_to_save=["fusion_classifier"],
                                                             **prefix_tuning_sizes(model)),
@@ -802,7 +825,8 @@ def test_the_final_save_of_other_peft_methods(tmp_path, method, task):
     output = tmp_path / "out"
     summary_file = output / "peft.json"
     summary = json.loads(summary_file.read_text())
-    assert summary["method"] == {"ia3": "IA3", "loha": "LOHA", "adalora": "ADALORA", "prefix_tuning": "PREFIX_TUNING"}[method]
+    assert summary["method"] == {"ia3": "IA3", "loha": "LOHA", "adalora": "ADALORA", "ln_tuning": "LN_TUNING",
+                                  "prefix_tuning": "PREFIX_TUNING"}[method]
     card = (output / "README.md").read_text()
     if method == "prefix_tuning":
         assert summary["merged"] is False
@@ -818,6 +842,35 @@ def test_the_final_save_of_other_peft_methods(tmp_path, method, task):
     if method == "adalora":  # its ranks are init_r → target_r; LoRA's `r` (8 by default) is not used
         assert (summary["init_r"], summary["target_r"]) == (6, 2) and "r" not in summary
         assert "init_r=6, target_r=2" in card and "r=8" not in card
+
+
+def test_an_adapter_cards_code_rebuilds_the_model_the_adapter_was_trained_on(tmp_path):
+    """The card of an adapter builds its base with from_encoder_pretrained: it passed the fusion and the label count
+    only, and an adapter trained with mean pooling, chosen layers or label names loaded on a base without them
+    without a word (logits off by 0.85)."""
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    BertModel(tiny_encoder_config("bert"), add_pooling_layer=False).save_pretrained(tmp_path / "encoder")
+    model = DWAttForSequenceClassification.from_encoder_pretrained(
+        str(tmp_path / "encoder"), fusion="dwatt", num_labels=3, pooling="mean", fusion_layers=[0, 2],
+        id2label={0: "neg", 1: "mid", 2: "pos"})
+    peft_model = get_peft_model(model, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3,
+                                                          modules_to_save=["fusion_classifier"],
+                                                          **prefix_tuning_sizes(model)))
+    perturb_trainable(peft_model)
+    trainer = DWAttTrainer(model=peft_model, args=cpu_args(tmp_path / "out"),
+                           card_info=dict(task="text-classification", dataset_id="tiny", command="python train.py"))
+    trainer.save_model()
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace('"path/to/this/folder"', repr(str(tmp_path / "out")))
+    namespace = {}
+    torch.manual_seed(123)  # the rebuilt head's initialisation differs; the adapter brings the trained one
+    exec(code, namespace)
+    batch = inputs()
+    assert torch.equal(logits(namespace["model"], batch), logits(peft_model, batch))
+    assert namespace["model"].config.id2label == {0: "neg", 1: "mid", 2: "pos"}
 
 
 def test_a_method_whose_layers_do_not_merge_is_saved_as_its_adapter(tmp_path):
@@ -929,6 +982,33 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_refused_before_loading(tmp_
         check_checkpoint_fits(str(prefix), make_model("token"))
     with pytest.raises(ValueError, match=r"num_virtual_tokens: 3 in the checkpoint, 4 now\)\. Resume with the PEFT config"):
         check_checkpoint_fits(str(prefix), prefix_model("token", num_virtual_tokens=4))
+
+
+@pytest.mark.parametrize("method", ["p_tuning", "projected_prefix"])
+def test_a_prompt_encoders_checkpoint_is_not_resumed(tmp_path, method):
+    """PEFT's checkpoints of P-tuning and of prefix tuning with prefix_projection hold the prompt their encoder
+    outputs, not the encoder training moves: a resumed P-tuning run trained on from a reinitialised encoder (weights
+    2.6 away from the uninterrupted run's) and a projected prefix failed to load behind a misleading message."""
+    from test_trainer_loop import collate, make_examples, training_args
+
+    def peft_model():
+        model = make_model("sequence")
+        if method == "p_tuning":
+            config = PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=3, encoder_hidden_size=16,
+                                         modules_to_save=["fusion_classifier"], **prompt_learning_sizes(model))
+        else:
+            config = PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3, prefix_projection=True,
+                                        encoder_hidden_size=16, modules_to_save=["fusion_classifier"],
+                                        **prefix_tuning_sizes(model))
+        return get_peft_model(model, config)
+
+    def trainer(folder):
+        return DWAttTrainer(model=peft_model(), data_collator=collate, train_dataset=make_examples("sequence", 4),
+                            args=training_args(folder, max_steps=1, save_strategy="steps", save_steps=1))
+
+    trainer(tmp_path / "a").train()
+    with pytest.raises(ValueError, match="cannot be resumed: .* trains a prompt encoder"):
+        trainer(tmp_path / "b").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))
 
 
 def test_resuming_an_adapter_under_another_head_names_the_options(tmp_path):

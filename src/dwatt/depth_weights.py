@@ -33,6 +33,9 @@ def depth_weight_sums(model: torch.nn.Module, batches: Iterable[dict], max_batch
             weights = model(**inputs, output_fusion_weights=True).fusion_weights.float()  # (B, T', H, n)
             if weights.shape[1] > 1:  # every token: the real ones count
                 mask = inputs["attention_mask"].float()  # (B, T)
+                # PEFT's prompt tuning and P-tuning put P virtual tokens before the inputs: T' = P + T, and the
+                # weights at those positions are left out.
+                weights = weights[:, weights.shape[1] - mask.shape[1]:]  # (B, T, H, n)
             else:  # one pooled position per sequence
                 mask = torch.ones(weights.shape[:2], device=device)  # (B, 1)
             total += (weights.mean(dim=2) * mask.unsqueeze(-1)).sum(dim=(0, 1))  # (n,)

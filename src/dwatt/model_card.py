@@ -1,5 +1,6 @@
 """Model cards for fine-tuned DWAtt checkpoints: Hub metadata, what the head does, usage, command and results."""
 
+import inspect
 import json
 import os
 import shlex
@@ -192,12 +193,13 @@ def build_model_card(
     """Builds the card; `eval_metrics`/`test_metrics` are the Trainer's dicts (`eval_…`, `predict_…` keys).
 
     `peft` (`dwatt.peft_utils.peft_summary`) marks a PEFT run: its adapter merged into the saved weights, or (prompt
-    learning) saved as the adapter (`lora`, its earlier name, is taken too);
+    learning) saved as the adapter. `lora`, its earlier form, is taken too: LoRA settings (`lora.json`), merged;
     `sentence_pairs` a text classifier of sentence pairs, whose usage example then passes a pair.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
-    peft = peft or lora
+    if peft is None and lora is not None:  # the earlier API: LoRA settings, and LoRA was always merged
+        peft = {"method": "LORA", "merged": True, **lora}
     task_title, auto_suffix, example_text = TASKS[task]
     config = model.config
     encoder_id = config.encoder_name_or_path
@@ -279,8 +281,37 @@ def build_model_card(
         results_table=_markdown_table(["split", "metric", "value"], result_rows) if result_rows else "No evaluation was run.",
         encoder_id=encoder_id,
         num_labels=config.num_labels,
+        rebuild_arguments=rebuild_arguments(config, task),
         **peft_card_fields(peft),
     )
+
+
+# DWAttConfig options that do not shape the model the adapter runs on: the version stamp, where the encoder came
+# from (the snippet names it), and training-only settings.
+NOT_REBUILT = {"encoder_config", "encoder_name_or_path", "dwatt_version", "attention_guidance_heads",
+               *ATTENTION_GUIDANCE_SETTINGS}
+
+
+def rebuild_arguments(config, task: str) -> list[str]:
+    """The keyword arguments of `from_encoder_pretrained` that rebuild the DWAtt model `config` describes around its
+    encoder (for an adapter, which does not hold the config): the fusion and the label count, and every other
+    option of DWAttConfig's (pooling, layers, head sizes, label names, problem type) that is not its default.
+    Options that change no weight shape (pooling, id2label) would otherwise load without a word, and give other
+    outputs."""
+    arguments = {"fusion": config.fusion, "num_labels": config.num_labels}
+    for name, parameter in inspect.signature(type(config).__init__).parameters.items():
+        if name in NOT_REBUILT or name in arguments or parameter.default is inspect.Parameter.empty:
+            continue
+        value = getattr(config, name, parameter.default)
+        if name == "pooling" and task != "text-classification":
+            continue  # a token classifier does not pool
+        if value != parameter.default:
+            arguments[name] = value
+    if config.id2label != {i: f"LABEL_{i}" for i in range(config.num_labels)}:
+        arguments["id2label"] = dict(config.id2label)
+    if getattr(config, "problem_type", None) is not None:
+        arguments["problem_type"] = config.problem_type
+    return [f"{name}={value!r}" for name, value in arguments.items()]
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -321,8 +352,9 @@ def write_model_card(
         depth_weights=depth["mean_weights"] if depth else None,
         depth_weights_png="depth_weights.png" if (folder / "depth_weights.png").exists() else None,
         model_name=folder.resolve().name if repo_id is None else None,
-        peft=peft or lora,
+        peft=peft,
         sentence_pairs=sentence_pairs,
+        lora=lora,
     )
     path = folder / "README.md"
     card.save(str(path))

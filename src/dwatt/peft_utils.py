@@ -338,15 +338,22 @@ def merged_copy(peft_model) -> Optional[nn.Module]:
     if peft_model_config(peft_model).is_prompt_learning:
         return None
     try:
-        return copy.deepcopy(peft_model).merge_and_unload()
+        merged = copy.deepcopy(peft_model).merge_and_unload()
     except NotImplementedError:
         return None
+    # LN tuning's unload leaves the modules_to_save wrappers in place: saved so, the head's and classifier's weights
+    # were under `…modules_to_save.default.…` keys, and a reload initialised them afresh.
+    return _with_active_copies(merged)
 
 
 def unwrapped_copy(peft_model) -> nn.Module:
     """A plain DWAtt model with the adapter's trained copies of the fusion head and classifier, without the adapter
     itself (for describing a prompt-learning run, whose adapter cannot be merged)."""
-    model = copy.deepcopy(peft_model.get_base_model())
+    return _with_active_copies(copy.deepcopy(peft_model.get_base_model()))
+
+
+def _with_active_copies(model: nn.Module) -> nn.Module:
+    """`model` with each ModulesToSaveWrapper replaced by the copy it runs (in place)."""
     for name, module in list(model.named_modules()):
         if is_modules_to_save_wrapper(module):
             parent_name, _, child = name.rpartition(".")
@@ -426,8 +433,9 @@ def _comparable(value):
 def check_checkpoint_fits(checkpoint: str, model: nn.Module) -> None:
     """Refuses to resume `model` (a PEFT model or not) from a checkpoint folder that would load wrongly: a whole model
     into a PEFT model (the merged final save of a LoRA run: Trainer loads it with strict=False, nothing matches, and
-    training restarts from the untrained model without a word), an adapter into a model without one, or an adapter
-    saved with other settings than the model's."""
+    training restarts from the untrained model without a word), an adapter into a model without one, an adapter
+    saved with other settings than the model's, or a prompt encoder's adapter (P-tuning, projected prefix tuning),
+    whose encoder PEFT does not save."""
     folder = Path(checkpoint)
     holds_adapter = any((folder / name).is_file() for name in ADAPTER_FILES)
     holds_model = any((folder / name).is_file() for name in MODEL_FILES)
@@ -448,9 +456,19 @@ def check_checkpoint_fits(checkpoint: str, model: nn.Module) -> None:
             "checkpoint-* folders (its final save is the merged model, not an adapter). Resume a run without "
             f"--use_lora from it, or start a new run from a model folder (--model_name_or_path {checkpoint})."
         )
+    config = peft_model_config(model)
+    method = str(getattr(config.peft_type, "value", config.peft_type))
+    if holds_adapter and (method == "P_TUNING" or (method == "PREFIX_TUNING" and config.prefix_projection)):
+        # (the stock Trainer resumes P-tuning without a word, and fails to load a projected prefix)
+        raise ValueError(
+            f"{checkpoint} cannot be resumed: {PEFT_METHOD_NAMES[method]} trains a prompt encoder (P-tuning's "
+            "MLP/LSTM, prefix tuning's projection), and PEFT's checkpoints hold only the prompt it outputs, so a "
+            "resumed run would train something else. Start the run again; prompt tuning, and prefix tuning without "
+            "prefix_projection, resume from their checkpoints."
+        )
     if not saved:
         return
-    current = peft_model_config(model).to_dict()
+    current = config.to_dict()
     differing = [
         f"{name}: {_comparable(saved[name])!r} in the checkpoint, {_comparable(current[name])!r} now"
         for name in ADAPTER_SHAPING_SETTINGS

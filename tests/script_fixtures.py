@@ -22,8 +22,8 @@ CONLL_SENTENCES = [
     [("Smith", "B-PER"), ("liked", "O"), ("the", "O"), ("Bank", "B-ORG"), ("of", "I-ORG"), ("London", "I-ORG")],
 ]
 SENTIMENT = [
-    ("a great film", 1), ("an awful movie", 0), ("very good acting", 1), ("boring plot", 0),
-    ("fun and great", 1), ("bad film", 0), ("it was not very good", 0), ("i liked this movie", 1),
+    ("we liked the film", 1), ("an awful movie today", 0), ("the acting was very good", 1), ("boring plot", 0),
+    ("fun and great", 1), ("a bad film today", 0), ("it was not very good", 0), ("i liked this movie", 1),
 ]
 
 

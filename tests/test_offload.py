@@ -125,7 +125,7 @@ def test_real_minilm_dwatt_offloaded_to_disk_gives_the_in_memory_logits(tmp_path
     torch.manual_seed(0)
     model = DWAttForTokenClassification.from_encoder_pretrained(path, fusion="dwatt", num_labels=9).eval()
     model.save_pretrained(tmp_path / "model")
-    batch = tokenizer(["EU rejects German call to boycott British lamb .", "Peter Blackburn"], padding=True,
+    batch = tokenizer(["Anna Jansen visited Utrecht with her two brothers .", "Marta Olsen"], padding=True,
                       return_tensors="pt")
     with torch.no_grad():
         expected = model(**batch).logits

@@ -846,15 +846,15 @@ def test_the_final_save_of_other_peft_methods(tmp_path, method, task):
 
 def test_an_adapter_cards_code_rebuilds_the_model_the_adapter_was_trained_on(tmp_path):
     """The card of an adapter builds its base with from_encoder_pretrained: it passed the fusion and the label count
-    only, and an adapter trained with mean pooling, chosen layers or label names loaded on a base without them
-    without a word (logits off by 0.85)."""
+    only, and an adapter trained with mean pooling, chosen layers, label names or fewer encoder layers loaded on a
+    base without them without a word (logits off by 0.85)."""
     from transformers import BertModel
 
     torch.manual_seed(0)
     BertModel(tiny_encoder_config("bert"), add_pooling_layer=False).save_pretrained(tmp_path / "encoder")
     model = DWAttForSequenceClassification.from_encoder_pretrained(
         str(tmp_path / "encoder"), fusion="dwatt", num_labels=3, pooling="mean", fusion_layers=[0, 2],
-        id2label={0: "neg", 1: "mid", 2: "pos"})
+        id2label={0: "neg", 1: "mid", 2: "pos"}, encoder_num_layers=LAYERS - 1)
     peft_model = get_peft_model(model, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3,
                                                           modules_to_save=["fusion_classifier"],
                                                           **prefix_tuning_sizes(model)))

@@ -294,11 +294,14 @@ NOT_REBUILT = {"encoder_config", "encoder_name_or_path", "dwatt_version", "atten
 
 def rebuild_arguments(config, task: str) -> list[str]:
     """The keyword arguments of `from_encoder_pretrained` that rebuild the DWAtt model `config` describes around its
-    encoder (for an adapter, which does not hold the config): the fusion and the label count, and every other
+    encoder (for an adapter, which does not hold the config): the fusion, the label count, the encoder layers kept,
+    and every other
     option of DWAttConfig's (pooling, layers, head sizes, label names, problem type) that is not its default.
     Options that change no weight shape (pooling, id2label) would otherwise load without a word, and give other
     outputs."""
-    arguments = {"fusion": config.fusion, "num_labels": config.num_labels}
+    # The encoder's layer count too: --encoder_num_layers keeps its first k layers only.
+    arguments = {"fusion": config.fusion, "num_labels": config.num_labels,
+                 "encoder_num_layers": config.num_encoder_layers}
     for name, parameter in inspect.signature(type(config).__init__).parameters.items():
         if name in NOT_REBUILT or name in arguments or parameter.default is inspect.Parameter.empty:
             continue

@@ -48,8 +48,8 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
 
     `-DOCSTART-` lines end a sentence. A line whose first column is `#` before a sentence's first token is a comment
     (the convention of CoNLL-U's `# sent_id = 1` and MultiCoNER's `# id … domain=en`), skipped, unless it reads as a
-    token line of the file: as many columns as its token lines, and in a tag column a value they hold there or an
-    IOB tag (`#\tO`, `# # B-NP O`: a real `#` token)."""
+    token line of the file: as many columns as its token lines, and a tag they use or an IOB tag of their entity
+    types (`#\tO`, `#\tB-MISC`, and `# # B-NP O`: a real `#` token; see `_without_comment_lines`)."""
     if tag_column not in CONLL_TAG_COLUMNS:
         raise ValueError(
             f"{path}: CoNLL column files hold NER, POS and chunk tags ({', '.join(CONLL_TAG_COLUMNS)}), not "
@@ -123,18 +123,24 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
 def _without_comment_lines(sentences: list[tuple[_Sentence, list[tuple[list[str], int]]]],
                            column_values: list[set[str]], tag_index: int) -> list[_Sentence]:
     """The sentences with their leading `#` lines that read as token lines put back in front, the comments dropped,
-    and sentences of comments only gone. A token line has the file's width and, in one of its tag columns, a value
-    that column holds on the file's token lines (`#` is its own POS tag in the Penn Treebank) or one shaped as an
-    IOB/BILOU tag (in the chunk and NER columns)."""
+    and sentences of comments only gone. A token line has the file's width and, in the tag column read, a tag the
+    file's token lines hold there, or one of their IOB/BILOU tags' shape and entity types (`B-MISC` beside `I-MISC`;
+    chunk and NER columns), or `#`, the Penn Treebank's POS tag of `#` (the POS column)."""
     width = len(column_values) + 1
-    iob_columns = {width - 1, 2} if width == 4 else {width - 1}  # "token POS chunk NER": chunk and NER
+    column = tag_index % width  # 1..width-1
+    seen = column_values[column - 1] if column_values else set()
+    iob_column = column == width - 1 or (width == 4 and column == 2)  # "token POS chunk NER": chunk and NER
+    types = {tag.split("-", 1)[1] for tag in seen if _IOB_TAG.fullmatch(tag) and "-" in tag}
 
     def is_token_line(columns: list[str]) -> bool:
-        values = [value.strip() for value in columns[1:]]  # as the token lines' tags (a trailing U+00A0)
-        return len(columns) == width and any(
-            value in column_values[c - 1] or (c in iob_columns and _IOB_TAG.fullmatch(value) is not None)
-            for c, value in enumerate(values, start=1)
-        )
+        if len(columns) != width:
+            return False
+        tag = columns[tag_index].strip()  # as the token lines' tags (a trailing U+00A0)
+        if tag in seen or (iob_column and tag == "O"):
+            return True
+        if iob_column and _IOB_TAG.fullmatch(tag) and tag.split("-", 1)[1] in types:
+            return True
+        return width == 4 and column == 1 and tag == "#"
 
     kept = []
     for sentence, leading in sentences:

@@ -122,12 +122,6 @@ def _label_value(raw: Any, table: _Table, line: int, column: str) -> int | float
         return raw
     if raw.strip() == "":
         raise data_error(table.path, line, f"empty {column!r} value", "give every row a label")
-    try:
-        number = float(raw)
-    except ValueError:
-        return raw
-    if not math.isfinite(number):  # pandas reads NaN/inf as numbers too: a regressor would train on them
-        raise data_error(table.path, line, f"{column!r} is {raw.strip()!r}", "give a finite number (or a class name)")
     return raw
 
 
@@ -154,7 +148,7 @@ def load_classification_files(
     train split or else the first split has them all; else see `infer_text_columns`, decided on that split) must be
     present and hold strings in every split. `label` is required except in test splits, where an absent label
     column stays absent (as with `load_dataset("csv")`) and one of -1s only is unlabelled (int -1, GLUE's mark,
-    whatever the other splits' labels, unless -1 is one of their classes). Labels keep their type (int, float for regression, or str)
+    whatever the other splits' labels, unless -1 is one of their classes or of `label_list`). Labels keep their type (int, float for regression, or str)
     unless `label_list` is given: then every label must be one of it and `label` becomes a `ClassLabel`.
     """
     files = check_data_files(data_files)
@@ -224,6 +218,7 @@ def load_classification_files(
     # A test split labelled -1 throughout is unlabelled (GLUE's mark), whatever the type of the other splits' labels:
     # typed with class names, its -1 would become the string "-1", a class of its own. Unless -1 is a class.
     classes = {str(v).strip() for split, values in labels_by_split.items() if not is_test_split(split) for v in values}
+    classes.update(str(name).strip() for name in label_list or ())
     unlabelled = [split for split, values in labels_by_split.items()
                   if is_test_split(split) and "-1" not in classes and all(str(v).strip() == "-1" for v in values)]
     for split in unlabelled:
@@ -233,6 +228,14 @@ def load_classification_files(
     all_labels = [(split, i, v) for split, values in labels_by_split.items() for i, v in enumerate(values)]
     if any(not tables[split].is_json for split, _, _ in all_labels):
         flat = _type_csv_labels([str(v) for _, _, v in all_labels])
+        # NaN/inf among numbers: pandas reads them as numbers too, and a regressor would train on them. (Among class
+        # names, "inf" is a name.)
+        bad = next(((s, i, v) for (s, i, v), typed_value in zip(all_labels, flat)
+                    if isinstance(typed_value, float) and not math.isfinite(typed_value)), None)
+        if bad is not None:
+            split, i, value = bad
+            raise data_error(tables[split].path, tables[split].rows[i][0], f"{label_column!r} is {value.strip()!r}",
+                             "give a finite number")
     else:
         flat = [v for _, _, v in all_labels]
         kinds = {str if isinstance(v, str) else float for v in flat}

@@ -68,8 +68,8 @@ def tsv_quoting(text: str) -> int:
     CSV quoting, took the rows after it into one field, and they were gone without a word), unless the file is
     quoted as CSV: values that only CSV quoting reads as one (a tab or a line break inside quotes), or every value
     holding a `"` wrapped in quotes with its own quotes doubled, as pandas' `to_csv(sep="\t")` writes them. Wrapped
-    values with no doubled quote inside (`"Yes."`) are taken as written unless every value is wrapped (QUOTE_ALL):
-    minimal quoting has no reason to wrap them."""
+    values with no doubled quote inside (`"Yes."`) are taken as written unless every value is wrapped (QUOTE_ALL; the
+    numbers may be bare, QUOTE_NONNUMERIC): minimal quoting has no reason to wrap them."""
     def rows(quoting: int) -> list[list[str]]:
         with unlimited_csv_fields():
             reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=quoting)
@@ -90,7 +90,15 @@ def tsv_quoting(text: str) -> int:
     def one_width(table: list[list[str]]) -> bool:
         return len({len(row) for row in table}) == 1
 
-    quote_all = all(wrapped(value) for row in plain for value in row)
+    def number(value: str) -> bool:
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+
+    # QUOTE_ALL, or QUOTE_NONNUMERIC (pandas' option, R's write.table): every value wrapped but the numbers.
+    quote_all = all(wrapped(value) or number(value) for row in plain for value in row) and all(map(wrapped, plain[0]))
     csv_quoted = all(wrapped(v) for v in with_quotes) and (quote_all or any('""' in v[1:-1] for v in with_quotes))
     if csv_quoted or (not one_width(plain) and one_width(quoted)):
         return csv.QUOTE_MINIMAL

@@ -26,7 +26,7 @@ from .ner_files import (CONLL2003_NER_LABELS, CONLL_TAG_COLUMNS, get_ner_label_l
                         load_ner_jsonl, subword_labels)
 from .table_files import (check_known_labels, get_classification_label_info, infer_text_columns,
                           load_classification_files)
-from .text_files import PathLike, check_data_files, is_test_split, looks_like_local_path
+from .text_files import PathLike, check_data_files, is_test_split, is_unlabelled_test_split, looks_like_local_path
 
 __all__ = [
     "CONLL2003_NER_LABELS",
@@ -103,7 +103,7 @@ def _labelled_as_the_glue_task(splits: DatasetDict, task_name: str | None, label
         return splits
     names = GLUE_TASKS[task].label_names
     labelled = [split for name, split in splits.items() if "label" in split.column_names
-                and not (is_test_split(name) and set(split.unique("label")) == {-1})]  # not GLUE's unlabelled test
+                and not is_unlabelled_test_split(name, split.unique("label"))]
     if not labelled:
         return splits
     dtypes = {split.features["label"].dtype for split in labelled}

@@ -14,8 +14,8 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .text_files import (PathLike, data_error, delimited_rows, empty_file_error, is_test_split, looks_like_local_path,
-                         read_text, tsv_quoting)
+from .text_files import (PathLike, data_error, empty_file_error, is_test_split, looks_like_local_path, read_text,
+                         tsv_rows)
 
 
 _DEFAULT_GLUE_SPLIT_FILES: dict[str, tuple[str, ...]] = {
@@ -154,9 +154,9 @@ def _read_tsv_rows(path: PathLike, text: str) -> list[tuple[int, list[str]]]:
     Quoting is off (csv.QUOTE_NONE) as GLUE's own files are written: their sentences contain unbalanced double
     quotes, which the default CSV dialect would take as the start of a quoted value, gluing several rows together.
     A file quoted as CSV throughout (the GLUE columns exported with pandas' `to_csv(sep="\t")`) is read with
-    quoting (see `tsv_quoting`).
+    quoting (see `tsv_rows`).
     """
-    return delimited_rows(path, text, "\t", tsv_quoting(text))
+    return tsv_rows(path, text)[0]
 
 
 def _parse_glue_label(value: str, task: GlueTask, path: PathLike, line: int) -> int | float:

@@ -280,7 +280,6 @@ def build_model_card(
         hyperparameters_table=_markdown_table(["hyperparameter", "value"], [[k, v] for k, v in hyperparameters.items()]) if hyperparameters else "",
         results_table=_markdown_table(["split", "metric", "value"], result_rows) if result_rows else "No evaluation was run.",
         encoder_id=encoder_id,
-        num_labels=config.num_labels,
         rebuild_arguments=rebuild_arguments(config, task),
         **peft_card_fields(peft),
     )
@@ -294,20 +293,18 @@ NOT_REBUILT = {"encoder_config", "encoder_name_or_path", "dwatt_version", "atten
 
 def rebuild_arguments(config, task: str) -> list[str]:
     """The keyword arguments of `from_encoder_pretrained` that rebuild the DWAtt model `config` describes around its
-    encoder (for an adapter, which does not hold the config): the fusion, the label count, the encoder layers kept,
-    and every other
-    option of DWAttConfig's (pooling, layers, head sizes, label names, problem type) that is not its default.
-    Options that change no weight shape (pooling, id2label) would otherwise load without a word, and give other
-    outputs."""
-    # The encoder's layer count too: --encoder_num_layers keeps its first k layers only.
+    encoder (for an adapter, which does not hold the config): the fusion, the label count, the encoder layers kept
+    (--encoder_num_layers keeps the first k), and every other option of DWAttConfig's (pooling, layers, head sizes,
+    label names, problem type) that is not its default. Options that change no weight shape (pooling, id2label)
+    would otherwise load without a word, and give other outputs."""
     arguments = {"fusion": config.fusion, "num_labels": config.num_labels,
                  "encoder_num_layers": config.num_encoder_layers}
     for name, parameter in inspect.signature(type(config).__init__).parameters.items():
         if name in NOT_REBUILT or name in arguments or parameter.default is inspect.Parameter.empty:
             continue
-        value = getattr(config, name, parameter.default)
         if name == "pooling" and task != "text-classification":
             continue  # a token classifier does not pool
+        value = getattr(config, name, parameter.default)
         if value != parameter.default:
             arguments[name] = value
     if config.id2label != {i: f"LABEL_{i}" for i in range(config.num_labels)}:

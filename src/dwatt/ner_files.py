@@ -62,7 +62,6 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
     sentences: list[tuple[_Sentence, list[tuple[list[str], int]]]] = []  # each with its leading `#` lines
     current, leading = _Sentence([], [], []), []
     first_width: tuple[int, int] | None = None  # (columns, line) of the first token line
-    column_values: list[set[str]] = []
 
     def flush() -> None:
         nonlocal current, leading
@@ -91,7 +90,6 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
             )
         if first_width is None:
             first_width = (len(columns), line)
-            column_values = [set() for _ in columns[1:]]  # the values each tag column (POS, chunk, NER) holds
             if tag_index > 0 and len(columns) != 4:
                 raise data_error(
                     path, line, f"reading {tag_column} needs the 4 columns 'token POS chunk NER', found {len(columns)}",
@@ -105,13 +103,11 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
                 f"found {len(columns)} columns but line {first_width[1]} has {first_width[0]}",
                 "give every token line the same columns 'token [POS] [chunk] tag'",
             )
-        for values, value in zip(column_values, columns[1:]):
-            values.add(value.strip())
         current.tokens.append(columns[0])
         current.tags.append(columns[tag_index].strip())  # tags hold no blanks: a trailing U+00A0 is not part of it
         current.lines.append(line)
     flush()
-    sentences = _without_comment_lines(sentences, column_values, tag_index)
+    sentences = _without_comment_lines(sentences, first_width[0] if first_width else 0, tag_index)
 
     if not sentences:
         raise empty_file_error(
@@ -120,15 +116,14 @@ def _read_conll_sentences(path: PathLike, tag_column: str = "ner_tags") -> list[
     return sentences
 
 
-def _without_comment_lines(sentences: list[tuple[_Sentence, list[tuple[list[str], int]]]],
-                           column_values: list[set[str]], tag_index: int) -> list[_Sentence]:
+def _without_comment_lines(sentences: list[tuple[_Sentence, list[tuple[list[str], int]]]], width: int,
+                           tag_index: int) -> list[_Sentence]:
     """The sentences with their leading `#` lines that read as token lines put back in front, the comments dropped,
     and sentences of comments only gone. A token line has the file's width and, in the tag column read, a tag the
     file's token lines hold there, or one of their IOB/BILOU tags' shape and entity types (`B-MISC` beside `I-MISC`;
     chunk and NER columns), or `#`, the Penn Treebank's POS tag of `#` (the POS column)."""
-    width = len(column_values) + 1
-    column = tag_index % width  # 1..width-1
-    seen = column_values[column - 1] if column_values else set()
+    seen = {tag for sentence, _ in sentences for tag in sentence.tags}  # the tags the token lines use
+    column = tag_index % width if width else 0  # 1..width-1
     iob_column = column == width - 1 or (width == 4 and column == 2)  # "token POS chunk NER": chunk and NER
     types = {tag.split("-", 1)[1] for tag in seen if _IOB_TAG.fullmatch(tag) and "-" in tag}
 

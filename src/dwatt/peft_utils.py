@@ -371,12 +371,17 @@ PEFT_METHOD_NAMES = {"LORA": "LoRA", "ADALORA": "AdaLoRA", "IA3": "IA³", "LOHA"
                      "PROMPT_TUNING": "Prompt tuning", "P_TUNING": "P-tuning"}
 
 
+def peft_method(config) -> str:
+    """PEFT's name of a config's method (`LORA`, `PREFIX_TUNING`, …): its PeftType's value, or the saved string."""
+    return str(getattr(config.peft_type, "value", config.peft_type))
+
+
 def peft_summary(peft_model, merged: Optional[bool] = None) -> dict:
     """The PEFT method and settings of a PEFT model's active adapter, for logs and model cards: `method` (PEFT's
     type: `LORA`, `PREFIX_TUNING`, …), its settings, `target_modules` (methods on the encoder's layers), the
     parameter counts, and, where given, `merged` (whether the saved folder holds the merged model or the adapter)."""
     config = peft_model_config(peft_model)
-    method = str(getattr(config.peft_type, "value", config.peft_type))
+    method = peft_method(config)
     summary = {"method": method}
     for name in PEFT_SETTINGS:
         value = getattr(config, name, None)
@@ -457,7 +462,7 @@ def check_checkpoint_fits(checkpoint: str, model: nn.Module) -> None:
             f"--use_lora from it, or start a new run from a model folder (--model_name_or_path {checkpoint})."
         )
     config = peft_model_config(model)
-    method = str(getattr(config.peft_type, "value", config.peft_type))
+    method = peft_method(config)
     if holds_adapter and (method == "P_TUNING" or (method == "PREFIX_TUNING" and config.prefix_projection)):
         # (the stock Trainer resumes P-tuning without a word, and fails to load a projected prefix)
         raise ValueError(

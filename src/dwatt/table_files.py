@@ -13,7 +13,8 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from .text_files import (PathLike, UnknownLabelError, check_data_files, data_error, empty_file_error, is_test_split,
-                         delimited_rows, iter_json_objects, read_text, tsv_quoting)
+                         delimited_rows, is_unlabelled_test_split, iter_json_objects, read_text,
+                         tsv_rows)
 
 # Row ids, not text: the Hub's GLUE has `idx`, GLUE's test files `index`, many files `id` or `guid`.
 ID_COLUMNS = frozenset({"idx", "id", "index", "guid"})
@@ -50,8 +51,7 @@ class _Table:
 
 def _read_csv_table(path: Path, delimiter: str) -> _Table:
     text = read_text(path)
-    quoting = csv.QUOTE_MINIMAL if delimiter == "," else tsv_quoting(text)
-    rows = delimited_rows(path, text, delimiter, quoting)
+    rows, quoted = (delimited_rows(path, text, ",", csv.QUOTE_MINIMAL), True) if delimiter == "," else tsv_rows(path, text)
     if not rows:
         raise empty_file_error(path, text, "header row", "the file should start with a header row naming the columns")
     (header_line, header), records = rows[0], []
@@ -62,7 +62,7 @@ def _read_csv_table(path: Path, delimiter: str) -> _Table:
                 line,
                 f"expected {len(header)} fields {header}, found {len(fields)}",
                 "give every row one value per header column; "
-                + (f"quote values that contain {delimiter!r}" if quoting == csv.QUOTE_MINIMAL else
+                + (f"quote values that contain {delimiter!r}" if quoted else
                    "a TSV value cannot hold a tab or a line break (or write the file as CSV, with quoting)"),
             )
         records.append((line, dict(zip(header, fields))))
@@ -148,8 +148,9 @@ def load_classification_files(
     train split or else the first split has them all; else see `infer_text_columns`, decided on that split) must be
     present and hold strings in every split. `label` is required except in test splits, where an absent label
     column stays absent (as with `load_dataset("csv")`) and one of -1s only is unlabelled (int -1, GLUE's mark,
-    whatever the other splits' labels, unless -1 is one of their classes or of `label_list`). Labels keep their type (int, float for regression, or str)
-    unless `label_list` is given: then every label must be one of it and `label` becomes a `ClassLabel`.
+    whatever the other splits' labels, unless -1 is one of their classes or of `label_list`). Labels keep their type
+    (int, float for regression, or str) unless `label_list` is given: then every label must be one of it and `label`
+    becomes a `ClassLabel`.
     """
     files = check_data_files(data_files)
     tables = {split: _read_table(path) for split, path in files.items()}
@@ -220,7 +221,7 @@ def load_classification_files(
     classes = {str(v).strip() for split, values in labels_by_split.items() if not is_test_split(split) for v in values}
     classes.update(str(name).strip() for name in label_list or ())
     unlabelled = [split for split, values in labels_by_split.items()
-                  if is_test_split(split) and "-1" not in classes and all(str(v).strip() == "-1" for v in values)]
+                  if "-1" not in classes and is_unlabelled_test_split(split, values)]
     for split in unlabelled:
         del labels_by_split[split]
 

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Union
@@ -63,48 +63,6 @@ def unlimited_csv_fields() -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
-def tsv_quoting(text: str) -> int:
-    """How to read a TSV file: without quoting, as GLUE's files are written (a sentence opening with `"`, read with
-    CSV quoting, took the rows after it into one field, and they were gone without a word), unless the file is
-    quoted as CSV: values that only CSV quoting reads as one (a tab or a line break inside quotes), or every value
-    holding a `"` wrapped in quotes with its own quotes doubled, as pandas' `to_csv(sep="\t")` writes them. Wrapped
-    values with no doubled quote inside (`"Yes."`) are taken as written unless every value is wrapped (QUOTE_ALL; the
-    numbers may be bare, QUOTE_NONNUMERIC): minimal quoting has no reason to wrap them."""
-    def rows(quoting: int) -> list[list[str]]:
-        with unlimited_csv_fields():
-            reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=quoting)
-            return [row for row in reader if row and row != [""]]
-
-    plain = rows(csv.QUOTE_NONE)
-    with_quotes = [value for row in plain for value in row if '"' in value]
-    if not with_quotes:
-        return csv.QUOTE_NONE  # both readings agree
-    try:
-        quoted = rows(csv.QUOTE_MINIMAL)
-    except csv.Error:
-        return csv.QUOTE_NONE
-
-    def wrapped(value: str) -> bool:  # `"…"`, with every quote inside doubled
-        return len(value) > 1 and value[0] == value[-1] == '"' and '"' not in value[1:-1].replace('""', "")
-
-    def one_width(table: list[list[str]]) -> bool:
-        return len({len(row) for row in table}) == 1
-
-    def number(value: str) -> bool:
-        try:
-            float(value)
-        except ValueError:
-            return False
-        return True
-
-    # QUOTE_ALL, or QUOTE_NONNUMERIC (pandas' option, R's write.table): every value wrapped but the numbers.
-    quote_all = all(wrapped(value) or number(value) for row in plain for value in row) and all(map(wrapped, plain[0]))
-    csv_quoted = all(wrapped(v) for v in with_quotes) and (quote_all or any('""' in v[1:-1] for v in with_quotes))
-    if csv_quoted or (not one_width(plain) and one_width(quoted)):
-        return csv.QUOTE_MINIMAL
-    return csv.QUOTE_NONE
-
-
 def delimited_rows(path: PathLike, text: str, delimiter: str, quoting: int) -> list[tuple[int, list[str]]]:
     """The non-blank rows of a CSV/TSV text, each with the line it starts on (a quoted value can span lines)."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
@@ -118,6 +76,50 @@ def delimited_rows(path: PathLike, text: str, delimiter: str, quoting: int) -> l
         except csv.Error as err:
             raise data_error(path, start, f"unreadable row ({err})", "check the quoting of this row") from None
     return rows
+
+
+def tsv_rows(path: PathLike, text: str) -> tuple[list[tuple[int, list[str]]], bool]:
+    """The rows of a TSV text (as `delimited_rows`), and whether they were read with CSV quoting.
+
+    Without quoting, as GLUE's files are written (a sentence opening with `"`, read with CSV quoting, took the rows
+    after it into one field, and they were gone without a word), unless the file is quoted as CSV: values that only
+    CSV quoting reads as one (a tab or a line break inside quotes), or every value holding a `"` wrapped in quotes
+    with its own quotes doubled, as pandas' `to_csv(sep="\t")` writes them. Wrapped values with no doubled quote
+    inside (`"Yes."`) are taken as written unless every value is wrapped (QUOTE_ALL; the numbers may be bare,
+    QUOTE_NONNUMERIC): minimal quoting has no reason to wrap them."""
+    plain = delimited_rows(path, text, "\t", csv.QUOTE_NONE)
+    with_quotes = [value for _, row in plain for value in row if '"' in value]
+    if not with_quotes:
+        return plain, False  # both readings agree
+    try:
+        quoted = delimited_rows(path, text, "\t", csv.QUOTE_MINIMAL)
+    except ValueError:  # unbalanced quotes: not a CSV-quoted file
+        return plain, False
+
+    def wrapped(value: str) -> bool:  # `"…"`, with every quote inside doubled
+        return len(value) > 1 and value[0] == value[-1] == '"' and '"' not in value[1:-1].replace('""', "")
+
+    def number(value: str) -> bool:
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+
+    def one_width(rows: list[tuple[int, list[str]]]) -> bool:
+        return len({len(fields) for _, fields in rows}) == 1
+
+    # QUOTE_ALL, or QUOTE_NONNUMERIC (pandas' option, R's write.table): every value wrapped but the numbers.
+    quote_all = all(map(wrapped, plain[0][1])) and all(wrapped(v) or number(v) for _, row in plain for v in row)
+    csv_quoted = all(map(wrapped, with_quotes)) and (quote_all or any('""' in v[1:-1] for v in with_quotes))
+    if csv_quoted or (not one_width(plain) and one_width(quoted)):
+        return quoted, True
+    return plain, False
+
+
+def is_unlabelled_test_split(split: str, labels: Iterable[Any]) -> bool:
+    """A test split labelled -1 throughout: GLUE's mark of unlabelled rows (its test files, and the Hub's)."""
+    return is_test_split(split) and {str(label).strip() for label in labels} == {"-1"}
 
 
 def is_test_split(split: str) -> bool:
